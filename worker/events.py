@@ -1,0 +1,217 @@
+"""Wire formats: parse bar.v1 events, build forecast.v1 events (schemas/*.json).
+
+parse_bar runs once per consumed message, so it uses orjson plus hand-written
+checks instead of jsonschema. tests/worker/test_events.py runs one corpus through
+both this parser and schemas/bar.v1.json so the two stay in agreement.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+COLUMNS = ("open", "high", "low", "close", "volume", "amount")
+PRICE_FIELDS = ("open", "high", "low", "close")
+SIZE_FIELDS = ("volume", "amount")
+
+# Same patterns as schemas/bar.v1.json (fullmatch here, so no anchors).
+SYMBOL_RE = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
+TS_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:?[0-9]{2})?"
+)
+_NON_FINITE_STRINGS = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
+
+
+class InvalidEvent(Exception):
+    """A message that cannot become a Bar. `reason` is a short snake_case code
+    (metric label and DLQ header); `detail` is for humans."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    symbol: str
+    ts: str                   # as received
+    time: _dt.datetime        # naive wall-clock time as written; an offset is dropped, not converted
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float | None
+    amount: float | None
+
+    def values(self) -> tuple[float, float, float, float, float, float]:
+        """OHLCVA with NaN for missing volume/amount (the Engine's convention)."""
+        nan = math.nan
+        return (self.open, self.high, self.low, self.close,
+                nan if self.volume is None else self.volume,
+                nan if self.amount is None else self.amount)
+
+
+def _number(obj: dict, name: str) -> float:
+    v = obj[name]
+    t = type(v)
+    # bool is an int subclass but not a JSON Schema number.
+    if t is float or t is int:
+        f = float(v)
+        if not math.isfinite(f):
+            raise InvalidEvent("non_finite", f"{name} is not finite")
+        return f
+    if t is str and v.strip().lower() in _NON_FINITE_STRINGS:
+        raise InvalidEvent("non_finite", f"{name} is {v!r}")
+    raise InvalidEvent("schema", f"{name} must be a number, got {t.__name__}")
+
+
+def _size(obj: dict, name: str) -> float | None:
+    v = obj.get(name)
+    if v is None:
+        return None
+    f = _number(obj, name)
+    if f < 0:
+        raise InvalidEvent("negative_volume", f"{name} is negative ({f})")
+    return f
+
+
+def _decode_error(value: bytes, err: Exception) -> InvalidEvent:
+    # orjson rejects NaN/Infinity literals and overflowing numbers as plain JSON
+    # errors; the stdlib parser (cold path only) tells those apart from garbage.
+    found = []
+
+    def constant(name):
+        found.append(name)
+        return math.nan
+
+    try:
+        doc = json.loads(value, parse_constant=constant)
+    except (ValueError, UnicodeDecodeError):
+        return InvalidEvent("bad_json", str(err))
+    if found or _has_non_finite(doc):
+        return InvalidEvent("non_finite", "payload contains NaN or Infinity")
+    return InvalidEvent("bad_json", str(err))
+
+
+def _has_non_finite(doc) -> bool:
+    if isinstance(doc, float):
+        return not math.isfinite(doc)
+    if isinstance(doc, dict):
+        return any(_has_non_finite(v) for v in doc.values())
+    if isinstance(doc, list):
+        return any(_has_non_finite(v) for v in doc)
+    return False
+
+
+def parse_time(ts: str) -> _dt.datetime:
+    """ISO 8601 string -> naive wall-clock datetime (offset dropped, not converted)."""
+    if type(ts) is not str or not TS_RE.fullmatch(ts):
+        raise InvalidEvent("bad_ts", f"ts must be an ISO 8601 date-time string, got {ts!r}")
+    try:
+        t = _dt.datetime.fromisoformat(ts)
+    except ValueError as e:
+        raise InvalidEvent("bad_ts", f"{ts!r}: {e}") from None
+    return t.replace(tzinfo=None) if t.tzinfo is not None else t
+
+
+def parse_bar(value: bytes | None, key: bytes | None = None, max_bytes: int = 4096) -> Bar:
+    """Validate one bar.v1 message value (and its Kafka key, if any) into a Bar."""
+    if value is None or len(value) == 0:
+        raise InvalidEvent("bad_json", "empty message value")
+    if len(value) > max_bytes:
+        raise InvalidEvent("oversized", f"{len(value)} bytes > {max_bytes}")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as e:
+        raise _decode_error(value, e) from None
+    if type(obj) is not dict:
+        raise InvalidEvent("schema", f"value must be a JSON object, got {type(obj).__name__}")
+
+    symbol = obj.get("symbol")
+    if symbol is None:
+        raise InvalidEvent("schema", "missing symbol")
+    if type(symbol) is not str or not SYMBOL_RE.fullmatch(symbol):
+        raise InvalidEvent("bad_symbol", f"symbol must match [A-Za-z0-9._:-]{{1,64}}, got {symbol!r:.80}")
+    if key is not None and key != symbol.encode():
+        raise InvalidEvent("key_mismatch", f"key {key[:80]!r} != symbol {symbol!r}")
+
+    ts = obj.get("ts")
+    if ts is None:
+        raise InvalidEvent("schema", "missing ts")
+    time = parse_time(ts)
+
+    for name in PRICE_FIELDS:
+        if name not in obj:
+            raise InvalidEvent("schema", f"missing {name}")
+    o = _number(obj, "open")
+    h = _number(obj, "high")
+    lo = _number(obj, "low")
+    c = _number(obj, "close")
+    vol = _size(obj, "volume")
+    amt = _size(obj, "amount")
+    if h < lo or h < o or h < c or lo > o or lo > c:
+        raise InvalidEvent("high_low", f"inconsistent bar o={o} h={h} l={lo} c={c}")
+    return Bar(symbol, ts, time, o, h, lo, c, vol, amt)
+
+
+def dumps(obj) -> bytes:
+    """JSON bytes; numpy scalars/arrays and datetimes serialize natively."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def loads(b: bytes | str):
+    return orjson.loads(b)
+
+
+def format_ts(t) -> str:
+    """datetime or numpy datetime64 -> 'YYYY-MM-DDTHH:MM:SS'."""
+    if isinstance(t, np.datetime64):
+        return str(t.astype("datetime64[s]"))
+    return t.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def build_forecast(*, symbol: str, as_of: str, interval_s: int, horizon_times: list,
+                   mean: np.ndarray, quantiles: dict[float, np.ndarray],
+                   model_name: str, model_version: str, sampling: dict, latency_ms: dict,
+                   topic: str, partition: int, offset: int, worker_id: str) -> dict:
+    """A forecast.v1 dict. mean is [P, 6] in COLUMNS order, quantiles maps
+    level -> [P, 6]; both are turned into plain Python floats. Non-finite values
+    are not checked here (orjson would write them as null, which the schema rejects)."""
+    mean = np.asarray(mean, dtype=np.float64)
+    if mean.ndim != 2 or mean.shape[1] != len(COLUMNS) or mean.shape[0] != len(horizon_times):
+        raise ValueError(f"mean must be [{len(horizon_times)}, 6], got {mean.shape}")
+    levels = sorted(float(q) for q in quantiles)
+    qstack = None
+    if levels:
+        # [P, 6, Q]: one list per (step, column), in level order.
+        qstack = np.stack([np.asarray(quantiles[q], dtype=np.float64) for q in sorted(quantiles)], axis=-1)
+        if qstack.shape[:2] != mean.shape:
+            raise ValueError(f"quantile arrays must be {mean.shape}, got {qstack.shape[:2]}")
+    rows = mean.tolist()
+    horizon = []
+    for i, t in enumerate(horizon_times):
+        entry = {"ts": format_ts(t)}
+        entry.update(zip(COLUMNS, rows[i]))
+        if qstack is not None:
+            entry["quantiles"] = dict(zip(COLUMNS, qstack[i].tolist()))
+        horizon.append(entry)
+    return {
+        "schema": "forecast.v1",
+        "symbol": symbol,
+        "as_of": as_of,
+        "interval_s": int(interval_s),
+        "horizon": horizon,
+        "quantile_levels": levels,
+        "model": {"name": str(model_name), "version": str(model_version)},
+        "sampling": dict(sampling),
+        "latency_ms": {k: float(v) for k, v in latency_ms.items()},
+        "source": {"topic": topic, "partition": int(partition), "offset": int(offset)},
+        "worker_id": worker_id,
+        "produced_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+    }
