@@ -1,0 +1,144 @@
+import asyncio
+import threading
+import time
+
+import pytest
+
+from worker.batcher import MicroBatcher
+
+
+class Recorder:
+    def __init__(self):
+        self.batches = []
+
+    async def __call__(self, batch):
+        self.batches.append(batch)
+
+
+def doubling(items):
+    return [2 * x for x in items]
+
+
+async def test_burst_is_cut_at_max_batch_and_keeps_order():
+    rec = Recorder()
+    b = MicroBatcher(doubling, rec, max_batch=4, max_wait_s=0.05)
+    b.start()
+    for i in range(10):
+        b.submit(i)
+    assert await b.drain(timeout=5)
+    await b.close()
+    sizes = [len(x.items) for x in rec.batches]
+    assert sizes == [4, 4, 2]
+    assert [r for x in rec.batches for r in x.results] == [2 * i for i in range(10)]
+    for x in rec.batches:
+        assert all(t <= x.started <= x.finished for t in x.enqueued)
+
+
+async def test_lone_item_waits_at_most_max_wait():
+    rec = Recorder()
+    b = MicroBatcher(doubling, rec, max_batch=64, max_wait_s=0.03)
+    b.start()
+    t0 = time.time()
+    b.submit(1)
+    assert await b.drain(timeout=5)
+    await b.close()
+    waited = rec.batches[0].started - t0
+    assert 0.02 <= waited < 0.5
+    assert rec.batches[0].results == [2]
+
+
+async def test_items_arriving_within_the_wait_join_the_first_batch():
+    rec = Recorder()
+    b = MicroBatcher(doubling, rec, max_batch=64, max_wait_s=0.2)
+    b.start()
+    b.submit(1)
+    await asyncio.sleep(0.02)
+    b.submit(2)
+    assert await b.drain(timeout=5)
+    await b.close()
+    assert [x.items for x in rec.batches] == [[1, 2]]
+
+
+async def test_compute_runs_on_one_thread_off_the_event_loop():
+    threads = set()
+    loop_thread = threading.get_ident()
+
+    def compute(items):
+        threads.add(threading.get_ident())
+        time.sleep(0.01)
+        return items
+
+    rec = Recorder()
+    b = MicroBatcher(compute, rec, max_batch=2, max_wait_s=0.0)
+    b.start()
+    ticks = 0
+    for i in range(8):
+        b.submit(i)
+    # The loop stays responsive while batches compute.
+    while b.pending:
+        ticks += 1
+        await asyncio.sleep(0.001)
+    assert await b.drain(timeout=5)
+    await b.close()
+    assert len(threads) == 1 and loop_thread not in threads
+    assert ticks > 5
+
+
+async def test_items_piling_up_during_compute_form_the_next_batch():
+    started = threading.Event()
+    release = threading.Event()
+
+    def compute(items):
+        started.set()
+        release.wait(5)
+        return items
+
+    rec = Recorder()
+    b = MicroBatcher(compute, rec, max_batch=8, max_wait_s=0.0)
+    b.start()
+    b.submit("a")
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+    for x in "bcd":
+        b.submit(x)
+    assert b.pending == 4
+    release.set()
+    assert await b.drain(timeout=5)
+    await b.close()
+    assert [x.items for x in rec.batches] == [["a"], ["b", "c", "d"]]
+
+
+async def test_failing_item_is_isolated_from_its_batch():
+    def compute(items):
+        if "bad" in items:
+            raise ValueError("boom")
+        return [x.upper() for x in items]
+
+    rec = Recorder()
+    b = MicroBatcher(compute, rec, max_batch=8, max_wait_s=0.01)
+    b.start()
+    for x in ("a", "bad", "c"):
+        b.submit(x)
+    assert await b.drain(timeout=5)
+    await b.close()
+    outcome = {x.items[0]: (x.results, x.error) for x in rec.batches}
+    assert outcome["a"] == (["A"], None)
+    assert outcome["c"] == (["C"], None)
+    assert outcome["bad"][0] is None and isinstance(outcome["bad"][1], ValueError)
+
+
+async def test_drain_times_out_while_compute_is_stuck():
+    release = threading.Event()
+
+    def compute(items):
+        release.wait(5)
+        return items
+
+    b = MicroBatcher(compute, Recorder(), max_batch=1, max_wait_s=0.0)
+    b.start()
+    b.submit(1)
+    assert not await b.drain(timeout=0.05)
+    release.set()
+    assert await b.drain(timeout=5)
+    await b.close()
+    with pytest.raises(RuntimeError):
+        b.submit(2)
