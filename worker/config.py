@@ -1,0 +1,237 @@
+"""Settings of `kronos-rt worker`: one dataclass, its command-line flags, and their
+environment fallbacks (`--max-batch` <- KRONOS_RT_MAX_BATCH), plus model resolution."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ENV_PREFIX = "KRONOS_RT_"
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def parse_interval(text: str) -> _dt.timedelta:
+    """'5m', '300s', '1h', '1d' or plain seconds -> timedelta."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text).lower())
+    if not m:
+        raise ValueError(f"bad interval {text!r}: use e.g. 30s, 5m, 1h, 1d")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    seconds = float(m.group(1)) * unit
+    if seconds <= 0:
+        raise ValueError(f"interval must be positive, got {text!r}")
+    return _dt.timedelta(seconds=seconds)
+
+
+def parse_quantiles(text: str | tuple) -> tuple[float, ...]:
+    if isinstance(text, tuple):
+        return text
+    levels = tuple(float(x) for x in str(text).split(",") if x.strip())
+    for q in levels:
+        if not 0 < q < 1:
+            raise ValueError(f"quantile levels must be in (0, 1), got {q}")
+    return levels
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class Settings:
+    brokers: str = "127.0.0.1:9092"
+    group: str = "kronos-rt"
+    bars_topic: str = "bars.5m"
+    forecasts_topic: str = "forecasts.5m"
+    dlq_topic: str = "bars.dlq"
+    redis: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "krt"
+    model: str = "NeoQuasar/Kronos-small"
+    tokenizer: str = "NeoQuasar/Kronos-Tokenizer-base"
+    lookback: int = 400
+    min_history: int = 64
+    pred_len: int = 12
+    max_context: int = 512
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.9
+    sample_count: int = 1
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    device: str = "auto"
+    dtype: str = "auto"
+    metrics_port: int = 9100
+    interval: str = "5m"
+    sessions: str = "continuous"
+    worker_id: str = field(default_factory=default_worker_id)
+    max_queue: int = 4096
+    drain_timeout_s: float = 20.0
+    session_timeout_ms: int = 10000
+    commit_interval_ms: int = 200
+    seed: int | None = None
+
+    @property
+    def interval_td(self) -> _dt.timedelta:
+        return parse_interval(self.interval)
+
+    def __post_init__(self):
+        self.quantiles = parse_quantiles(self.quantiles)
+        if self.min_history < 1 or self.lookback < self.min_history:
+            raise ValueError("need 1 <= --min-history <= --lookback")
+        if self.pred_len < 1 or self.max_batch < 1 or self.max_queue < self.max_batch:
+            raise ValueError("need --pred-len >= 1, --max-batch >= 1 and --max-queue >= --max-batch")
+        parse_interval(self.interval)
+
+
+# flag help, in the order --help lists them; the type and default come from Settings.
+HELP = {
+    "brokers": "Kafka bootstrap servers, comma separated",
+    "group": "consumer group; workers in one group split the bar partitions",
+    "bars_topic": "input topic of bar.v1 events (key = symbol)",
+    "forecasts_topic": "output topic of forecast.v1 messages (key = symbol)",
+    "dlq_topic": "dead-letter topic for invalid events (original key/value, error.* and source.* headers)",
+    "redis": "Redis URL holding the rolling windows",
+    "redis_prefix": "prefix of every Redis key the worker writes",
+    "model": "Kronos model: a local directory, a Hugging Face hub id, or NAME@VERSION from the model registry",
+    "tokenizer": "Kronos tokenizer: a local directory, a Hugging Face hub id, or NAME@VERSION",
+    "lookback": "bars kept per symbol and fed to the model",
+    "min_history": "bars a symbol needs before it is forecast",
+    "pred_len": "future bars forecast each time",
+    "max_context": "model context length; longer windows are cut to the newest bars",
+    "temperature": "sampling temperature",
+    "top_k": "top-k sampling (0 = off, 1 = greedy)",
+    "top_p": "nucleus sampling threshold",
+    "sample_count": "sampled paths per forecast; mean and quantiles are taken over them",
+    "quantiles": "quantile levels reported when --sample-count > 1, comma separated",
+    "max_batch": "most windows in one inference batch",
+    "max_wait_ms": "longest a ready window waits for its batch to fill",
+    "device": "torch device: auto (cuda:0 if available, else cpu), cpu, cuda:N",
+    "dtype": "inference dtype: auto (float16 on cuda, float32 on cpu), float32, float16, bfloat16",
+    "metrics_port": "port of /metrics, /healthz and /readyz (0 = pick a free one)",
+    "interval": "bar interval, e.g. 5m, 1h",
+    "sessions": "trading-session calendar: continuous, ashare, us, or SYMBOL_GLOB=NAME,... (see worker/sessions.py)",
+    "worker_id": "name of this worker in forecasts and logs (default: hostname-pid)",
+    "max_queue": "ready windows queued before the worker pauses its partitions (backpressure)",
+    "drain_timeout_s": "on SIGTERM/SIGINT, how long to finish queued forecasts and commit before exiting",
+    "session_timeout_ms": "consumer-group session timeout: how soon a dead worker's partitions move",
+    "commit_interval_ms": "how often acknowledged offsets are committed",
+    "seed": "random seed for sampling (default: none)",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per Settings field; each defaults to its KRONOS_RT_* variable, then to the built-in default."""
+    defaults = Settings(worker_id="hostname-pid")
+    for f in dataclasses.fields(Settings):
+        flag = _flag(f.name)
+        default = getattr(defaults, f.name)
+        shown = ",".join(str(q) for q in default) if f.name == "quantiles" else default
+        env = os.environ.get(env_name(flag))
+        kind = int if f.name == "seed" else {int: int, float: float}.get(type(default), str)
+        parser.add_argument(
+            flag, dest=f.name, type=kind, default=env if env is not None else None,
+            metavar=f.name.upper(),
+            help=f"{HELP[f.name]} (default: {shown}; env {env_name(flag)})",
+        )
+
+
+def from_args(args: argparse.Namespace) -> Settings:
+    """Settings from parsed flags; flags left unset keep the dataclass defaults.
+    (argparse applies each flag's type to string defaults, so env values arrive typed.)"""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+             if getattr(args, f.name, None) is not None}
+    return Settings(**given)
+
+
+# ---------------------------------------------------------------- model resolution
+
+@dataclass(frozen=True)
+class ModelRef:
+    location: str   # what from_pretrained() gets: a directory or a hub id
+    name: str       # reported in forecasts and model_info
+    version: str
+    revision: str | None = None  # hub revision passed to from_pretrained
+
+
+# Plug-in point for NAME@VERSION lookups (the model registry registers itself here).
+# Each resolver returns a ModelRef, or None when the spec is not its kind.
+MODEL_RESOLVERS: list[Callable[[str], ModelRef | None]] = []
+
+
+def _registry_resolver(spec: str) -> ModelRef | None:
+    try:
+        from kronos_rt import registry  # optional; lands later
+    except ImportError:
+        return None
+    resolve = getattr(registry, "resolve", None)
+    return resolve(spec) if callable(resolve) else None
+
+
+def resolve_model(spec: str) -> ModelRef:
+    """A model/tokenizer spec -> where to load it from and how to name it.
+
+    Directory: name = directory name, version = a short hash of its files' sizes and
+    mtimes (cheap, changes when the checkpoint is replaced). Hub id ("org/name", optional
+    "@revision"): loaded by from_pretrained. NAME@VERSION without a slash: the registry.
+    """
+    spec = str(spec)
+    for resolver in MODEL_RESOLVERS:
+        ref = resolver(spec)
+        if ref is not None:
+            return ref
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ModelRef(str(path), path.resolve().name, _dir_version(path))
+    name, _, version = spec.partition("@")
+    if "@" in spec and "/" not in name:
+        ref = _registry_resolver(spec)
+        if ref is None:
+            raise ValueError(f"model {spec!r}: NAME@VERSION needs the model registry, which has no such entry")
+        return ref
+    if re.fullmatch(r"[\w.\-]+/[\w.\-]+", name):
+        return ModelRef(name, name, version or "main", version or None)
+    raise ValueError(f"model {spec!r} is neither a directory, a hub id (org/name) nor NAME@VERSION")
+
+
+def _dir_version(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(path.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:12]
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.float16 if str(device).startswith("cuda") else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}") from None
