@@ -1,0 +1,139 @@
+"""`kronos-rt replay TAPE`: publish a CSV/Parquet tape as bar.v1 events (key = symbol).
+
+Bars of all symbols are interleaved by time, bar by bar, as a live feed sends them.
+`--fanout N` turns a one-symbol tape into N distinct synthetic symbols; `--speed`
+is `max` or a multiple of real time (bar timestamps are spaced out accordingly).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from worker import events
+from worker.kafka import ensure_topics, make_producer
+from worker.tape import bar_events, fan_out, interleave, read_tape
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplaySummary:
+    bars: int
+    symbols: int
+    seconds: float
+    rate: float        # bars per second, counting until the last one was acknowledged
+    topic: str
+    first_ts: str
+    last_ts: str
+
+    def line(self) -> str:
+        return (f"sent {self.bars} bars of {self.symbols} symbols to {self.topic} "
+                f"({self.first_ts} .. {self.last_ts}) in {self.seconds:.2f}s, {self.rate:,.0f} bars/s")
+
+
+def prepare(tape: str | Path | pd.DataFrame, symbol: str | None = None, fanout: int = 1,
+            limit: int | None = None, skip: int = 0) -> pd.DataFrame:
+    """The rows a replay sends, in sending order. `skip`/`limit` count bars per symbol."""
+    df = tape if isinstance(tape, pd.DataFrame) else read_tape(tape, symbol or ("SYM" if fanout > 1 else None))
+    if skip or limit is not None:
+        n = df.groupby("symbol").cumcount()
+        keep = n >= skip
+        if limit is not None:
+            keep &= n < skip + limit
+        df = df[keep]
+    if fanout > 1:
+        df = fan_out(df, fanout, base=symbol or "SYM")
+    return interleave(df)
+
+
+def parse_speed(speed: str | float | None) -> float | None:
+    """None for as fast as possible, else the multiple of real time."""
+    if speed in (None, "max", "MAX", ""):
+        return None
+    value = float(speed)
+    if value <= 0:
+        raise ValueError("speed must be 'max' or a positive multiple of real time")
+    return value
+
+
+async def replay(tape: str | Path | pd.DataFrame, brokers: str, topic: str, *, symbol: str | None = None,
+                 fanout: int = 1, speed: str | float | None = "max", limit: int | None = None,
+                 skip: int = 0, partitions: int | None = None, progress: bool = False,
+                 producer=None) -> ReplaySummary:
+    """Publish a tape; returns once every bar is acknowledged. Pass a started `producer` to reuse one."""
+    rows = prepare(tape, symbol, fanout, limit, skip)
+    factor = parse_speed(speed)
+    if partitions:
+        await ensure_topics(brokers, {topic: partitions})
+    own_producer = producer is None
+    if own_producer:
+        producer = make_producer(brokers, client_id="kronos-rt-replay")
+        await producer.start()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(rows), unit="bar", desc=f"replay -> {topic}")
+    pending = []
+    t0 = time.monotonic()
+    first_time = rows["time"].iloc[0] if len(rows) else None
+    try:
+        for sym, event, t in bar_events(rows):
+            if factor is not None:
+                due = t0 + (t - first_time).total_seconds() / factor
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            pending.append(await producer.send(topic, key=sym.encode(), value=events.dumps(event)))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            if bar is not None:
+                bar.update(1)
+        await asyncio.gather(*pending)
+    finally:
+        if bar is not None:
+            bar.close()
+        if own_producer:
+            await producer.stop()
+    seconds = time.monotonic() - t0
+    return ReplaySummary(
+        bars=len(rows), symbols=rows["symbol"].nunique(), seconds=seconds,
+        rate=len(rows) / seconds if seconds > 0 else 0.0, topic=topic,
+        first_ts=str(first_time) if first_time is not None else "",
+        last_ts=str(rows["time"].iloc[-1]) if len(rows) else "",
+    )
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("tape", help="CSV or Parquet file: a time column, open, high, low, close, "
+                                     "optional volume, amount and symbol")
+    parser.add_argument("--brokers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    parser.add_argument("--topic", default="bars.5m", help="topic to publish bar.v1 events to")
+    parser.add_argument("--symbol", help="symbol of a tape without a symbol column; with --fanout, "
+                                         "the prefix of the synthetic symbols (default SYM)")
+    parser.add_argument("--fanout", type=int, default=1,
+                        help="make N distinct synthetic symbols (SYM-0001..) from a one-symbol tape")
+    parser.add_argument("--speed", default="max",
+                        help="'max' (as fast as the broker takes them) or a multiple of real time, e.g. 60")
+    parser.add_argument("--limit", type=int, help="send at most this many bars per symbol")
+    parser.add_argument("--skip", type=int, default=0, help="skip this many bars per symbol first")
+    parser.add_argument("--partitions", type=int,
+                        help="create the topic with this many partitions if it does not exist")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = asyncio.run(replay(
+        args.tape, args.brokers, args.topic, symbol=args.symbol, fanout=args.fanout, speed=args.speed,
+        limit=args.limit, skip=args.skip, partitions=args.partitions, progress=not args.no_progress,
+    ))
+    print(summary.line())
+    return 0
+
