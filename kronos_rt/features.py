@@ -1,0 +1,53 @@
+"""Inputs as the reference predictor prepares them (KRONOS.md §5.1–5.3), in numpy."""
+from __future__ import annotations
+
+import numpy as np
+
+COLUMNS = ("open", "high", "low", "close", "volume", "amount")
+PRICE_COLUMNS = COLUMNS[:4]
+EPS = 1e-5
+
+
+def fill_missing(bars: np.ndarray) -> np.ndarray:
+    """bars [L, 6] float with NaN marking missing volume/amount, row by row.
+
+    Missing volume -> volume = amount = 0; missing amount -> volume x mean of the four
+    prices (the reference's rule for a missing column, applied to single bars).
+    """
+    out = np.array(bars, dtype=np.float64, copy=True)
+    if out.ndim != 2 or out.shape[1] != 6:
+        raise ValueError(f"bars must have shape [L, 6], got {out.shape}")
+    no_vol = np.isnan(out[:, 4])
+    out[no_vol, 4] = 0.0
+    out[no_vol, 5] = 0.0
+    no_amt = np.isnan(out[:, 5])
+    out[no_amt, 5] = out[no_amt, 4] * out[no_amt, :4].mean(axis=1)
+    return out
+
+
+def normalize(x: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column z-score over the window in float32 (population std), clipped."""
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("input contains NaN or infinite values")
+    mean, std = np.mean(x, axis=0), np.std(x, axis=0)
+    return np.clip((x - mean) / (std + EPS), -clip, clip), mean, std
+
+
+def denormalize(y: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return y * (std + EPS) + mean
+
+
+def time_features(times) -> np.ndarray:
+    """datetime64 array [L] (wall clock, no zone) -> int64 [L, 5]: minute, hour, weekday (Mon=0), day, month."""
+    t = np.asarray(times, dtype="datetime64[m]")
+    minutes = t.astype(np.int64)
+    days = t.astype("datetime64[D]")
+    months = t.astype("datetime64[M]")
+    out = np.empty(t.shape + (5,), dtype=np.int64)
+    out[..., 0] = minutes % 60
+    out[..., 1] = (minutes // 60) % 24
+    out[..., 2] = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
+    out[..., 3] = (days - months).astype(np.int64) + 1
+    out[..., 4] = months.astype(np.int64) % 12 + 1
+    return out

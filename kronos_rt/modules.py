@@ -1,0 +1,185 @@
+"""Building blocks shared by the Kronos tokenizer and predictor (KRONOS.md §2).
+
+Parameter and buffer names match the public checkpoints exactly, so a state_dict from
+the Hub loads unchanged. Attention can run a full causal pass or one decode step against
+a preallocated key/value cache (see `KVCache`); both give the same numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 (fp16 squares overflow), cast back before the weight multiply.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, ff_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, ff_dim, bias=False)
+        self.w3 = nn.Linear(d_model, ff_dim, bias=False)
+        self.w2 = nn.Linear(ff_dim, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Rotary(nn.Module):
+    """RoPE tables; `inv_freq` is a buffer in the public checkpoints (derivable, so accepted)."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.register_buffer("inv_freq", self._inv_freq(torch.device("cpu")))
+
+    def _inv_freq(self, device) -> torch.Tensor:
+        return 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim))
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: any integer shape S -> cos, sin of shape S + (head_dim,).
+
+        Angles in float32 from a fresh inv_freq: the buffer is cast with the module under
+        .half(), and fp16 angles would drift from the reference's."""
+        freqs = positions.float()[..., None] * self._inv_freq(positions.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+@dataclass
+class DecodeStep:
+    """Where one new token per row goes in the cache.
+
+    pos: [B] position of each row's new token. When every row is at the same position
+    (`uniform` is that int) the cache is written and read with plain slices; otherwise
+    rows are scattered and a mask hides each row's positions beyond its own.
+    """
+
+    pos: torch.Tensor
+    uniform: int | None
+    cos: torch.Tensor  # [B, 1, 1, head_dim] for the self-attention heads
+    sin: torch.Tensor
+    mask: torch.Tensor | None  # [B, 1, 1, T] bool, True = attend; None when uniform
+
+    @property
+    def read_len(self) -> int:
+        return self.mask.shape[-1] if self.mask is not None else self.uniform + 1
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: [B, H, T_max, head_dim] each."""
+
+    def __init__(self, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (batch, n_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+
+    def expand(self, repeats: int) -> None:
+        """Repeat each row `repeats` times (sample paths share their series' prefix)."""
+        if repeats > 1:
+            self.k = [t.repeat_interleave(repeats, dim=0) for t in self.k]
+            self.v = [t.repeat_interleave(repeats, dim=0) for t in self.v]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with RoPE; q/k/v/out projections with bias."""
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.rotary = Rotary(self.head_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, y: torch.Tensor) -> torch.Tensor:
+        B, _, T, _ = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                step: DecodeStep | None = None) -> torch.Tensor:
+        """Causal self-attention.
+
+        Without `step`: a full pass over positions 0..T-1 (cos/sin [T, head_dim]); if `cache`
+        is given its first T positions are filled. With `step`: x is one token per row,
+        written into `cache` at step.pos and attending to the cached prefix.
+        """
+        q = apply_rope(self._heads(self.q_proj(x)), cos, sin)
+        k = apply_rope(self._heads(self.k_proj(x)), cos, sin)
+        v = self._heads(self.v_proj(x))
+        if step is None:
+            if cache is not None:
+                T = x.shape[1]
+                cache[0][:, :, :T] = k
+                cache[1][:, :, :T] = v
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            kc, vc = cache
+            if step.uniform is not None:
+                kc[:, :, step.uniform] = k[:, :, 0]
+                vc[:, :, step.uniform] = v[:, :, 0]
+            else:
+                rows = torch.arange(x.shape[0], device=x.device)
+                kc[rows, :, step.pos] = k[:, :, 0]
+                vc[rows, :, step.pos] = v[:, :, 0]
+            n = step.read_len
+            y = F.scaled_dot_product_attention(q, kc[:, :, :n], vc[:, :, :n], attn_mask=step.mask)
+        return self._merge(y)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unmasked attention of given (already projected, head-split) q over k/v, no RoPE."""
+        return self._merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, ff_dim: int):
+        super().__init__()
+        self.norm1 = RMSNorm(d_model)
+        self.self_attn = Attention(d_model, n_heads)
+        self.norm2 = RMSNorm(d_model)
+        self.ffn = FeedForward(d_model, ff_dim)
+
+    def forward(self, x, cos, sin, cache=None, step=None):
+        x = x + self.self_attn(self.norm1(x), cos, sin, cache, step)
+        return x + self.ffn(self.norm2(x))
+
+
+def sinusoid_table(n: int, d: int) -> torch.Tensor:
+    """Fixed time-embedding table (learn_te=false): col 2k sin, col 2k+1 cos."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * -(math.log(10000.0) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div)
+    return table
