@@ -1,0 +1,55 @@
+"""Shared fixtures: an embedded Kafka-protocol broker, Redis URLs and key prefixes."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from worker.services import EmbeddedBroker, RedisServer, _redis_ping
+
+SHARED_REDIS_PORT = 6379
+
+
+def unique_topic(name: str) -> str:
+    """A topic name no other test (or earlier run on a long-lived broker) uses."""
+    return f"{name}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """Bootstrap string ("127.0.0.1:PORT") of a Tansu broker shared by the session."""
+    with EmbeddedBroker() as b:
+        yield b.bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """The shared Redis on 6379 if one answers, else a private one for the session.
+    Tests on it must keep to their own key prefix (see redis_prefix) and never flush."""
+    if _redis_ping(SHARED_REDIS_PORT):
+        yield f"redis://127.0.0.1:{SHARED_REDIS_PORT}/0"
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_prefix(redis_url):
+    """A key prefix unique to this test; every key under it is deleted afterwards."""
+    prefix = f"kt-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def private_redis():
+    """URL of a redis-server owned by this test alone: free to FLUSHALL or stop."""
+    with RedisServer() as server:
+        yield server.url
