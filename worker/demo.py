@@ -1,0 +1,203 @@
+"""`kronos-rt demo`: the whole pipeline on one machine, in one command.
+
+Starts an embedded Kafka-protocol broker (Tansu) and a private Redis server, takes a model
+from the registry (a real one when present, else a clearly labelled random-weight demo
+model it creates), runs a worker, replays the bundled A-share tape for several synthetic
+symbols at full speed, shows progress, writes the replay report, prints a summary and
+stops everything it started.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TAPE = Path(__file__).resolve().parent / "data" / "a_share_5min.csv"
+DEMO_NAME = "demo-random"
+TOPICS = {"bars": "demo.bars.5m", "forecasts": "demo.forecasts.5m", "dlq": "demo.bars.dlq"}
+
+log = logging.getLogger("kronos_rt.demo")
+
+
+@dataclass
+class DemoResult:
+    forecasts: int
+    expected: int
+    bars: int
+    symbols: int
+    p50_ms: float
+    p99_ms: float
+    seconds: float
+    report: Path | None
+    model: str
+    random_weights: bool
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--symbols", type=int, default=8, help="synthetic symbols fanned out from the tape (default 8)")
+    parser.add_argument("--bars", type=int, default=240, help="bars replayed per symbol (default 240)")
+    parser.add_argument("--model", default=None,
+                        help="registry NAME[@VERSION] to use; default: a real model in the registry if any, "
+                             f"else a random-weight '{DEMO_NAME}' model created for the demo")
+    parser.add_argument("--shape", default="mini", choices=("mini", "small", "base"),
+                        help="shape of the random demo model (default mini: fast on a CPU)")
+    parser.add_argument("--registry", default=None, help="model registry root (default $KRONOS_RT_REGISTRY or ~/.kronos-rt/registry)")
+    parser.add_argument("--out", default=None, help="where the report goes (default: a new folder under ./kronos-rt-demo)")
+    parser.add_argument("--lookback", type=int, default=128)
+    parser.add_argument("--min-history", type=int, default=64)
+    parser.add_argument("--pred-len", type=int, default=12)
+    parser.add_argument("--sample-count", type=int, default=4, help="sample paths per forecast (quantile bands)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = asyncio.run(run_demo(args))
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    print(summary_text(result))
+    return 0 if result.forecasts >= result.expected else 1
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def summary_text(r: DemoResult) -> str:
+    lines = [
+        "",
+        "kronos-rt demo summary",
+        f"  model            {r.model}" + ("  (RANDOM WEIGHTS: forecasts are meaningless, the pipeline is real)" if r.random_weights else ""),
+        f"  bars replayed    {r.bars} ({r.symbols} symbols)",
+        f"  forecasts        {r.forecasts} of {r.expected} expected",
+        f"  latency total    p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms (bar's Kafka timestamp -> forecast published)",
+        f"  wall time        {r.seconds:.1f} s",
+        f"  report           {r.report / 'report.md' if r.report else '(not written)'}",
+    ]
+    return "\n".join(lines)
+
+
+def pick_model(registry, requested: str | None, shape: str):
+    """A real model in the registry if there is one, else the random demo model (created once)."""
+    if requested:
+        return registry.resolve(requested)
+    versions = registry.list()
+    real = [v for v in versions if not v.metadata.get("random_weights")]
+    if real:
+        return registry.resolve(f"{real[-1].name}@latest")
+    if not any(v.name == DEMO_NAME for v in versions):
+        print(f"demo: no real model in the registry at {registry.root}; creating '{DEMO_NAME}' "
+              f"(Kronos-{shape} shape, RANDOM weights, labelled as such)")
+        registry.init(DEMO_NAME, shape=shape, seed=0)
+    return registry.resolve(f"{DEMO_NAME}@latest")
+
+
+async def run_demo(args: argparse.Namespace) -> DemoResult:
+    from kronos_rt import Engine, Kronos, KronosTokenizer
+    from kronos_rt.registry import Registry, default_root
+    from worker import report as report_mod
+    from worker.app import Worker
+    from worker.config import ModelRef, Settings
+    from worker.replay import replay
+    from worker.services import EmbeddedBroker, RedisServer, create_topics
+
+    t0 = time.monotonic()
+    registry = Registry(Path(args.registry) if args.registry else default_root())
+    mv = pick_model(registry, args.model, args.shape)
+    random_weights = bool(mv.metadata.get("random_weights"))
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="run-", dir=_mkdir(Path("kronos-rt-demo"))))
+
+    broker, redis_server = EmbeddedBroker(), RedisServer()
+    try:
+        redis_server.start()
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise DemoError(f"cannot start a Redis server: {exc}. On Debian/Ubuntu: apt-get install -y redis-server") from exc
+    try:
+        broker.start()
+        print(f"demo: broker {broker.bootstrap}, redis {redis_server.url}, model {mv.name}@{mv.version}")
+        await create_topics(broker.bootstrap, {TOPICS["bars"]: 4, TOPICS["forecasts"]: 4, TOPICS["dlq"]: 1})
+
+        settings = Settings(brokers=broker.bootstrap, group="kronos-rt-demo", bars_topic=TOPICS["bars"],
+                            forecasts_topic=TOPICS["forecasts"], dlq_topic=TOPICS["dlq"], redis=redis_server.url,
+                            model=f"{mv.name}@{mv.version}", tokenizer=f"{mv.name}@{mv.version}",
+                            lookback=args.lookback, min_history=args.min_history, pred_len=args.pred_len,
+                            sample_count=args.sample_count, top_p=0.9, max_batch=64, max_wait_ms=5.0,
+                            metrics_port=0, sessions="ashare", device=args.device, session_timeout_ms=6000)
+        model = Kronos.from_pretrained(mv.model_dir)
+        tokenizer = KronosTokenizer.from_pretrained(mv.tokenizer_dir)
+        engine = Engine(model, tokenizer, device=None if args.device == "auto" else args.device,
+                        max_context=mv.metadata.get("max_context", settings.max_context))
+        worker = Worker(settings, engine=engine, model_ref=ModelRef(str(mv.model_dir), mv.name, mv.version))
+        worker_task = asyncio.create_task(worker.run())
+
+        expected = args.symbols * max(0, args.bars - args.min_history + 1)
+        collector = asyncio.create_task(_collect(broker.bootstrap, expected, args.quiet, args.timeout))
+        summary = await replay(TAPE, broker.bootstrap, TOPICS["bars"], fanout=args.symbols, limit=args.bars,
+                               speed="max", progress=not args.quiet)
+        print(f"demo: {summary.line()}")
+        forecasts = await collector
+        worker.stop()
+        await asyncio.wait_for(worker_task, timeout=60)
+
+        bars = await report_mod.read_topic(broker.bootstrap, TOPICS["bars"])
+        report_path = None
+        if forecasts:
+            report_mod.build_report(forecasts, bars, out)
+            report_path = out
+        totals = np.array([f["latency_ms"]["total"] for f in forecasts]) if forecasts else np.zeros(1)
+        return DemoResult(forecasts=len(forecasts), expected=expected, bars=summary.bars, symbols=summary.symbols,
+                          p50_ms=float(np.percentile(totals, 50)), p99_ms=float(np.percentile(totals, 99)),
+                          seconds=time.monotonic() - t0, report=report_path,
+                          model=f"{mv.name}@{mv.version}", random_weights=random_weights)
+    finally:
+        broker.stop()
+        redis_server.stop()
+
+
+async def _collect(bootstrap: str, expected: int, quiet: bool, timeout: float) -> list[dict]:
+    """Read forecasts as they are published until all expected ones are in (or timeout)."""
+    from aiokafka import AIOKafkaConsumer
+
+    from worker.events import loads
+
+    consumer = AIOKafkaConsumer(TOPICS["forecasts"], bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    seen: dict[tuple, dict] = {}
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=expected, unit="fc", desc="forecasts")
+    deadline = time.monotonic() + timeout
+    try:
+        while len(seen) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                for m in msgs:
+                    f = loads(m.value)
+                    key = (f["symbol"], f["as_of"])
+                    if key not in seen and bar is not None:
+                        bar.update(1)
+                    seen[key] = f  # a redelivered duplicate replaces its identical twin
+    finally:
+        if bar is not None:
+            bar.close()
+        await consumer.stop()
+    return list(seen.values())
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
