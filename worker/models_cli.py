@@ -1,0 +1,190 @@
+"""`kronos-rt models`: manage the local model registry (kronos_rt.registry).
+
+    kronos-rt models list
+    kronos-rt models import NAME MODEL_DIR TOKENIZER_DIR [--version V]
+    kronos-rt models pull HUB_ID --tokenizer HUB_ID [--name N] [--revision R]
+    kronos-rt models init --shape mini|small|base [--seed S] [--name N]
+    kronos-rt models promote NAME VERSION
+    kronos-rt models rollback NAME
+    kronos-rt models verify NAME[@VERSION]
+
+--registry ROOT (before or after the action) overrides $KRONOS_RT_REGISTRY / ~/.kronos-rt/registry.
+Exit codes: 0 ok, 1 failure (including a failed verify), 2 usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kronos_rt.checkpoint import CheckpointError
+from kronos_rt.registry import ModelVersion, Registry, RegistryError, VerifyReport
+
+
+def _add_registry_flag(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--registry", metavar="ROOT", default=default,
+                        help="registry root (default: $KRONOS_RT_REGISTRY or ~/.kronos-rt/registry)")
+
+
+def _add_promote_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--promote", dest="promote", action="store_true", default=None,
+                   help="make it `latest` even if it is not the newest version")
+    g.add_argument("--no-promote", dest="promote", action="store_false",
+                   help="leave `latest` where it is (default: the newest version becomes latest)")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    _add_registry_flag(parser, None)
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # SUPPRESS: given after the action it overrides the global flag, absent it leaves it alone.
+        _add_registry_flag(p, argparse.SUPPRESS)
+        return p
+
+    action("list", "list the models and versions in the registry")
+
+    p = action("import", "copy a local model + tokenizer checkpoint in as a new version")
+    p.add_argument("name")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("tokenizer_dir", metavar="TOKENIZER_DIR")
+    p.add_argument("--version", help="semantic version (default: next patch after the newest, or 0.1.0)")
+    _add_promote_flags(p)
+
+    p = action("pull", "download a model and its tokenizer from the Hugging Face Hub (offline: from its cache)")
+    p.add_argument("hub_id", metavar="HUB_ID", help="model repo, e.g. NeoQuasar/Kronos-small")
+    p.add_argument("--tokenizer", required=True, metavar="HUB_ID",
+                   help="tokenizer repo, e.g. NeoQuasar/Kronos-Tokenizer-base")
+    p.add_argument("--name", help="registry name (default: the model repo name, lower-cased)")
+    p.add_argument("--revision", help="model revision (branch, tag or commit; default main)")
+    p.add_argument("--tokenizer-revision", help="tokenizer revision (default main)")
+    p.add_argument("--version", help="semantic version (default: next patch)")
+    _add_promote_flags(p)
+
+    p = action("init", "create a pair with random weights in a public shape (for load tests and demos)")
+    p.add_argument("--shape", required=True, choices=["mini", "small", "base"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="registry name (default: kronos-SHAPE-random)")
+    p.add_argument("--version", help="semantic version (default: next patch)")
+    _add_promote_flags(p)
+
+    p = action("promote", "point NAME's `latest` at VERSION")
+    p.add_argument("name")
+    p.add_argument("version")
+
+    p = action("rollback", "move NAME's `latest` to the version below it")
+    p.add_argument("name")
+
+    p = action("verify", "health check: checksums, compatibility, strict load, canary forecast, memory")
+    p.add_argument("spec", metavar="NAME[@VERSION]")
+    p.add_argument("--device", default="auto", help="device for the canary forecast: auto (GPU if any), cpu, cuda:0")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _source_text(meta: dict) -> str:
+    src = meta.get("source", {})
+    kind = src.get("type")
+    if kind == "hub":
+        m = src.get("model", {})
+        return f"hub {m.get('hub_id')}@{m.get('revision')}"
+    if kind == "directory":
+        return f"dir {src.get('model_dir')}"
+    if kind == "random-init":
+        return f"random-init {src.get('shape')} seed={src.get('seed')}"
+    return str(kind or "?")
+
+
+def _describe(mv: ModelVersion, verb: str) -> str:
+    note = " (RANDOM WEIGHTS: forecasts are meaningless)" if mv.random_weights else ""
+    return f"{verb} {mv.spec} at {mv.path}{note}"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _print_verify(report: VerifyReport) -> None:
+    print(f"verify {report.name}@{report.version}: {'OK' if report.ok else 'FAILED'}")
+    print(_table([[c.name, "ok" if c.ok else "FAIL", c.detail] for c in report.checks], ["CHECK", "RESULT", "DETAIL"]))
+    canary = f"{report.canary_ms:.1f} ms" if report.canary_ms is not None else "n/a"
+    print(f"canary: {canary} on {report.device}; params+buffers: {_bytes(report.param_bytes)}; "
+          f"peak RSS: {_bytes(report.peak_rss_bytes)}; peak GPU: {_bytes(report.peak_gpu_bytes)}")
+
+
+def _run(args: argparse.Namespace, reg: Registry) -> int:
+    if args.action == "list":
+        rows = []
+        for mv in reg.list():
+            rows.append([mv.name, mv.version, "*" if reg.latest(mv.name) == mv.version else "",
+                         mv.metadata.get("created_at", ""), _source_text(mv.metadata),
+                         "random weights" if mv.random_weights else ""])
+        if not rows:
+            print(f"registry {reg.root} is empty")
+        else:
+            print(_table(rows, ["NAME", "VERSION", "LATEST", "CREATED", "SOURCE", "NOTE"]))
+        return 0
+    if args.action == "import":
+        mv = reg.import_dirs(args.name, args.model_dir, args.tokenizer_dir, version=args.version, promote=args.promote)
+        print(_describe(mv, "imported"))
+    elif args.action == "pull":
+        mv = reg.pull(args.hub_id, args.tokenizer, name=args.name, revision=args.revision,
+                      tokenizer_revision=args.tokenizer_revision, version=args.version, promote=args.promote)
+        print(_describe(mv, "pulled"))
+    elif args.action == "init":
+        name = args.name or f"kronos-{args.shape}-random"
+        mv = reg.init(name, args.shape, seed=args.seed, version=args.version, promote=args.promote)
+        print(_describe(mv, "created"))
+    elif args.action == "promote":
+        mv = reg.promote(args.name, args.version)
+        print(f"{mv.name}: latest -> {mv.version}")
+        return 0
+    elif args.action == "rollback":
+        mv = reg.rollback(args.name)
+        print(f"{mv.name}: latest -> {mv.version} (rolled back)")
+        return 0
+    elif args.action == "verify":
+        mv = reg.resolve(args.spec)
+        from kronos_rt.registry import verify_version
+
+        report = verify_version(mv, device=args.device)
+        if args.json:
+            print(json.dumps({"name": report.name, "version": report.version, "ok": report.ok,
+                              "checks": [vars(c) for c in report.checks], "canary_ms": report.canary_ms,
+                              "param_bytes": report.param_bytes, "peak_rss_bytes": report.peak_rss_bytes,
+                              "peak_gpu_bytes": report.peak_gpu_bytes, "device": report.device}, indent=2))
+        else:
+            _print_verify(report)
+        return 0 if report.ok else 1
+    latest = reg.latest(mv.name)
+    print(f"{mv.name}: latest -> {latest}" if latest else
+          f"{mv.name}: no latest yet; `kronos-rt models promote {mv.name} {mv.version}`")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    reg = Registry(args.registry)
+    try:
+        return _run(args, reg)
+    except (RegistryError, CheckpointError, FileNotFoundError, OSError) as exc:
+        print(f"kronos-rt models {args.action}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    from worker.cli import main as cli_main
+
+    sys.exit(cli_main(["models", *sys.argv[1:]]))
