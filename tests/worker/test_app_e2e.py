@@ -31,6 +31,18 @@ LOOKBACK, MIN_HISTORY, PRED_LEN, MAX_CONTEXT = 64, 32, 4, 128
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tiny model gains nothing from intra-op threads, and on a loaded 2-core box they
+    oversubscribe it (x50 slower). Restored afterwards for the rest of the session."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def names(tag: str) -> dict:
     u = uuid.uuid4().hex[:8]
     return {"bars_topic": f"bars-{tag}-{u}", "forecasts_topic": f"fc-{tag}-{u}",

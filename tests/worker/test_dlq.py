@@ -1,0 +1,94 @@
+"""Malformed events go to the dead-letter topic with their reason; the valid bars between
+them are all forecast."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import pytest
+
+from tests.worker.test_app_e2e import (
+    TAPE, consume, expected_keys, forecasts_of, make_settings, names, one_torch_thread, running_worker,
+)
+from worker.events import dumps
+from worker.kafka import ensure_topics, make_producer
+from worker.replay import prepare
+from worker.tape import bar_events
+
+pytestmark = pytest.mark.slow
+assert one_torch_thread  # autouse fixture, imported to apply here too
+
+GOOD = {"symbol": "BAD-1", "ts": "2024-06-18T11:15:00", "open": 11.27, "high": 11.28, "low": 11.26,
+        "close": 11.27, "volume": 379.0, "amount": 427161.0}
+
+
+def doc(**change) -> bytes:
+    d = dict(GOOD)
+    d.update(change)
+    return dumps(d)
+
+
+# (key, value, expected error.reason)
+CORPUS = [
+    (b"BAD-1", b"{not json", "bad_json"),
+    (b"BAD-1", b"", "bad_json"),
+    (b"BAD-1", dumps({k: v for k, v in GOOD.items() if k != "close"}), "schema"),
+    (b"BAD-1", doc(open="11.27"), "schema"),
+    (b"BAD-1", doc()[:-1] + b',"close2":NaN}', "non_finite"),
+    (b"BAD-1", b'{"symbol":"BAD-1","ts":"2024-06-18T11:15:00","open":NaN,"high":1,"low":1,"close":1}',
+     "non_finite"),
+    (b"BAD-1", doc(high=11.0, low=12.0), "high_low"),
+    (b"BAD-1", doc(volume=-5.0), "negative_volume"),
+    (b"BAD-1", doc(pad="x" * 5000), "oversized"),
+    (b"bad sym", doc(symbol="bad sym"), "bad_symbol"),
+    (b"OTHER", doc(), "key_mismatch"),
+    (b"BAD-1", doc(ts="18/06/2024 11:15"), "bad_ts"),
+]
+
+
+async def test_malformed_events_land_on_dlq_and_valid_bars_are_forecast(broker, redis_url, redis_prefix):
+    topics = names("dlq")
+    await ensure_topics(broker, {topics["bars_topic"]: 1})
+    rows = prepare(TAPE, fanout=2, limit=45)
+    want = expected_keys(rows)
+    # Interleave: after every 7th valid bar, one malformed event.
+    valid = [(sym.encode(), dumps(bar)) for sym, bar, _ in bar_events(rows)]
+    messages, bad_at = [], []
+    for i, kv in enumerate(valid):
+        messages.append(kv)
+        if i % 7 == 3 and len(bad_at) < len(CORPUS):
+            bad_at.append(len(messages))
+            messages.append(CORPUS[len(bad_at) - 1][:2])
+    assert len(bad_at) == len(CORPUS)
+
+    settings = make_settings(broker, redis_url, redis_prefix, topics)
+    async with running_worker(settings) as worker:
+        producer = make_producer(broker)
+        await producer.start()
+        try:
+            futs = [await producer.send(topics["bars_topic"], key=k, value=v) for k, v in messages]
+            await asyncio.gather(*futs)
+        finally:
+            await producer.stop()
+        fc_msgs = await consume(broker, topics["forecasts_topic"], lambda got: len(got) >= len(want))
+        dlq_msgs = await consume(broker, topics["dlq_topic"], lambda got: len(got) >= len(CORPUS))
+
+    counts = Counter((f["symbol"], f["as_of"]) for f in forecasts_of(fc_msgs))
+    assert set(counts) == want and max(counts.values()) == 1
+
+    assert len(dlq_msgs) == len(CORPUS)
+    for msg, offset, (key, value, reason) in zip(dlq_msgs, bad_at, CORPUS):
+        headers = {k: v.decode() for k, v in msg.headers}
+        assert headers["error.reason"] == reason, headers
+        assert headers["error.detail"]
+        assert headers["source.topic"] == topics["bars_topic"]
+        assert headers["source.partition"] == "0"
+        assert int(headers["source.offset"]) == offset
+        assert (msg.key, msg.value) == (key, value)  # the original event, untouched
+
+    assert worker.stats["dlq"] == len(CORPUS)
+    by_reason = Counter(reason for _, _, reason in CORPUS)
+    for reason, n in by_reason.items():
+        assert worker.metrics.dlq.labels(reason=reason)._value.get() == n
+    assert json.loads(fc_msgs[0].value)["schema"] == "forecast.v1"
