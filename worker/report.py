@@ -1,0 +1,546 @@
+"""`kronos-rt report`: a Markdown report (with PNG plots) of a replay.
+
+Reads the forecast.v1 messages and the bar.v1 events of a replay from their topics,
+from the beginning up to the high-watermark seen when reading starts, with a consumer
+outside any group (no offsets are committed, no worker's assignment is disturbed), and
+writes <out>/report.md with:
+
+- latency: p50/p90/p99/max of every latency_ms field, histogram of the total;
+- throughput: forecasts per second by produced_at;
+- batch sizes, when the forecasts carry a `batch_size` field (forecast.v1 does not
+  require one; the section says so when it is absent);
+- accuracy of the mean path's close against the realized bars, per horizon step:
+  MAE, RMSE, direction hit rate, next to two naive baselines (last close, and drift:
+  the mean bar-to-bar change over the last `lookback` bars, extrapolated linearly);
+- coverage of the quantile bands [lowest level, highest level] when present.
+
+A horizon step is matched to the realized bar with the same symbol and ts. Forecasts
+whose as_of bar is not among the bars are left out of the accuracy numbers (the
+baselines need the last close), and steps with no realized bar yet are counted as
+unmatched. Redelivered duplicates (same symbol, as_of, model name and version) are
+counted once. `build_report()` does the work on plain dicts, without Kafka.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import logging
+import math
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from worker.events import InvalidEvent, parse_time
+
+log = logging.getLogger(__name__)
+
+LATENCY_ORDER = ("broker_to_received", "queue_wait", "inference", "total")
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass
+class StepAccuracy:
+    step: int            # 1-based horizon step; 0 = all steps pooled
+    n: int               # matched (forecast, realized bar) pairs
+    mae: float
+    rmse: float
+    hit_rate: float | None   # share of correctly signed moves among bars that moved (None if none moved)
+    n_moves: int
+    last_mae: float
+    last_rmse: float
+    drift_mae: float
+    drift_rmse: float
+    drift_hit_rate: float | None
+
+
+@dataclass
+class Coverage:
+    lo: float
+    hi: float
+    n: int
+    covered: int
+    per_step: dict[int, tuple[int, int]] = field(default_factory=dict)  # step -> (n, covered)
+
+    @property
+    def nominal(self) -> float:
+        return self.hi - self.lo
+
+    @property
+    def rate(self) -> float | None:
+        return self.covered / self.n if self.n else None
+
+
+@dataclass
+class ReportSummary:
+    out_dir: Path
+    n_forecasts: int                 # distinct forecasts
+    n_duplicates: int
+    n_invalid: int
+    n_bars: int
+    symbols: list[str]
+    models: list[str]
+    latency: dict[str, dict[str, float]]   # field -> {"count", "p50", "p90", "p99", "max"} in ms
+    throughput: dict[str, float]           # span_s, mean_per_s, peak_per_s, bucket_s
+    batch_sizes: dict[str, float] | None   # None when the forecasts carry no batch_size
+    accuracy: list[StepAccuracy]           # per step
+    overall: StepAccuracy | None
+    coverage: list[Coverage]
+    matched_steps: int
+    unmatched_steps: int
+    no_as_of_bar: int                      # forecasts left out of accuracy: as_of bar unknown
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / "report.md"
+
+
+# -- computation --------------------------------------------------------------------------------
+
+def _parse_produced(s: str) -> _dt.datetime:
+    t = _dt.datetime.fromisoformat(s)
+    return t.replace(tzinfo=_dt.timezone.utc) if t.tzinfo is None else t.astimezone(_dt.timezone.utc)
+
+
+def _valid_forecast(fc) -> bool:
+    try:
+        return (isinstance(fc, dict) and isinstance(fc["symbol"], str) and isinstance(fc["horizon"], list)
+                and isinstance(fc["latency_ms"], dict) and isinstance(fc["model"], dict)
+                and bool(parse_time(fc["as_of"])) and bool(_parse_produced(fc["produced_at"])))
+    except (KeyError, TypeError, ValueError, InvalidEvent):
+        return False
+
+
+def _dedup(forecasts: list[dict]) -> tuple[list[dict], int, int]:
+    seen, out, dup, bad = set(), [], 0, 0
+    for fc in forecasts:
+        if not _valid_forecast(fc):
+            bad += 1
+            continue
+        key = (fc["symbol"], parse_time(fc["as_of"]), fc["model"].get("name"), fc["model"].get("version"))
+        if key in seen:
+            dup += 1
+            continue
+        seen.add(key)
+        out.append(fc)
+    return out, dup, bad
+
+
+def _latency(forecasts: list[dict]) -> dict[str, dict[str, float]]:
+    values: dict[str, list[float]] = defaultdict(list)
+    for fc in forecasts:
+        for k, v in fc["latency_ms"].items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                values[k].append(float(v))
+    names = [k for k in LATENCY_ORDER if k in values] + sorted(k for k in values if k not in LATENCY_ORDER)
+    out = {}
+    for k in names:
+        a = np.asarray(values[k])
+        out[k] = {"count": int(a.size), **{f"p{p}": float(np.percentile(a, p)) for p in PERCENTILES},
+                  "max": float(a.max())}
+    return out
+
+
+def _throughput(forecasts: list[dict]) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Summary, bucket start offsets (s from the first forecast), forecasts/s per bucket."""
+    if not forecasts:
+        return {"span_s": 0.0, "mean_per_s": 0.0, "peak_per_s": 0.0, "bucket_s": 1.0}, np.array([]), np.array([])
+    t = np.sort(np.array([_parse_produced(fc["produced_at"]).timestamp() for fc in forecasts]))
+    t0 = math.floor(t[0])
+    span = float(t[-1] - t[0])
+    # One-second buckets, widened for long replays so the plot keeps at most ~600 bars.
+    bucket = max(1, math.ceil((t[-1] - t0 + 1e-9) / 600))
+    idx = ((t - t0) // bucket).astype(int)
+    counts = np.bincount(idx)
+    rates = counts / bucket
+    # A burst that fits inside one second counts as lasting one second, not as an infinite rate.
+    seconds = max(span, 1.0)
+    summary = {"span_s": span, "mean_per_s": len(t) / seconds, "peak_per_s": float(rates.max()),
+               "bucket_s": float(bucket)}
+    return summary, np.arange(len(counts)) * bucket, rates
+
+
+def _batch_sizes(forecasts: list[dict]) -> tuple[dict[str, float] | None, list[int]]:
+    sizes = [int(fc["batch_size"]) for fc in forecasts if isinstance(fc.get("batch_size"), int)]
+    if not sizes:
+        return None, []
+    a = np.asarray(sizes)
+    return {"count": int(a.size), "mean": float(a.mean()), "p50": float(np.percentile(a, 50)),
+            "max": float(a.max())}, sizes
+
+
+def _bar_index(bars: list[dict]) -> tuple[dict[str, np.ndarray], dict[tuple[str, _dt.datetime], tuple[str, int]], int]:
+    """symbol -> closes in time order, (symbol, time) -> (symbol, position), bars used."""
+    by_symbol: dict[str, dict[_dt.datetime, float]] = defaultdict(dict)
+    for b in bars:
+        try:
+            t, c = parse_time(b["ts"]), float(b["close"])
+        except (KeyError, TypeError, ValueError, InvalidEvent):
+            continue
+        if math.isfinite(c):
+            by_symbol[str(b["symbol"])].setdefault(t, c)  # a replayed duplicate bar: keep the first
+    closes, index, n = {}, {}, 0
+    for sym, d in by_symbol.items():
+        times = sorted(d)
+        closes[sym] = np.array([d[t] for t in times])
+        for i, t in enumerate(times):
+            index[(sym, t)] = (sym, i)
+        n += len(times)
+    return closes, index, n
+
+
+def _step_accuracy(step: int, rows: list[tuple[float, float, float, float]]) -> StepAccuracy:
+    """rows: (actual close, close at as_of, model's close, drift baseline's close) per matched pair."""
+    a = np.array(rows, dtype=np.float64)
+    actual, last, model, drift = a[:, 0], a[:, 1], a[:, 2], a[:, 3]
+
+    def mae(pred):
+        return float(np.mean(np.abs(pred - actual)))
+
+    def rmse(pred):
+        return float(np.sqrt(np.mean((pred - actual) ** 2)))
+
+    moved = actual != last  # a flat realized bar has no direction to hit
+
+    def hits(pred):
+        if not moved.any():
+            return None
+        return float(np.mean(np.sign(pred[moved] - last[moved]) == np.sign(actual[moved] - last[moved])))
+
+    return StepAccuracy(step, len(rows), mae(model), rmse(model), hits(model), int(moved.sum()),
+                        mae(last), rmse(last), mae(drift), rmse(drift), hits(drift))
+
+
+def _accuracy(forecasts: list[dict], bars: list[dict], lookback: int):
+    closes, index, n_bars = _bar_index(bars)
+    per_step: dict[int, list[tuple]] = defaultdict(list)
+    bands: dict[tuple[float, float], Coverage] = {}
+    matched = unmatched = no_as_of = 0
+    for fc in forecasts:
+        sym = fc["symbol"]
+        pos = index.get((sym, parse_time(fc["as_of"])))
+        if pos is None:
+            no_as_of += 1
+            continue
+        series, i = closes[sym], pos[1]
+        last = float(series[i])
+        window = series[max(0, i - lookback + 1): i + 1]
+        drift = float(window[-1] - window[0]) / (len(window) - 1) if len(window) > 1 else 0.0
+        levels = [float(q) for q in fc.get("quantile_levels") or []]
+        lo_i = hi_i = None
+        if len(levels) >= 2:
+            lo_i, hi_i = int(np.argmin(levels)), int(np.argmax(levels))
+        for k, entry in enumerate(fc["horizon"], start=1):
+            try:
+                target = index.get((sym, parse_time(entry["ts"])))
+                pred = float(entry["close"])
+            except (KeyError, TypeError, ValueError, InvalidEvent):
+                target = None
+            if target is None:
+                unmatched += 1
+                continue
+            matched += 1
+            actual = float(series[target[1]])
+            per_step[k].append((actual, last, pred, last + k * drift))
+            q = (entry.get("quantiles") or {}).get("close")
+            if lo_i is not None and q is not None and len(q) == len(levels):
+                key = (levels[lo_i], levels[hi_i])
+                cov = bands.setdefault(key, Coverage(key[0], key[1], 0, 0))
+                inside = int(q[lo_i] <= actual <= q[hi_i])
+                cov.n += 1
+                cov.covered += inside
+                n_k, c_k = cov.per_step.get(k, (0, 0))
+                cov.per_step[k] = (n_k + 1, c_k + inside)
+    steps = [_step_accuracy(k, per_step[k]) for k in sorted(per_step)]
+    pooled = [r for k in sorted(per_step) for r in per_step[k]]
+    overall = _step_accuracy(0, pooled) if pooled else None
+    return steps, overall, sorted(bands.values(), key=lambda c: (c.lo, c.hi)), matched, unmatched, no_as_of, n_bars
+
+
+# -- plots --------------------------------------------------------------------------------------
+
+def _figure():
+    # Figure without pyplot: no global state, no GUI backend; savefig renders with Agg.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4), dpi=100, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _plot_latency(forecasts: list[dict], path: Path) -> None:
+    total = [float(fc["latency_ms"]["total"]) for fc in forecasts
+             if isinstance(fc["latency_ms"].get("total"), (int, float))]
+    fig, ax = _figure()
+    ax.hist(total, bins=min(50, max(5, len(total) // 5)), color="#4477aa")
+    for p, style in zip(PERCENTILES, ("--", "-.", ":")):
+        ax.axvline(np.percentile(total, p), color="k", linestyle=style, label=f"p{p}")
+    ax.set_xlabel("total latency (ms): broker append -> forecast published")
+    ax.set_ylabel("forecasts")
+    ax.legend()
+    fig.savefig(path)
+
+
+def _plot_throughput(offsets: np.ndarray, rates: np.ndarray, bucket: float, path: Path) -> None:
+    fig, ax = _figure()
+    ax.step(offsets, rates, where="post", color="#228833")
+    ax.set_xlabel(f"seconds since the first forecast ({bucket:g} s buckets)")
+    ax.set_ylabel("forecasts / s")
+    fig.savefig(path)
+
+
+def _plot_batches(sizes: list[int], path: Path) -> None:
+    fig, ax = _figure()
+    counts = Counter(sizes)
+    ax.bar(list(counts), list(counts.values()), color="#aa3377")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("forecasts")
+    fig.savefig(path)
+
+
+def _plot_accuracy(steps: list[StepAccuracy], path: Path) -> None:
+    fig, ax = _figure()
+    x = [s.step for s in steps]
+    ax.plot(x, [s.mae for s in steps], "o-", label="model (mean path)")
+    ax.plot(x, [s.last_mae for s in steps], "s--", label="last close")
+    ax.plot(x, [s.drift_mae for s in steps], "^:", label="drift")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("horizon step")
+    ax.set_ylabel("MAE of close")
+    ax.legend()
+    fig.savefig(path)
+
+
+# -- Markdown -----------------------------------------------------------------------------------
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.3e}"
+    return str(x)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in r) + " |" for r in rows)]
+
+
+def _markdown(s: ReportSummary, lookback: int, title: str, context: dict[str, str] | None,
+              forecasts: list[dict]) -> str:
+    L = [f"# {title}", ""]
+    if context:
+        L += [f"- {k}: {v}" for k, v in context.items()]
+    as_ofs = sorted(parse_time(fc["as_of"]) for fc in forecasts)
+    L += [f"- forecasts: {s.n_forecasts} distinct ({s.n_duplicates} redelivered duplicates dropped, "
+          f"{s.n_invalid} invalid skipped)",
+          f"- bars: {s.n_bars}; symbols: {len(s.symbols)}; models: {', '.join(s.models) or 'none'}"]
+    if as_ofs:
+        L.append(f"- as_of range: {as_ofs[0]} .. {as_ofs[-1]}")
+    L.append("")
+
+    L += ["## Latency (ms)", ""]
+    if s.latency:
+        L += _table(["field", "count", "p50", "p90", "p99", "max"],
+                    [[k, v["count"], *(f"{v[c]:.1f}" for c in ("p50", "p90", "p99", "max"))]
+                     for k, v in s.latency.items()])
+        if "latency_hist.png" in {f.name for f in s.files}:
+            L += ["", "![total latency histogram](latency_hist.png)"]
+    else:
+        L.append("No forecasts.")
+    L.append("")
+
+    L += ["## Throughput", ""]
+    t = s.throughput
+    L.append(f"{s.n_forecasts} forecasts produced over {t['span_s']:.1f} s: mean {t['mean_per_s']:.1f}/s, "
+             f"peak {t['peak_per_s']:.1f}/s (in {t['bucket_s']:g} s buckets, by produced_at).")
+    if "throughput.png" in {f.name for f in s.files}:
+        L += ["", "![forecasts per second](throughput.png)"]
+    L.append("")
+
+    L += ["## Batch sizes", ""]
+    if s.batch_sizes is None:
+        L.append("Skipped: these forecasts carry no `batch_size` field (forecast.v1 does not require one). "
+                 "The worker's `kronos_rt_batch_size` Prometheus histogram has the distribution.")
+    else:
+        b = s.batch_sizes
+        L.append(f"{b['count']} forecasts: mean batch size {b['mean']:.2f}, median {b['p50']:g}, max {b['max']:g}.")
+        L += ["", "![batch sizes](batch_sizes.png)"]
+    L.append("")
+
+    L += ["## Accuracy of the mean path (close)", "",
+          f"Each horizon step is matched to the realized bar with the same symbol and ts "
+          f"({s.matched_steps} matched, {s.unmatched_steps} without a realized bar; "
+          f"{s.no_as_of_bar} forecasts left out because their as_of bar is not in the bars topic). "
+          "Baselines: *last* repeats the close at as_of; *drift* extrapolates the mean bar-to-bar change "
+          f"of the last {lookback} bars. Hit rate: share of bars that moved whose direction (vs the close "
+          "at as_of) the forecast got right; bars that did not move are left out of it. Errors are in "
+          "price units, pooled over symbols.", ""]
+    if s.accuracy:
+        rows = [[st.step if st.step else "all", st.n, _fmt(st.mae), _fmt(st.rmse), _pct(st.hit_rate),
+                 _fmt(st.last_mae), _fmt(st.last_rmse), _fmt(st.drift_mae), _fmt(st.drift_rmse),
+                 _pct(st.drift_hit_rate)] for st in [*s.accuracy, s.overall]]
+        L += _table(["step", "n", "MAE", "RMSE", "hit rate", "last MAE", "last RMSE", "drift MAE",
+                     "drift RMSE", "drift hit rate"], rows)
+        L += ["", "![MAE per horizon step](accuracy.png)"]
+    else:
+        L.append("No forecast step could be matched to a realized bar.")
+    L.append("")
+
+    L += ["## Quantile band coverage (close)", ""]
+    if s.coverage:
+        for c in s.coverage:
+            L.append(f"Band [q{c.lo:g}, q{c.hi:g}], nominal {_pct(c.nominal)}: {_pct(c.rate)} of "
+                     f"{c.n} realized closes inside.")
+            L.append("")
+            L += _table(["step", "n", "coverage"],
+                        [[k, n, _pct(cv / n if n else None)] for k, (n, cv) in sorted(c.per_step.items())])
+            L.append("")
+    else:
+        L += ["Skipped: no matched forecast carries close quantiles (sample_count 1 or no levels).", ""]
+    return "\n".join(L)
+
+
+def build_report(forecasts: list[dict], bars: list[dict], out_dir, *, lookback: int = 20,
+                 title: str = "kronos-rt replay report", context: dict[str, str] | None = None) -> ReportSummary:
+    """Compute the report from forecast.v1 and bar.v1 dicts and write out_dir/report.md and plots."""
+    if lookback < 2:
+        raise ValueError("lookback must be >= 2 bars (the drift baseline needs one change)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    distinct, n_dup, n_bad = _dedup(forecasts)
+    latency = _latency(distinct)
+    throughput, offsets, rates = _throughput(distinct)
+    batch_summary, sizes = _batch_sizes(distinct)
+    steps, overall, coverage, matched, unmatched, no_as_of, n_bars = _accuracy(distinct, bars, lookback)
+    summary = ReportSummary(
+        out_dir=out_dir, n_forecasts=len(distinct), n_duplicates=n_dup, n_invalid=n_bad, n_bars=n_bars,
+        symbols=sorted({fc["symbol"] for fc in distinct}),
+        models=sorted({f"{fc['model'].get('name')}@{fc['model'].get('version')}" for fc in distinct}),
+        latency=latency, throughput=throughput, batch_sizes=batch_summary, accuracy=steps, overall=overall,
+        coverage=coverage, matched_steps=matched, unmatched_steps=unmatched, no_as_of_bar=no_as_of,
+    )
+    if "total" in latency:
+        _plot_latency(distinct, out_dir / "latency_hist.png")
+        summary.files.append(out_dir / "latency_hist.png")
+    if len(rates):
+        _plot_throughput(offsets, rates, throughput["bucket_s"], out_dir / "throughput.png")
+        summary.files.append(out_dir / "throughput.png")
+    if sizes:
+        _plot_batches(sizes, out_dir / "batch_sizes.png")
+        summary.files.append(out_dir / "batch_sizes.png")
+    if steps:
+        _plot_accuracy(steps, out_dir / "accuracy.png")
+        summary.files.append(out_dir / "accuracy.png")
+    summary.report_path.write_text(_markdown(summary, lookback, title, context, distinct))
+    summary.files.insert(0, summary.report_path)
+    return summary
+
+
+# -- Kafka --------------------------------------------------------------------------------------
+
+async def read_topic(brokers: str, topic: str, timeout_s: float = 60.0) -> tuple[list[dict], int]:
+    """(JSON values, undecodable count) of every message in `topic` below the high-watermark
+    seen at the first fetch of each partition. Group-less: nothing is committed.
+
+    The end comes from the fetch high-watermark rather than ListOffsets, which the
+    embedded broker does not answer reliably (see worker/kafka.py)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from worker.kafka import topic_partitions
+
+    # list_topics first: describing a missing topic auto-creates it on brokers that allow
+    # that (Tansu does), and a typo would then read as an empty replay.
+    admin = AIOKafkaAdminClient(bootstrap_servers=brokers, client_id="kronos-rt-report")
+    await admin.start()
+    try:
+        exists = topic in await admin.list_topics()
+    finally:
+        await admin.close()
+    n_parts = (await topic_partitions(brokers, [topic])).get(topic) if exists else None
+    if not n_parts:
+        raise RuntimeError(f"topic {topic!r} does not exist on {brokers}")
+    tps = [TopicPartition(topic, p) for p in range(n_parts)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", client_id="kronos-rt-report")
+    await consumer.start()
+    values, bad = [], 0
+    try:
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)  # offsets below the log start are reset to it (earliest)
+        ends: dict = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for tp in tps:
+                if tp not in ends and consumer.highwater(tp) is not None:
+                    ends[tp] = consumer.highwater(tp)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    if tp in ends and m.offset >= ends[tp]:
+                        continue  # arrived after we started: not part of this snapshot
+                    try:
+                        values.append(orjson.loads(m.value))
+                    except (orjson.JSONDecodeError, TypeError):
+                        bad += 1
+            if len(ends) == len(tps) and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                return values, bad
+            if loop.time() > deadline:
+                raise TimeoutError(f"reading {topic} did not reach its high-watermark in {timeout_s}s "
+                                   f"(ends known for {len(ends)}/{len(tps)} partitions)")
+    finally:
+        await consumer.stop()
+
+
+async def fetch_replay(brokers: str, forecasts_topic: str, bars_topic: str,
+                       timeout_s: float = 60.0) -> tuple[list[dict], list[dict], int]:
+    (forecasts, bad_f), (bars, bad_b) = await asyncio.gather(
+        read_topic(brokers, forecasts_topic, timeout_s), read_topic(brokers, bars_topic, timeout_s))
+    return forecasts, bars, bad_f + bad_b
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--brokers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    parser.add_argument("--forecasts-topic", default="forecasts.5m", help="topic of forecast.v1 messages")
+    parser.add_argument("--bars-topic", default="bars.5m", help="topic of bar.v1 events (the realized bars)")
+    parser.add_argument("--out", default="report", metavar="DIR", help="output directory (report.md + PNGs)")
+    parser.add_argument("--lookback", type=int, default=20, help="bars used by the drift baseline")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds allowed to read each topic")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        forecasts, bars, undecodable = asyncio.run(
+            fetch_replay(args.brokers, args.forecasts_topic, args.bars_topic, args.timeout))
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"kronos-rt report: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # aiokafka connection errors (KafkaConnectionError and friends)
+        print(f"kronos-rt report: cannot read from {args.brokers}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    context = {"brokers": args.brokers, "forecasts topic": args.forecasts_topic, "bars topic": args.bars_topic,
+               "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if undecodable:
+        context["undecodable messages"] = str(undecodable)
+    summary = build_report(forecasts, bars, args.out, lookback=args.lookback, context=context)
+    o = summary.overall
+    print(f"wrote {summary.report_path} ({len(summary.files) - 1} plots): {summary.n_forecasts} forecasts, "
+          f"{summary.n_bars} bars" + (f", close MAE {o.mae:.4g} (last {o.last_mae:.4g}, drift {o.drift_mae:.4g})"
+                                      if o else ""))
+    if summary.n_forecasts == 0:
+        print(f"kronos-rt report: no forecasts in {args.forecasts_topic}", file=sys.stderr)
+        return 1
+    return 0
