@@ -41,14 +41,15 @@ def prepare(tape: str | Path | pd.DataFrame, symbol: str | None = None, fanout: 
             limit: int | None = None, skip: int = 0) -> pd.DataFrame:
     """The rows a replay sends, in sending order. `skip`/`limit` count bars per symbol."""
     df = tape if isinstance(tape, pd.DataFrame) else read_tape(tape, symbol or ("SYM" if fanout > 1 else None))
+    if fanout > 1:
+        # Fan out before cutting, so a bar's synthetic values do not depend on skip/limit.
+        df = fan_out(df, fanout, base=symbol or "SYM")
     if skip or limit is not None:
         n = df.groupby("symbol").cumcount()
         keep = n >= skip
         if limit is not None:
             keep &= n < skip + limit
         df = df[keep]
-    if fanout > 1:
-        df = fan_out(df, fanout, base=symbol or "SYM")
     return interleave(df)
 
 

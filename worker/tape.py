@@ -66,8 +66,9 @@ def fan_out(tape: pd.DataFrame, n: int, base: str | None = None) -> pd.DataFrame
     for i, name in enumerate(fanout_symbols(base, n), start=1):
         rng = np.random.default_rng(i)
         price_factor = 0.5 + 1.5 * rng.random()
-        wiggle = 1.0 + 0.002 * rng.standard_normal(len(tape))
         volume_factor = 0.5 + rng.random()
+        # Drawn last, so bar k's perturbation does not depend on the tape's length.
+        wiggle = 1.0 + 0.002 * rng.standard_normal(len(tape))
         f = tape.copy()
         f["symbol"] = name
         for c in PRICE_COLUMNS:

@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer
 
 from worker.events import parse_bar
 from worker.replay import parse_speed, prepare, replay
-from worker.tape import read_tape
+from worker.tape import interleave, read_tape
 
 TAPE = Path(__file__).resolve().parents[2] / "worker" / "data" / "a_share_5min.csv"
 
@@ -34,6 +34,12 @@ def test_fanout_makes_distinct_valid_symbols_interleaved_bar_by_bar():
     # deterministic
     again = prepare(TAPE, fanout=3, limit=10)
     pd.testing.assert_frame_equal(rows, again)
+
+
+def test_fanout_values_do_not_depend_on_skip_or_limit():
+    whole = prepare(TAPE, fanout=2, limit=30)
+    parts = pd.concat([prepare(TAPE, fanout=2, limit=10), prepare(TAPE, fanout=2, skip=10, limit=20)])
+    pd.testing.assert_frame_equal(whole, interleave(parts.reset_index(drop=True)))
 
 
 def test_skip_and_limit_count_bars_per_symbol():
