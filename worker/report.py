@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as _dt
-import logging
 import math
 import sys
 from collections import Counter, defaultdict
@@ -36,8 +35,6 @@ import numpy as np
 import orjson
 
 from worker.events import InvalidEvent, parse_time
-
-log = logging.getLogger(__name__)
 
 LATENCY_ORDER = ("broker_to_received", "queue_wait", "inference", "total")
 PERCENTILES = (50, 90, 99)
