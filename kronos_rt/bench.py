@@ -379,13 +379,16 @@ def main(args) -> int:
     if args.repeats < 1 or args.naive_repeats < 1:
         print("--repeats and --naive-repeats must be >= 1", file=sys.stderr)
         return 2
+    load_before = os.getloadavg()[0]
     rows, sample_rows = run(names, args.batch, args.lookback, args.pred_len, device=device, dtype=args.dtype,
                             repeats=args.repeats, naive_repeats=args.naive_repeats,
                             sample_count=args.sample_count, data=args.data, seed=args.seed,
                             progress=lambda m: print(m, file=sys.stderr, flush=True))
     threads = torch.get_num_threads()
+    load = os.getloadavg()[0]  # other processes on the machine slow every column; say how busy it was
     print(f"kronos-rt bench: torch {torch.__version__}, device {device}, {threads} threads, "
-          f"random weights (seed {args.seed}), greedy, median of {args.repeats} (naive: {args.naive_repeats})")
+          f"random weights (seed {args.seed}), greedy, median of {args.repeats} (naive: {args.naive_repeats}); "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, load average {load_before:.1f} before, {load:.1f} after")
     print()
     print(report(rows, sample_rows, threads, args.markdown))
     return 0
