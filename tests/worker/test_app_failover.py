@@ -1,0 +1,132 @@
+"""Two worker processes in one group split a 4-partition topic; one is killed -9 mid-replay
+and started again. Every bar still gets its forecast; duplicates are few and identical."""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+
+import pytest
+
+from tests.worker.test_app_e2e import (
+    LOOKBACK, MAX_CONTEXT, MIN_HISTORY, MODEL, PRED_LEN, ROOT, TAPE, TOKENIZER, consume, expected_keys,
+    forecasts_of, names,
+)
+from worker.kafka import ensure_topics
+from worker.replay import prepare, replay
+
+pytestmark = pytest.mark.slow
+
+
+class WorkerProcess:
+    def __init__(self, name: str, broker: str, redis_url: str, prefix: str, topics: dict, log_dir):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.args = [
+            sys.executable, "-m", "worker.cli", "worker", "--brokers", broker, "--redis", redis_url,
+            "--redis-prefix", prefix, "--group", topics["group"], "--bars-topic", topics["bars_topic"],
+            "--forecasts-topic", topics["forecasts_topic"], "--dlq-topic", topics["dlq_topic"],
+            "--model", str(MODEL), "--tokenizer", str(TOKENIZER), "--lookback", str(LOOKBACK),
+            "--min-history", str(MIN_HISTORY), "--pred-len", str(PRED_LEN), "--max-context", str(MAX_CONTEXT),
+            "--top-k", "1", "--top-p", "1.0", "--device", "cpu", "--dtype", "float32", "--metrics-port", "0",
+            "--worker-id", name, "--session-timeout-ms", "3000", "--drain-timeout-s", "10",
+        ]
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+        self._from = 0
+
+    def start(self) -> None:
+        # log() reads only what this run wrote, so a restart does not see the old assignment.
+        self._from = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(self._from)
+            return f.read().decode(errors="replace")
+
+    def partitions(self) -> list[int] | None:
+        """Partitions of its latest assignment (None before the first one)."""
+        found = re.findall(r"assigned \[([0-9, ]*)\]", self.log())
+        return None if not found else [int(x) for x in found[-1].split(",") if x.strip()]
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        finally:
+            self._log.close()
+
+
+async def wait_for(cond, timeout: float, what: str, procs=()) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {p.name}\n{p.log()[-3000:]}" for p in procs)
+            raise AssertionError(f"timed out waiting for {what}\n{logs}")
+        await asyncio.sleep(0.1)
+
+
+async def test_kill9_and_restart_loses_no_forecast(broker, redis_url, redis_prefix, tmp_path):
+    topics = names("failover")
+    await ensure_topics(broker, {topics["bars_topic"]: 4})
+    rows = prepare(TAPE, fanout=8, limit=100)
+    want = expected_keys(rows)
+    phases = [prepare(TAPE, fanout=8, skip=a, limit=b - a) for a, b in ((0, 45), (45, 70), (70, 100))]
+
+    a = WorkerProcess("worker-a", broker, redis_url, redis_prefix, topics, tmp_path)
+    b = WorkerProcess("worker-b", broker, redis_url, redis_prefix, topics, tmp_path)
+    procs = (a, b)
+    a.start()
+    b.start()
+    try:
+        await wait_for(lambda: a.partitions() and b.partitions()
+                       and sorted(a.partitions() + b.partitions()) == [0, 1, 2, 3], 60, "a 2+2 split", procs)
+
+        await replay(phases[0], broker, topics["bars_topic"])
+        n0 = len(expected_keys(phases[0]))
+        first = await consume(broker, topics["forecasts_topic"], lambda got: len(got) >= n0, timeout=60)
+        assert {f["worker_id"] for f in forecasts_of(first)} == {"worker-a", "worker-b"}
+
+        # Kill A while the second phase is in flight.
+        send = asyncio.create_task(replay(phases[1], broker, topics["bars_topic"], speed=30000))
+        await asyncio.sleep(0.3)
+        a.kill9()
+        await send
+        await wait_for(lambda: b.partitions() == [0, 1, 2, 3], 30, "B to take over all partitions", procs)
+
+        a.start()
+        await wait_for(lambda: a.partitions() and b.partitions()
+                       and sorted(a.partitions() + b.partitions()) == [0, 1, 2, 3], 60, "A to rejoin", procs)
+        await replay(phases[2], broker, topics["bars_topic"])
+
+        def complete(got) -> bool:
+            return {(f["symbol"], f["as_of"]) for f in forecasts_of(got)} >= want
+
+        msgs = await consume(broker, topics["forecasts_topic"], complete, timeout=90)
+    finally:
+        codes = [p.terminate() for p in procs]
+    assert codes == [0, 0], "workers did not exit cleanly on SIGTERM"
+    assert "rebuilt" not in a.log() + b.log()  # Redis kept the windows: nothing to rebuild
+
+    by_bar = defaultdict(list)
+    for f in forecasts_of(msgs):
+        by_bar[(f["symbol"], f["as_of"])].append(f)
+    assert set(by_bar) == want  # nothing missing, nothing unexpected
+    duplicates = {k: v for k, v in by_bar.items() if len(v) > 1}
+    assert len(duplicates) <= 0.1 * len(want), f"{len(duplicates)} duplicated bars"
+    for copies in duplicates.values():
+        assert all(c["horizon"] == copies[0]["horizon"] for c in copies[1:])
