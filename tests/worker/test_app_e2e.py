@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -75,9 +76,11 @@ def engine():
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings):
+async def running_worker(settings: Settings, before_run=None):
     eng, ref = engine()
     worker = Worker(settings, engine=eng, model_ref=ref)
+    if before_run is not None:
+        before_run(worker)
     task = asyncio.create_task(worker.run())
     try:
         # Up when it has partitions (or failed trying).
@@ -183,3 +186,31 @@ async def test_every_bar_after_min_history_gets_one_correct_forecast(broker, red
         offline.check(fc)
     assert worker.stats["forecasts"] == len(want)
     assert worker.metrics.forecasts._value.get() == len(want)
+
+
+async def test_full_queue_pauses_partitions_and_drops_nothing(broker, redis_url, redis_prefix):
+    topics = names("backpressure")
+    await ensure_topics(broker, {topics["bars_topic"]: 2})
+    rows = prepare(TAPE, fanout=2, limit=60)
+    want = expected_keys(rows)
+    settings = make_settings(broker, redis_url, redis_prefix, topics, max_batch=2, max_queue=4)
+    paused_seen = []
+
+    def slow_inference(worker):
+        inner = worker._compute
+
+        def slow(items):  # inference slower than the feed, so the queue fills
+            paused_seen.append(worker.metrics.paused_partitions._value.get())
+            time.sleep(0.01)
+            return inner(items)
+
+        worker._compute = slow
+
+    async with running_worker(settings, before_run=slow_inference) as worker:
+        await replay(rows, broker, topics["bars_topic"])
+        msgs = await consume(broker, topics["forecasts_topic"], lambda got: len(got) >= len(want))
+
+    counts = Counter((f["symbol"], f["as_of"]) for f in forecasts_of(msgs))
+    assert set(counts) == want and max(counts.values()) == 1
+    assert max(paused_seen) == 2  # both partitions were paused while the queue was full
+    assert worker.metrics.paused_partitions._value.get() == 0
