@@ -26,8 +26,11 @@ def fill_missing(bars: np.ndarray) -> np.ndarray:
 
 
 def normalize(x: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-column z-score over the window in float32 (population std), clipped."""
-    x = np.asarray(x, dtype=np.float32)
+    """Per-column z-score over the window in float32 (population std), clipped.
+
+    Column-major, as a pandas DataFrame's .values is in the reference: float32 column sums
+    then run in the same order, so a last-bit difference cannot flip a greedy token."""
+    x = np.asfortranarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise ValueError("input contains NaN or infinite values")
     mean, std = np.mean(x, axis=0), np.std(x, axis=0)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .engine import Engine
-from .features import EPS, time_features
+from .features import EPS, normalize, time_features
 from .sampling import SamplingParams
 
 PRICE_COLS = ["open", "high", "low", "close"]
@@ -75,8 +75,7 @@ class KronosPredictor:
             raise ValueError(f"y_timestamp{at} must start after the last x_timestamp.")
         if not np.isfinite(x).all():
             raise ValueError(f"DataFrame{at} contains infinite values in price or volume columns.")
-        mean, std = np.mean(x, axis=0), np.std(x, axis=0)
-        xn = np.clip((x - mean) / (std + EPS), -self.clip, self.clip)
+        xn, mean, std = normalize(x, self.clip)
         return xn, mean, std, time_features(x_idx.values), time_features(y_idx.values), y_timestamp
 
     @staticmethod

@@ -34,7 +34,8 @@ from aiokafka.structs import OffsetAndMetadata
 
 from worker import config, events
 from worker.batcher import Batch, MicroBatcher
-from worker.config import ModelRef, Settings, resolve_model
+from worker.config import ModelRef, Settings, is_registry_spec, resolve_model
+from worker.hotswap import ModelWatcher, follows_latest
 from worker.kafka import dlq_headers, ensure_topics, make_producer, read_partition, topic_partitions
 from worker.metrics import MetricsServer, WorkerMetrics
 from worker.offsets import OffsetTracker
@@ -50,13 +51,12 @@ def build_engine(settings: Settings):
     """Load model and tokenizer as the settings say; returns (engine, model ModelRef)."""
     from kronos_rt import Engine, Kronos, KronosTokenizer
 
-    model_ref = resolve_model(settings.model)
-    tok_ref = resolve_model(settings.tokenizer)
-    device = config.resolve_device(settings.device)
-    dtype = config.resolve_dtype(settings.dtype, device)
+    model_ref = resolve_model(settings.model, "model", settings.registry)
+    tok_ref = resolve_model(config.tokenizer_spec(settings), "tokenizer", settings.registry)
     model = Kronos.from_pretrained(model_ref.location, revision=model_ref.revision)
     tokenizer = KronosTokenizer.from_pretrained(tok_ref.location, revision=tok_ref.revision)
-    engine = Engine(model, tokenizer, device=device, dtype=dtype, max_context=settings.max_context)
+    device = None if settings.device == "auto" else settings.device
+    engine = Engine(model, tokenizer, device=device, dtype=settings.dtype, max_context=settings.max_context)
     return engine, model_ref
 
 
@@ -109,11 +109,18 @@ class Worker:
         self._ready = {"model_loaded": False, "kafka": False, "redis": False}
         self._sampling = None
         self._tasks: list[asyncio.Task] = []
+        self._next_model = None                               # LoadedModel to switch to before the next batch
+        self._reload = asyncio.Event()                        # SIGHUP: re-check the registry now
+        self.watcher = None
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
         """Ask run() to stop fetching, drain, commit and return (thread-unsafe; call on the loop)."""
         self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: look for a new model version now (call on the loop)."""
+        self._reload.set()
 
     @property
     def stopping(self) -> bool:
@@ -134,7 +141,7 @@ class Worker:
             self.engine, self.model_ref = await loop.run_in_executor(None, build_engine, s)
         if self.model_ref is None:
             try:
-                self.model_ref = resolve_model(s.model)
+                self.model_ref = resolve_model(s.model, "model", s.registry)
             except ValueError:
                 self.model_ref = ModelRef(str(s.model), str(s.model), "unknown")
         self.metrics.set_model(self.model_ref.name, self.model_ref.version,
@@ -170,6 +177,8 @@ class Worker:
                  s.group, self.model_ref.name, self.model_ref.version, self.engine.device)
 
         self._tasks = [asyncio.create_task(self._tick_loop(), name="tick")]
+        if follows_latest(s.model) and is_registry_spec(s.model):
+            self._tasks.append(asyncio.create_task(self._model_loop(), name="models"))
         fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
         stop_wait = asyncio.create_task(self._stop.wait())
         try:
@@ -295,15 +304,24 @@ class Worker:
 
     # ------------------------------------------------------------------ inference + publish
     def _compute(self, items: list[Ready]) -> list[Any]:
-        """Runs on the inference thread."""
-        # Column-major, like a pandas DataFrame's .values: the float32 column means then sum in
-        # the same order as the reference predictor's, and greedy decoding cannot flip a token
-        # on a last-bit difference in normalisation.
-        return self.engine.forecast(
-            [np.asfortranarray(it.values) for it in items], [it.times for it in items],
+        """Runs on the inference thread: switches to a newly loaded model between batches,
+        then forecasts; each result carries the ModelRef of the engine that made it."""
+        incoming, self._next_model = self._next_model, None
+        if incoming is not None:
+            old = self.model_ref
+            self.engine = incoming.engine
+            self.model_ref = ModelRef(incoming.location, incoming.name, incoming.version)
+            self.metrics.model_swaps.labels(result="ok").inc()
+            self.metrics.set_model(incoming.name, incoming.version, str(self.engine.device),
+                                   str(self.engine.dtype).replace("torch.", ""))
+            log.info("switched model %s@%s -> %s@%s", old.name, old.version, incoming.name, incoming.version)
+        engine, ref = self.engine, self.model_ref
+        forecasts = engine.forecast(
+            [it.values for it in items], [it.times for it in items],
             [np.array(it.horizon, dtype="datetime64[s]") for it in items],
             self.s.pred_len, self._sampling, quantiles=self.s.quantiles,
         )
+        return [(fc, ref) for fc in forecasts]
 
     async def _publish_batch(self, batch: Batch) -> None:
         self.metrics.batch_size.observe(len(batch.items))
@@ -316,7 +334,7 @@ class Worker:
         s = self.s
         sampling = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
                     "sample_count": s.sample_count, "lookback": s.lookback, "pred_len": s.pred_len}
-        for it, enqueued, fc in zip(batch.items, batch.enqueued, batch.results):
+        for it, enqueued, (fc, ref) in zip(batch.items, batch.enqueued, batch.results):
             self.metrics.stage_latency.labels(stage="queue").observe(max(0.0, batch.started - enqueued))
             now = time.time()
             latency = {
@@ -328,10 +346,11 @@ class Worker:
             doc = events.build_forecast(
                 symbol=it.bar.symbol, as_of=it.bar.ts, interval_s=int(self.interval.total_seconds()),
                 horizon_times=it.horizon, mean=fc.mean, quantiles=fc.quantiles,
-                model_name=self.model_ref.name, model_version=self.model_ref.version, sampling=sampling,
+                model_name=ref.name, model_version=ref.version, sampling=sampling,
                 latency_ms=latency, topic=it.tp.topic, partition=it.tp.partition, offset=it.offset,
                 worker_id=s.worker_id,
             )
+            doc["batch_size"] = len(batch.items)
             await self._send(s.forecasts_topic, it.bar.symbol.encode(), events.dumps(doc), None,
                              it.tp, it.offset, on_ack=self._forecast_acked(it, batch.finished))
 
@@ -514,6 +533,41 @@ class Worker:
             except Exception:
                 log.exception("tick failed")
 
+    async def _model_loop(self) -> None:
+        """Follow the registry's `latest` for --model NAME@latest (and re-check on SIGHUP)."""
+        from kronos_rt.registry import Registry
+
+        name = self.s.model.partition("@")[0]
+        engine = self.engine
+        same_tokenizer = config.tokenizer_spec(self.s) == self.s.model
+
+        def load(mv):
+            from kronos_rt import Engine, Kronos, KronosTokenizer
+
+            tok_dir = mv.tokenizer_dir if same_tokenizer else resolve_model(
+                config.tokenizer_spec(self.s), "tokenizer", self.s.registry).location
+            return Engine(Kronos.from_pretrained(mv.model_dir), KronosTokenizer.from_pretrained(tok_dir),
+                          device=engine.device, dtype=engine.dtype, max_context=self.s.max_context)
+
+        self.watcher = ModelWatcher(Registry(self.s.registry or None), name, self.model_ref.version, load,
+                                    self.metrics, verify_device=engine.device)
+        while True:
+            try:
+                await asyncio.wait_for(self._reload.wait(), timeout=self.s.model_poll_s)
+            except asyncio.TimeoutError:
+                pass
+            forced = self._reload.is_set()
+            self._reload.clear()
+            try:
+                loaded = await self.watcher.poll(force=forced)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("model watcher")
+                continue
+            if loaded is not None:
+                self._next_model = loaded  # picked up by the inference thread before its next batch
+
     async def _slow_tick(self) -> None:
         self._ready["redis"] = await self._ping_redis()
         self.metrics.queue_depth.set(self.batcher.queued)
@@ -551,6 +605,7 @@ def main(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(signal.SIGHUP, worker.reload)
         return await worker.run()
 
     return 0 if asyncio.run(run()) else 1

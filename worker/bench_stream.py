@@ -78,12 +78,14 @@ class BenchResult:
 
 def _engine_and_ref(args):
     from kronos_rt import Engine, Kronos, KronosTokenizer
-    from worker.config import resolve_device, resolve_dtype, resolve_model
+    from kronos_rt.engine import resolve_device, resolve_dtype
+    from worker.config import resolve_model
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if args.model:
-        mref, tref = resolve_model(args.model), resolve_model(args.tokenizer or args.model)
+        mref = resolve_model(args.model)
+        tref = resolve_model(args.tokenizer or args.model, kind="tokenizer")
         model = Kronos.from_pretrained(mref.location, revision=mref.revision)
         tokenizer = KronosTokenizer.from_pretrained(tref.location, revision=tref.revision)
         max_context, ref = args.max_context or 512, mref

@@ -10,7 +10,6 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ENV_PREFIX = "KRONOS_RT_"
 
@@ -55,7 +54,8 @@ class Settings:
     redis: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "krt"
     model: str = "NeoQuasar/Kronos-small"
-    tokenizer: str = "NeoQuasar/Kronos-Tokenizer-base"
+    tokenizer: str = "auto"
+    registry: str = ""
     lookback: int = 400
     min_history: int = 64
     pred_len: int = 12
@@ -78,6 +78,7 @@ class Settings:
     session_timeout_ms: int = 10000
     commit_interval_ms: int = 200
     seed: int | None = None
+    model_poll_s: float = 5.0
 
     @property
     def interval_td(self) -> _dt.timedelta:
@@ -102,7 +103,11 @@ HELP = {
     "redis": "Redis URL holding the rolling windows",
     "redis_prefix": "prefix of every Redis key the worker writes",
     "model": "Kronos model: a local directory, a Hugging Face hub id, or NAME@VERSION from the model registry",
-    "tokenizer": "Kronos tokenizer: a local directory, a Hugging Face hub id, or NAME@VERSION",
+    "tokenizer": "Kronos tokenizer: a local directory, a Hugging Face hub id, or NAME@VERSION; auto = the "
+                 "registry version's own tokenizer, else NeoQuasar/Kronos-Tokenizer-base (-2k for Kronos-mini)",
+    "registry": "model registry root for NAME@VERSION specs (default ~/.kronos-rt/registry). "
+                "With --model NAME@latest the worker follows promotions and rollbacks (and SIGHUP) without stopping",
+    "model_poll_s": "how often a --model NAME@latest worker checks the registry for a new latest version",
     "lookback": "bars kept per symbol and fed to the model",
     "min_history": "bars a symbol needs before it is forecast",
     "pred_len": "future bars forecast each time",
@@ -166,44 +171,48 @@ class ModelRef:
     revision: str | None = None  # hub revision passed to from_pretrained
 
 
-# Plug-in point for NAME@VERSION lookups (the model registry registers itself here).
-# Each resolver returns a ModelRef, or None when the spec is not its kind.
-MODEL_RESOLVERS: list[Callable[[str], ModelRef | None]] = []
+def _registry_ref(spec: str, kind: str, root: str | None) -> ModelRef:
+    from kronos_rt.registry import Registry, RegistryError
 
-
-def _registry_resolver(spec: str) -> ModelRef | None:
     try:
-        from kronos_rt import registry  # optional; lands later
-    except ImportError:
-        return None
-    resolve = getattr(registry, "resolve", None)
-    return resolve(spec) if callable(resolve) else None
+        mv = Registry(root or None).resolve(spec)
+    except RegistryError as exc:
+        raise ValueError(f"model {spec!r}: {exc}") from exc
+    return ModelRef(str(mv.model_dir if kind == "model" else mv.tokenizer_dir), mv.name, mv.version)
 
 
-def resolve_model(spec: str) -> ModelRef:
-    """A model/tokenizer spec -> where to load it from and how to name it.
+def is_registry_spec(spec: str) -> bool:
+    name, at, _ = str(spec).partition("@")
+    return bool(at) and "/" not in name and not Path(spec).expanduser().is_dir()
+
+
+def resolve_model(spec: str, kind: str = "model", registry: str | None = None) -> ModelRef:
+    """A model (or tokenizer, kind="tokenizer") spec -> where to load it from and how to name it.
 
     Directory: name = directory name, version = a short hash of its files' sizes and
     mtimes (cheap, changes when the checkpoint is replaced). Hub id ("org/name", optional
-    "@revision"): loaded by from_pretrained. NAME@VERSION without a slash: the registry.
+    "@revision"): loaded by from_pretrained. NAME@VERSION or NAME@latest: the model registry
+    (its model/ or tokenizer/ folder).
     """
     spec = str(spec)
-    for resolver in MODEL_RESOLVERS:
-        ref = resolver(spec)
-        if ref is not None:
-            return ref
     path = Path(spec).expanduser()
     if path.is_dir():
         return ModelRef(str(path), path.resolve().name, _dir_version(path))
+    if is_registry_spec(spec):
+        return _registry_ref(spec, kind, registry)
     name, _, version = spec.partition("@")
-    if "@" in spec and "/" not in name:
-        ref = _registry_resolver(spec)
-        if ref is None:
-            raise ValueError(f"model {spec!r}: NAME@VERSION needs the model registry, which has no such entry")
-        return ref
     if re.fullmatch(r"[\w.\-]+/[\w.\-]+", name):
         return ModelRef(name, name, version or "main", version or None)
     raise ValueError(f"model {spec!r} is neither a directory, a hub id (org/name) nor NAME@VERSION")
+
+
+def tokenizer_spec(settings: "Settings") -> str:
+    """--tokenizer auto: the registry version's own tokenizer, else the public one that goes with the model."""
+    if settings.tokenizer not in ("", "auto"):
+        return settings.tokenizer
+    if is_registry_spec(settings.model):
+        return settings.model
+    return "NeoQuasar/Kronos-Tokenizer-2k" if "mini" in settings.model.lower() else "NeoQuasar/Kronos-Tokenizer-base"
 
 
 def _dir_version(path: Path) -> str:
@@ -215,23 +224,3 @@ def _dir_version(path: Path) -> str:
             st = p.stat()
             h.update(f"{p.name}:{st.st_size}:{int(st.st_mtime)}".encode())
     return h.hexdigest()[:12]
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        return torch.float16 if str(device).startswith("cuda") else torch.float32
-    try:
-        return {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-                "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[dtype]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}") from None
