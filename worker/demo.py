@@ -42,7 +42,11 @@ class DemoResult:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--symbols", type=int, default=8, help="synthetic symbols fanned out from the tape (default 8)")
-    parser.add_argument("--bars", type=int, default=240, help="bars replayed per symbol (default 240)")
+    parser.add_argument("--bars", type=int, default=120, help="bars replayed per symbol (default 120)")
+    parser.add_argument("--speed", default="1200",
+                        help="replay speed: a multiple of real time (default 1200: a 5-minute bar every 0.25 s; "
+                             "closed-market pauses are shortened to one bar), or max for one burst "
+                             "(latency then includes the backlog)")
     parser.add_argument("--model", default=None,
                         help="registry NAME[@VERSION] to use; default: a real model in the registry if any, "
                              f"else a random-weight '{DEMO_NAME}' model created for the demo")
@@ -50,10 +54,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="shape of the random demo model (default mini: fast on a CPU)")
     parser.add_argument("--registry", default=None, help="model registry root (default $KRONOS_RT_REGISTRY or ~/.kronos-rt/registry)")
     parser.add_argument("--out", default=None, help="where the report goes (default: a new folder under ./kronos-rt-demo)")
-    parser.add_argument("--lookback", type=int, default=128)
-    parser.add_argument("--min-history", type=int, default=64)
+    parser.add_argument("--lookback", type=int, default=96)
+    parser.add_argument("--min-history", type=int, default=48)
     parser.add_argument("--pred-len", type=int, default=12)
-    parser.add_argument("--sample-count", type=int, default=4, help="sample paths per forecast (quantile bands)")
+    parser.add_argument("--sample-count", type=int, default=2, help="sample paths per forecast (quantile bands)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -61,6 +65,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The broker's readiness probe connects before it listens; those refusals are expected.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         result = asyncio.run(run_demo(args))
     except DemoError as exc:
@@ -104,11 +110,10 @@ def pick_model(registry, requested: str | None, shape: str):
 
 
 async def run_demo(args: argparse.Namespace) -> DemoResult:
-    from kronos_rt import Engine, Kronos, KronosTokenizer
     from kronos_rt.registry import Registry, default_root
     from worker import report as report_mod
     from worker.app import Worker
-    from worker.config import ModelRef, Settings
+    from worker.config import Settings
     from worker.replay import replay
     from worker.services import EmbeddedBroker, RedisServer, create_topics
 
@@ -130,27 +135,30 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
 
         settings = Settings(brokers=broker.bootstrap, group="kronos-rt-demo", bars_topic=TOPICS["bars"],
                             forecasts_topic=TOPICS["forecasts"], dlq_topic=TOPICS["dlq"], redis=redis_server.url,
-                            model=f"{mv.name}@{mv.version}", tokenizer=f"{mv.name}@{mv.version}",
+                            model=f"{mv.name}@latest", tokenizer="auto", registry=str(registry.root),
                             lookback=args.lookback, min_history=args.min_history, pred_len=args.pred_len,
+                            max_context=mv.metadata.get("max_context", 512),
                             sample_count=args.sample_count, top_p=0.9, max_batch=64, max_wait_ms=5.0,
                             metrics_port=0, sessions="ashare", device=args.device, session_timeout_ms=6000)
-        model = Kronos.from_pretrained(mv.model_dir)
-        tokenizer = KronosTokenizer.from_pretrained(mv.tokenizer_dir)
-        engine = Engine(model, tokenizer, device=None if args.device == "auto" else args.device,
-                        max_context=mv.metadata.get("max_context", settings.max_context))
-        worker = Worker(settings, engine=engine, model_ref=ModelRef(str(mv.model_dir), mv.name, mv.version))
+        worker = Worker(settings)  # loads the model from the registry, follows its `latest`
         worker_task = asyncio.create_task(worker.run())
+        while not worker._assigned:  # replay once the worker owns its partitions: latency then means something
+            if worker_task.done():
+                worker_task.result()
+                raise DemoError("the worker stopped before it was assigned partitions")
+            await asyncio.sleep(0.05)
+        print(f"demo: worker {settings.worker_id} ready (metrics on http://127.0.0.1:{worker.metrics_port}/metrics)")
 
         expected = args.symbols * max(0, args.bars - args.min_history + 1)
         collector = asyncio.create_task(_collect(broker.bootstrap, expected, args.quiet, args.timeout))
         summary = await replay(TAPE, broker.bootstrap, TOPICS["bars"], fanout=args.symbols, limit=args.bars,
-                               speed="max", progress=not args.quiet)
+                               speed=args.speed, progress=not args.quiet, max_gap="5m")
         print(f"demo: {summary.line()}")
         forecasts = await collector
         worker.stop()
         await asyncio.wait_for(worker_task, timeout=60)
 
-        bars = await report_mod.read_topic(broker.bootstrap, TOPICS["bars"])
+        bars, _ = await report_mod.read_topic(broker.bootstrap, TOPICS["bars"])
         report_path = None
         if forecasts:
             report_mod.build_report(forecasts, bars, out)

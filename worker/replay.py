@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from worker import events
+from worker.config import parse_interval
 from worker.kafka import ensure_topics, make_producer
 from worker.tape import bar_events, fan_out, interleave, read_tape
 
@@ -66,8 +67,11 @@ def parse_speed(speed: str | float | None) -> float | None:
 async def replay(tape: str | Path | pd.DataFrame, brokers: str, topic: str, *, symbol: str | None = None,
                  fanout: int = 1, speed: str | float | None = "max", limit: int | None = None,
                  skip: int = 0, partitions: int | None = None, progress: bool = False,
-                 producer=None) -> ReplaySummary:
-    """Publish a tape; returns once every bar is acknowledged. Pass a started `producer` to reuse one."""
+                 producer=None, max_gap: str | None = None) -> ReplaySummary:
+    """Publish a tape; returns once every bar is acknowledged. Pass a started `producer` to reuse one.
+
+    max_gap (e.g. "5m"): with a paced speed, a longer pause in the tape (lunch, overnight,
+    weekend) is replayed as if it lasted max_gap, so closed hours do not stall a replay."""
     rows = prepare(tape, symbol, fanout, limit, skip)
     factor = parse_speed(speed)
     if partitions:
@@ -83,10 +87,15 @@ async def replay(tape: str | Path | pd.DataFrame, brokers: str, topic: str, *, s
     pending = []
     t0 = time.monotonic()
     first_time = rows["time"].iloc[0] if len(rows) else None
+    cap = parse_interval(max_gap).total_seconds() if max_gap else None
+    clock, last = 0.0, first_time  # tape seconds elapsed, gaps capped
     try:
         for sym, event, t in bar_events(rows):
             if factor is not None:
-                due = t0 + (t - first_time).total_seconds() / factor
+                gap = (t - last).total_seconds()
+                clock += min(gap, cap) if cap is not None else gap
+                last = t
+                due = t0 + clock / factor
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -122,6 +131,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="make N distinct synthetic symbols (SYM-0001..) from a one-symbol tape")
     parser.add_argument("--speed", default="max",
                         help="'max' (as fast as the broker takes them) or a multiple of real time, e.g. 60")
+    parser.add_argument("--max-gap", help="with --speed N: replay pauses longer than this (e.g. 5m: lunch, "
+                                          "overnight) as if they lasted this long")
     parser.add_argument("--limit", type=int, help="send at most this many bars per symbol")
     parser.add_argument("--skip", type=int, default=0, help="skip this many bars per symbol first")
     parser.add_argument("--partitions", type=int,
@@ -134,6 +145,7 @@ def main(args: argparse.Namespace) -> int:
     summary = asyncio.run(replay(
         args.tape, args.brokers, args.topic, symbol=args.symbol, fanout=args.fanout, speed=args.speed,
         limit=args.limit, skip=args.skip, partitions=args.partitions, progress=not args.no_progress,
+        max_gap=args.max_gap,
     ))
     print(summary.line())
     return 0

@@ -81,3 +81,12 @@ async def test_replay_at_a_multiple_of_real_time_spaces_bars_out(broker):
     summary = await replay(TAPE, broker, topic, symbol="A", limit=4, speed=3000, partitions=1)
     assert summary.bars == 4
     assert 0.25 <= summary.seconds < 2.0
+
+
+async def test_max_gap_shortens_closed_market_pauses(broker):
+    topic = f"replay-{uuid.uuid4().hex[:8]}"
+    # Rows 2..7 of the tape span the lunch break (11:30 -> 13:05, 95 minutes): at 3000x that
+    # pause alone would take 1.9 s; capped at 5 minutes every gap is 0.1 s (5 gaps: 0.5 s).
+    summary = await replay(TAPE, broker, topic, symbol="A", skip=2, limit=6, speed=3000, partitions=1, max_gap="5m")
+    assert summary.bars == 6
+    assert 0.4 <= summary.seconds < 1.5
