@@ -45,6 +45,7 @@ from worker.windows import WindowStore
 log = logging.getLogger("kronos_rt.worker")
 
 FORECAST_STATUSES = ("appended", "corrected", "inserted")
+REDELIVERY_SLACK = 64
 
 
 def build_engine(settings: Settings):
@@ -150,7 +151,9 @@ class Worker:
         import redis.asyncio as aioredis
 
         self.redis = aioredis.from_url(s.redis)
-        self.store = WindowStore(self.redis, s.redis_prefix, s.lookback)
+        # Room for REDELIVERY_SLACK bars beyond the lookback: a bar re-read after its worker died
+        # is forecast on its own window even if that worker had already stored newer bars.
+        self.store = WindowStore(self.redis, s.redis_prefix, s.lookback + REDELIVERY_SLACK)
         self._ready["redis"] = await self._ping_redis()
 
         self.batcher = MicroBatcher(self._compute, self._publish_batch, s.max_batch, s.max_wait_ms / 1000)
@@ -277,13 +280,19 @@ class Worker:
             status = "appended"  # re-decide on the rebuilt window below
         else:
             status = result.status
-        if status not in FORECAST_STATUSES:
+        # A re-read of the very message already stored (its worker died before the forecast was
+        # acknowledged and committed) is forecast again: at-least-once, never lost.
+        redelivered = result.redelivered and not result.lost
+        if status not in FORECAST_STATUSES and not redelivered:
             self.metrics.events.labels(outcome=status).inc()
             self.tracker.seen(tp, msg.offset)
             return
         window = await self.store.window(bar.symbol)
         self._note_window(tp, bar.symbol, window)
-        newest = len(window) and window.times[-1] == np.datetime64(bar.time, "s")
+        t = np.datetime64(bar.time, "s")
+        if redelivered:  # its own window: the bars up to it
+            window = window.upto(t)
+        newest = len(window) and window.times[-1] == t
         if not newest or len(window) < self.s.min_history:
             self.metrics.events.labels(outcome="buffered" if newest else status).inc()
             self.tracker.seen(tp, msg.offset)

@@ -26,8 +26,10 @@ _EPOCH = _dt.datetime(1970, 1, 1)
 MAX_LOOKBACK = 4096  # Lua unpack() of the trimmed members must stay well under its C stack limit
 
 # KEYS: bars, data, ver.  ARGV: epoch seconds, value record, offset, lookback.
-# Returns {status, length, version, fresh}; fresh = 1 when the ver key did not
-# exist before this call (Redis has no memory of the symbol).
+# Returns {status, length, version, fresh[, stored offset]}; fresh = 1 when the ver key did
+# not exist before this call (Redis has no memory of the symbol). A duplicate also returns
+# the offset the stored bar came from, so a redelivery of the same message can be told
+# from a repeated event.
 _UPSERT_LUA = """
 local member = ARGV[1]
 local score = tonumber(member)
@@ -40,7 +42,7 @@ local len = redis.call('ZCARD', KEYS[1])
 local existing = redis.call('HGET', KEYS[2], member)
 if existing then
   if string.match(existing, '^(.*);') == ARGV[2] then
-    return {'duplicate', len, ver, fresh}
+    return {'duplicate', len, ver, fresh, string.match(existing, ';(%-?%d+)$')}
   end
   redis.call('HSET', KEYS[2], member, ARGV[2] .. ';' .. ARGV[3])
   ver = redis.call('INCR', KEYS[3])
@@ -89,6 +91,7 @@ class UpsertResult:
     length: int    # window length in Redis after the call
     version: int   # window version in Redis after the call
     lost: bool     # this store had the symbol cached but Redis had forgotten it
+    redelivered: bool = False  # duplicate of the very message stored (same Kafka offset): a re-read
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,11 @@ class Window:
 
     def __len__(self) -> int:
         return len(self.times)
+
+    def upto(self, t: np.datetime64) -> "Window":
+        """The bars at or before t (a re-read bar's own window)."""
+        n = int(np.searchsorted(self.times, t, side="right"))
+        return Window(self.times[:n], self.values[:n], self.offsets[:n], self.version)
 
 
 class _Local:
@@ -194,13 +202,14 @@ class WindowStore:
         res = await self._upsert(keys=self.keys(bar.symbol),
                                  args=[t, _record(bar), int(offset), self.lookback])
         status, length, version, fresh = _text(res[0]), int(res[1]), int(res[2]), int(res[3])
+        redelivered = status == "duplicate" and len(res) > 4 and int(res[4]) == int(offset)
         local = self._cache.get(bar.symbol)
         # Redis forgot the symbol (flush/eviction) or its counter went backwards.
         lost = local is not None and (fresh == 1 or version < local.version)
         if lost:
             del self._cache[bar.symbol]
             local = None
-        result = UpsertResult(status, length, version, lost)
+        result = UpsertResult(status, length, version, lost, redelivered)
 
         if local is not None:
             if status == "appended" and version == local.version + 1 and length == min(len(local) + 1, self.lookback):

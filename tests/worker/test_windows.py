@@ -68,6 +68,19 @@ async def test_duplicate_is_idempotent(client, redis_prefix):
     assert (r.status, r.length, r.version) == ("duplicate", 2, 2)
     w = await store.window("600000.SH", refresh=True)
     assert w.offsets.tolist() == [1, 2] and w.version == 2
+    assert not r.redelivered  # a repeated event, not the same message again
+
+
+async def test_same_message_reread_is_flagged_redelivered(client, redis_prefix):
+    """After a worker dies, its successor re-reads messages it had stored: same offset."""
+    store = WindowStore(client, redis_prefix, lookback=10)
+    for i in range(4):
+        await store.upsert(mk(i), 10 + i)
+    successor = WindowStore(client, redis_prefix, lookback=10)
+    r = await successor.upsert(mk(2), 12)
+    assert r.status == "duplicate" and r.redelivered
+    w = (await successor.window("600000.SH")).upto(mk(2).time.replace(tzinfo=None))
+    assert w.offsets.tolist() == [10, 11, 12]
 
 
 async def test_correction_replaces_values(client, redis_prefix):
