@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .engine import Engine
-from .features import EPS, normalize, time_features
+from .features import denormalize, normalize, time_features
 from .sampling import SamplingParams
 
 PRICE_COLS = ["open", "high", "low", "close"]
@@ -90,7 +90,7 @@ class KronosPredictor:
 
     @staticmethod
     def _frame(values, mean, std, y_timestamp) -> pd.DataFrame:
-        preds = values * (std + EPS) + mean
+        preds = denormalize(values, mean, std)
         return pd.DataFrame(preds, columns=ALL_COLS, index=y_timestamp)
 
     # -- public API -----------------------------------------------------------------------
@@ -124,6 +124,6 @@ class KronosPredictor:
         prep = self._prepare(df, x_timestamp, y_timestamp, pred_len)
         mean_n, paths_n = self._run([prep], pred_len, T, top_k, top_p, sample_count, return_paths=True, seed=seed)
         _, mean, std, _, _, y_ts = prep
-        paths = paths_n[0] * (std + EPS) + mean
+        paths = denormalize(paths_n[0], mean, std)
         bands = {float(q): pd.DataFrame(np.quantile(paths, q, axis=0), columns=ALL_COLS, index=y_ts) for q in quantiles}
         return PathForecast(mean=self._frame(mean_n[0], mean, std, y_ts), paths=paths, quantiles=bands)
