@@ -18,6 +18,7 @@ import torch
 
 from .features import denormalize, fill_missing, normalize, time_features
 from .model import Kronos
+from .packing import prepare
 from .sampling import SamplingParams, sample
 from .tokenizer import KronosTokenizer
 
@@ -57,7 +58,8 @@ class Forecast:
 
 class Engine:
     def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device=None, dtype=None,
-                 max_context: int = 512, clip: float = 5.0, tokenizer_dtype=torch.float32):
+                 max_context: int = 512, clip: float = 5.0, tokenizer_dtype=torch.float32,
+                 pack_weights: bool = True):
         if max_context < 1:
             raise ValueError(f"max_context must be >= 1, got {max_context}")
         self.device = resolve_device(device)
@@ -67,6 +69,9 @@ class Engine:
         self.tokenizer_dtype = resolve_dtype(tokenizer_dtype, self.device)
         self.model = model.to(self.device, self.dtype).eval()
         self.tokenizer = tokenizer.to(self.device, self.tokenizer_dtype).eval()
+        # Fused projections everywhere, prepacked oneDNN weights on CPU (kronos_rt/packing.py).
+        pack = pack_weights and self.device.type == "cpu"
+        self.prepared = prepare(self.model, pack) + prepare(self.tokenizer, pack)
         self.max_context = int(max_context)
         self.clip = float(clip)
 
@@ -171,9 +176,15 @@ class Engine:
         if cached:  # room for the dependency keys/values of every generated position
             pad = torch.zeros(B, dep_k.shape[1], P, dep_k.shape[3], dtype=dep_k.dtype, device=dev)
             dep_k, dep_v = torch.cat([dep_k, pad], 2), torch.cat([dep_v, pad], 2)
+        time_emb = rope = None
+        if cached:  # per-call tables, so that a decode step only indexes them
+            future = stamps_t[torch.arange(B, device=dev)[:, None], len_t[:, None] + torch.arange(P, device=dev)]
+            time_emb = self.model.time_emb(future)  # [B, P, d]: step k embeds the time of position len + k - 1
+            rope = self.model.rope_table(L + P, dev)
         if S > 1:
             h_last, dep_k, dep_v, seq1, seq2, stamps_t, len_t = (
                 t.repeat_interleave(S, dim=0) for t in (h_last, dep_k, dep_v, seq1, seq2, stamps_t, len_t))
+            time_emb = None if time_emb is None else time_emb.repeat_interleave(S, dim=0)
             key_mask = None if key_mask is None else key_mask.repeat_interleave(S, dim=0)
             if cache is not None:
                 cache.expand(S)
@@ -184,10 +195,10 @@ class Engine:
                 if cached:
                     pos = len_t + (k - 1)  # the token generated at step k-1
                     read = L + k
-                    step = self.model.decode_step(pos, (L + k - 1) if uniform else None, read)
+                    step = self.model.decode_step(pos, (L + k - 1) if uniform else None, read, rope)
                     # (all rows of a uniform batch share the position L + k - 1)
-                    h_new = self.model.forward_hidden(seq1[rows, pos][:, None], seq2[rows, pos][:, None],
-                                                      stamps_t[rows, pos][:, None], cache=cache, step=step)
+                    h_new = self.model.forward_hidden(seq1[rows, pos][:, None], seq2[rows, pos][:, None], None,
+                                                      cache=cache, step=step, time_emb=time_emb[:, k - 1:k])
                     h_last = h_new[:, 0]
                     nk, nv = self.model.dep_kv(h_new)
                     if uniform:

@@ -99,19 +99,27 @@ class Kronos(PretrainedMixin, nn.Module):
     def new_cache(self, batch: int, max_len: int, device, dtype) -> KVCache:
         return KVCache(self.n_layers, batch, self.n_heads, max_len, self.d_model // self.n_heads, device, dtype)
 
-    def decode_step(self, pos: torch.Tensor, uniform: int | None, read_len: int) -> DecodeStep:
+    def rope_table(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [n, head_dim] for positions 0..n-1: the tables a full pass uses."""
+        return self.rotary.cos_sin(torch.arange(n, device=device), self.norm.weight.dtype)
+
+    def decode_step(self, pos: torch.Tensor, uniform: int | None, read_len: int,
+                    rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> DecodeStep:
         """One decode step where row b's new token sits at position pos[b]; `uniform` is that
-        position when all rows share it (the caller knows, so no device sync here)."""
-        cos, sin = self.rotary.cos_sin(pos, self.norm.weight.dtype)
+        position when all rows share it (the caller knows, so no device sync here). `rope`:
+        a `rope_table` covering every position, computed once per call instead of per step."""
+        cos, sin = (rope[0][pos], rope[1][pos]) if rope is not None else self.rotary.cos_sin(pos, self.norm.weight.dtype)
         mask = None
         if uniform is None:
             mask = (torch.arange(read_len, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]
         return DecodeStep(pos=pos, uniform=uniform, cos=cos[:, None, None, :], sin=sin[:, None, None, :], mask=mask)
 
-    def forward_hidden(self, s1: torch.Tensor, s2: torch.Tensor, stamp: torch.Tensor,
-                       cache: KVCache | None = None, step: DecodeStep | None = None) -> torch.Tensor:
-        """Final-normed hidden states h: [B, T, d] (T = 1 with `step`)."""
-        x = self.embedding(s1, s2) + self.time_emb(stamp)
+    def forward_hidden(self, s1: torch.Tensor, s2: torch.Tensor, stamp: torch.Tensor | None,
+                       cache: KVCache | None = None, step: DecodeStep | None = None,
+                       time_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-normed hidden states h: [B, T, d] (T = 1 with `step`). `time_emb`: the time
+        embeddings of these positions if already computed (then `stamp` is not needed)."""
+        x = self.embedding(s1, s2) + (self.time_emb(stamp) if time_emb is None else time_emb)
         if step is None:
             cos, sin = self.rotary.cos_sin(torch.arange(x.shape[1], device=x.device), x.dtype)
         else:
@@ -131,7 +139,8 @@ class Kronos(PretrainedMixin, nn.Module):
         everywhere: the identity, so keys need no rotation and can be cached.
         """
         attn = self.dep_layer.cross_attn
-        return attn._heads(attn.k_proj(h)), attn._heads(attn.v_proj(h))
+        k, v = attn.project_kv(h)
+        return attn._heads(k), attn._heads(v)
 
     def s2_logits(self, s1_ids: torch.Tensor, h_last: torch.Tensor, dep_k: torch.Tensor, dep_v: torch.Tensor,
                   mask: torch.Tensor | None = None) -> torch.Tensor:

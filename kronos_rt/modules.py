@@ -33,9 +33,11 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(d_model, ff_dim, bias=False)
         self.w3 = nn.Linear(d_model, ff_dim, bias=False)
         self.w2 = nn.Linear(ff_dim, d_model, bias=False)
+        self.w13 = None  # w1 and w3 as one product, set by kronos_rt.packing.prepare
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        a, b = self.w13(x) if self.w13 is not None else (self.w1(x), self.w3(x))
+        return self.w2(F.silu(a) * b)
 
 
 class Rotary(nn.Module):
@@ -116,6 +118,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
         self.rotary = Rotary(self.head_dim)
+        # q/k/v (and k/v alone) as one product, set by kronos_rt.packing.prepare.
+        self.qkv = self.kv = None
+
+    def project_qkv(self, x: torch.Tensor):
+        return self.qkv(x) if self.qkv is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+
+    def project_kv(self, x: torch.Tensor):
+        return self.kv(x) if self.kv is not None else (self.k_proj(x), self.v_proj(x))
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -134,9 +144,10 @@ class Attention(nn.Module):
         is given its first T positions are filled. With `step`: x is one token per row,
         written into `cache` at step.pos and attending to the cached prefix.
         """
-        q = apply_rope(self._heads(self.q_proj(x)), cos, sin)
-        k = apply_rope(self._heads(self.k_proj(x)), cos, sin)
-        v = self._heads(self.v_proj(x))
+        q, k, v = self.project_qkv(x)
+        q = apply_rope(self._heads(q), cos, sin)
+        k = apply_rope(self._heads(k), cos, sin)
+        v = self._heads(v)
         if step is None:
             if cache is not None:
                 T = x.shape[1]
