@@ -112,6 +112,8 @@ class EmbeddedBroker:
                 raise RuntimeError(f"Tansu broker exited with code {self._proc.returncode}; "
                                    f"log {self.log_path}:\n{_log_tail(self.log_path)}")
             try:
+                # A plain TCP probe first: aiokafka logs an ERROR for every refused connect.
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
                 _run_in_thread(_fetch_metadata, self.bootstrap, 2.0)
                 return self
             except Exception as e:  # not listening yet
