@@ -249,13 +249,14 @@ def bench_samples(engine: Engine, shape: str, x, x_stamp, y_stamp, pred_len: int
 
 def run(shape_names=("mini", "small"), batches=(1, 8), lookbacks=(64, 256), pred_lens=(12, 24), device="cpu",
         dtype=None, repeats=3, naive_repeats=1, sample_count=8, data=DEFAULT_DATA, seed=0,
-        progress=None) -> tuple[list[Row], list[SampleRow]]:
+        progress=None, pack_weights=True) -> tuple[list[Row], list[SampleRow]]:
     """The whole grid; `progress(str)` is called after each measurement."""
     bars, times = load_tape(data)
     rows, sample_rows = [], []
     for shape in shape_names:
         model, tokenizer, max_context = shapes.random_pair(shape, seed=seed)
-        engine = Engine(model, tokenizer, device=device, dtype=dtype, max_context=max_context)
+        engine = Engine(model, tokenizer, device=device, dtype=dtype, max_context=max_context,
+                        pack_weights=pack_weights)
         for B in batches:
             for L in lookbacks:
                 for P in pred_lens:
@@ -360,6 +361,8 @@ def configure(parser) -> None:
                         help="also time the engine with this many sample paths vs 1 (0 or 1: skip)")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="CSV tape the input windows are cut from")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--no-pack", action="store_true",
+                        help="plain MKL products on CPU instead of prepacked oneDNN weights (kronos_rt/packing.py)")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
 
 
@@ -378,11 +381,12 @@ def main(args) -> int:
     rows, sample_rows = run(names, args.batch, args.lookback, args.pred_len, device=device, dtype=args.dtype,
                             repeats=args.repeats, naive_repeats=args.naive_repeats,
                             sample_count=args.sample_count, data=args.data, seed=args.seed,
-                            progress=lambda m: print(m, file=sys.stderr, flush=True))
+                            progress=lambda m: print(m, file=sys.stderr, flush=True), pack_weights=not args.no_pack)
     threads = torch.get_num_threads()
     load = os.getloadavg()[0]  # other processes on the machine slow every column; say how busy it was
     print(f"kronos-rt bench: torch {torch.__version__}, device {device}, {threads} threads, "
-          f"random weights (seed {args.seed}), greedy, median of {args.repeats} (naive: {args.naive_repeats}); "
+          f"random weights (seed {args.seed}), greedy, median of {args.repeats} (naive: {args.naive_repeats}), "
+          f"{'plain' if args.no_pack or device.type != 'cpu' else 'prepacked'} weights; "
           f"{time.strftime('%Y-%m-%d %H:%M')}, load average {load_before:.1f} before, {load:.1f} after")
     print()
     print(report(rows, sample_rows, threads, args.markdown))

@@ -111,3 +111,14 @@ def test_gpu_check_smoke(tmp_path):
     assert all(r[parity[0].index("fp32 ok")] == "yes" for r in parity[1:])
     assert tables[1][1][1:] == ["fp32", "1.000", "1.000"]  # the fp32 tokenizer reproduces the fixture's ids
     assert len(tables[3]) == 1 + 2  # two smoke batch sizes
+
+
+def test_bench_cli_no_pack(capsys):
+    """--no-pack runs the plain-MKL engine (the side-by-side comparison for packing) and says so."""
+    rc = cli.main(["bench", "--shapes", "mini", "--batch", "2", "--lookback", "16", "--pred-len", "2",
+                   "--repeats", "1", "--sample-count", "0", "--threads", "1", "--no-pack", "--markdown"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "plain weights" in out
+    results = _markdown_tables(out)[0]
+    assert dict(zip(results[0], results[1]))["greedy identical"] == "yes"
