@@ -1,0 +1,48 @@
+"""`kronos-rt bench-stream` at toy size: real broker, real Redis, the worker in-process."""
+import argparse
+import asyncio
+
+import pytest
+import redis
+
+from worker import bench_stream
+
+pytestmark = pytest.mark.slow
+
+
+def _args(**over):
+    parser = argparse.ArgumentParser()
+    bench_stream.configure(parser)
+    args = parser.parse_args([])
+    for k, v in over.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_bench_stream_measures_every_burst(broker, redis_url):
+    args = _args(symbols=6, bursts=2, warmup_bursts=1, shape="mini", lookback=24, pred_len=2, max_batch=4,
+                 max_wait_ms=20.0, partitions=2, device="cpu", repeats=1, brokers=broker, redis=redis_url,
+                 timeout_s=120.0)
+    result = asyncio.run(bench_stream.run_bench(args))
+    assert result.forecasts == 6 * 2  # warm-up burst not counted
+    assert len(result.burst_ms) == len(result.burst_batches) == 2
+    for batches, ms in zip(result.burst_batches, result.burst_ms):
+        assert sum(batches) == 6 and max(batches) <= 4  # each burst's forecasts, in batches of <= max_batch
+        assert ms > 0
+    assert set(result.engine_ms) == {b for bs in result.burst_batches for b in bs}
+    assert all(v > 0 for v in result.engine_ms.values())
+    assert 0 < result.p50_ms <= result.p99_ms <= max(result.burst_ms) + 1
+    table = result.table()
+    assert "burst: engine-only, same batches (median)" in table
+    assert ("PASS" in table) != ("FAIL" in table)
+    # nothing left behind in the shared Redis
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert not list(client.scan_iter(match="bench-*", count=1000))
+    finally:
+        client.close()
+
+
+def test_bench_stream_rejects_bad_counts(capsys):
+    assert bench_stream.main(_args(bursts=0)) == 2
+    assert "--bursts" in capsys.readouterr().err
