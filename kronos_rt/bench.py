@@ -6,8 +6,9 @@ same inputs (real windows of the bundled 5-minute A-share tape):
 
 - engine: `Engine.forecast_arrays`, greedy (top_k = 1);
 - naive: `naive_forecast_arrays`, the reference's full recompute per generated token;
-- floor: one prefill pass of what any exact answer must at least compute: tokenizer
-  encode over the lookback, the model's transformer over lookback + pred_len tokens, and
+- floor: one pass of what any exact answer must at least compute: tokenizer
+  encode over the lookback, the model's transformer and dependency keys/values over
+  lookback + pred_len tokens, the two heads at the pred_len forecast positions, and
   tokenizer decode over lookback + pred_len (each capped at max_context).
 
 Engine and floor are warmed up once and then timed alternately (so background load hits
@@ -142,17 +143,25 @@ def _timed(fn):
 
 @torch.inference_mode()
 def floor_pass(engine: Engine, x: np.ndarray, x_stamp: np.ndarray, y_stamp: np.ndarray, pred_len: int) -> np.ndarray:
-    """One prefill pass: encode the lookback, the transformer over lookback + pred_len tokens,
-    decode lookback + pred_len tokens (windows capped at max_context). The ids of the
-    pred_len future positions are copies of encoded ones: the cost does not depend on them."""
-    C = engine.max_context
+    """One pass of what any exact answer must compute at least: encode the lookback; the
+    transformer and the dependency keys/values over lookback + pred_len tokens; the s1 and
+    s2 heads at the pred_len forecast positions only (each s2 query sees the keys up to its
+    own position, as in generation); decode lookback + pred_len tokens (windows capped at
+    max_context). The ids of the future positions are copies of encoded ones: the cost
+    does not depend on them."""
+    C, model = engine.max_context, engine.model
     xb = engine._to_device(np.ascontiguousarray(x))
     stamps = engine._to_device(np.ascontiguousarray(np.concatenate([x_stamp, y_stamp], axis=1)))
     s1, s2 = engine.tokenizer.encode(xb.to(engine.tokenizer_dtype))
     W = min(x.shape[1] + pred_len, C)
     s1 = torch.cat([s1, s1[:, -pred_len:]], 1)[:, -W:]
     s2 = torch.cat([s2, s2[:, -pred_len:]], 1)[:, -W:]
-    engine.model.forward_hidden(s1, s2, stamps[:, -W:])
+    h = model.forward_hidden(s1, s2, stamps[:, -W:])
+    dep_k, dep_v = model.dep_kv(h)
+    h_p = h[:, -pred_len:]
+    model.s1_logits(h_p)
+    pos = torch.arange(W, device=h.device)
+    model.s2_logits(s1[:, -pred_len:], h_p, dep_k, dep_v, pos[None, :] <= pos[-pred_len:, None])
     z = engine.tokenizer.decode(s1, s2)[:, -pred_len:].float()
     return z.cpu().numpy()
 

@@ -142,10 +142,15 @@ class Kronos(PretrainedMixin, nn.Module):
         k, v = attn.project_kv(h)
         return attn._heads(k), attn._heads(v)
 
-    def s2_logits(self, s1_ids: torch.Tensor, h_last: torch.Tensor, dep_k: torch.Tensor, dep_v: torch.Tensor,
+    def s2_logits(self, s1_ids: torch.Tensor, h: torch.Tensor, dep_k: torch.Tensor, dep_v: torch.Tensor,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
-        """s1_ids [B], h_last [B, d], dep_k/v [B, 4, T, d/4] -> s2 logits [B, V2]."""
+        """s1_ids [B] and h [B, d] of one position per row (or [B, P] and [B, P, d] of P
+        positions), dep_k/v [B, 4, T, d/4] -> s2 logits [B, V2] (or [B, P, V2])."""
+        one = s1_ids.dim() == 1
+        if one:
+            s1_ids, h = s1_ids[:, None], h[:, None]
         attn = self.dep_layer.cross_attn
-        q = attn._heads(attn.q_proj(self.embedding.emb_s1(s1_ids))[:, None, :])
-        a = attn.attend(q, dep_k, dep_v, mask)[:, 0]
-        return self.head.proj_s2(self.dep_layer.norm(h_last + a))
+        q = attn._heads(attn.q_proj(self.embedding.emb_s1(s1_ids)))
+        a = attn.attend(q, dep_k, dep_v, mask)
+        logits = self.head.proj_s2(self.dep_layer.norm(h + a))
+        return logits[:, 0] if one else logits
