@@ -57,6 +57,13 @@ class Forecast:
 
 
 class Engine:
+    """Forecasts batches of windows with one model and tokenizer on one device.
+
+    The Engine owns the model and tokenizer it is given: it moves them to its device and
+    dtype and prepares them in place (fused projections; on CPU with `pack_weights`,
+    oneDNN-prepacked weights, see kronos_rt/packing.py). Their state_dicts stay as loaded.
+    """
+
     def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device=None, dtype=None,
                  max_context: int = 512, clip: float = 5.0, tokenizer_dtype=torch.float32,
                  pack_weights: bool = True):
