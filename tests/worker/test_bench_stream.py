@@ -32,6 +32,7 @@ def test_bench_stream_measures_every_burst(broker, redis_url):
     assert set(result.engine_ms) == {b for bs in result.burst_batches for b in bs}
     assert all(v > 0 for v in result.engine_ms.values())
     assert 0 < result.p50_ms <= result.p99_ms <= max(result.burst_ms) + 1
+    assert len(result.worker_inference_ms) == 2 and all(0 < w <= b for w, b in zip(result.worker_inference_ms, result.burst_ms))
     table = result.table()
     assert "burst: engine-only, same batches (median)" in table
     assert ("PASS" in table) != ("FAIL" in table)
