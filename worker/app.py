@@ -50,15 +50,22 @@ REDELIVERY_SLACK = 64
 
 def build_engine(settings: Settings):
     """Load model and tokenizer as the settings say; returns (engine, model ModelRef)."""
-    from kronos_rt import Engine, Kronos, KronosTokenizer
-
     model_ref = resolve_model(settings.model, "model", settings.registry)
     tok_ref = resolve_model(config.tokenizer_spec(settings), "tokenizer", settings.registry)
-    model = Kronos.from_pretrained(model_ref.location, revision=model_ref.revision)
-    tokenizer = KronosTokenizer.from_pretrained(tok_ref.location, revision=tok_ref.revision)
     device = None if settings.device == "auto" else settings.device
-    engine = Engine(model, tokenizer, device=device, dtype=settings.dtype, max_context=settings.max_context)
+    engine = load_engine(settings, model_ref.location, tok_ref.location, device, settings.dtype,
+                         model_ref.revision, tok_ref.revision)
     return engine, model_ref
+
+
+def load_engine(settings: Settings, model_location, tokenizer_location, device, dtype,
+                model_revision=None, tokenizer_revision=None):
+    """An Engine over the checkpoints at these locations, with the settings' context."""
+    from kronos_rt import Engine, Kronos, KronosTokenizer
+
+    model = Kronos.from_pretrained(model_location, revision=model_revision)
+    tokenizer = KronosTokenizer.from_pretrained(tokenizer_location, revision=tokenizer_revision)
+    return Engine(model, tokenizer, device=device, dtype=dtype, max_context=settings.max_context)
 
 
 @dataclass
@@ -102,6 +109,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._assigned: set[TopicPartition] = set()
         self._processed: dict[TopicPartition, int] = {}       # next offset after the last handled bar
+        self._generation = 0  # bumped by every rebuild (see _upsert_ahead)
         self._oldest: dict[TopicPartition, dict[str, int]] = {}  # symbol -> oldest offset in its window
         self._floor: dict[TopicPartition, int] = {}           # inherited re-read position (earlier owner)
         self._unchecked: set[TopicPartition] = set()          # assigned, Redis state not yet verified
@@ -171,7 +179,9 @@ class Worker:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(100, s.session_timeout_ms // 4),
             rebalance_timeout_ms=max(s.session_timeout_ms, int(s.drain_timeout_s * 1000)),
-            max_partition_fetch_bytes=1 << 20,
+            # Kafka answers a fetch as soon as a bar is there; some brokers (Tansu) hold it for
+            # the whole wait, which then adds to every bar's latency.
+            max_partition_fetch_bytes=1 << 20, fetch_max_wait_ms=s.fetch_max_wait_ms,
         )
         await self.consumer.start()
         self.consumer.subscribe([s.bars_topic], listener=_Rebalance(self))
@@ -240,12 +250,38 @@ class Worker:
             if self._lost:
                 await self._rebuild_all()
             batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
+            ahead = await self._upsert_ahead(batch)
             for tp, msgs in batch.items():
                 for msg in msgs:
                     if self.stopping or tp not in self._assigned:
                         break  # revoked mid-batch: the next owner reads it from the committed offset
                     await self._backpressure()
-                    await self._handle_message(tp, msg)
+                    await self._handle_message(tp, msg, ahead.get((tp, msg.offset)))
+
+    async def _upsert_ahead(self, batch) -> dict:
+        """Write the bars of a fetch whose symbol occurs once in it to Redis in one round
+        trip (a burst of N symbols costs one, not N); they are then handled one by one as
+        usual. Symbols with several bars in the fetch (replays) keep the per-bar path, so
+        each bar still sees its own window. A rebuild in between makes the replies stale
+        (`_generation`); such bars are upserted again (a duplicate of the same offset, which
+        is forecast as a redelivery)."""
+        for tp, msgs in batch.items():
+            if msgs and tp in self._unchecked and tp in self._assigned:
+                await self._check_partition(tp, msgs[0].offset)
+        parsed, counts = [], {}
+        for tp, msgs in batch.items():
+            for msg in msgs:
+                try:
+                    bar = events.parse_bar(msg.value, msg.key)
+                except events.InvalidEvent:
+                    continue  # the per-message path sends it to the DLQ
+                parsed.append((tp, msg.offset, bar))
+                counts[bar.symbol] = counts.get(bar.symbol, 0) + 1
+        once = [(tp, offset, bar) for tp, offset, bar in parsed if counts[bar.symbol] == 1]
+        if len(once) < 2:
+            return {}
+        replies = await self.store.upsert_ahead([(bar, offset) for _, offset, bar in once])
+        return {(tp, offset): (bar, reply, self._generation) for (tp, offset, bar), reply in zip(once, replies)}
 
     async def _backpressure(self) -> None:
         """Never drop: when the queue is full, pause every partition until it halves."""
@@ -260,19 +296,24 @@ class Worker:
         self.consumer.resume(*[tp for tp in paused if tp in self.consumer.assignment()])
         self.metrics.paused_partitions.set(0)
 
-    async def _handle_message(self, tp: TopicPartition, msg) -> None:
+    async def _handle_message(self, tp: TopicPartition, msg, ahead=None) -> None:
+        """One bar: validate, upsert (or apply the reply of `_upsert_ahead`), forecast if ready."""
         received = time.time()
         self.stats["bars"] += 1
         if tp in self._unchecked:
             await self._check_partition(tp, msg.offset)
         self.metrics.stage_latency.labels(stage="receive").observe(max(0.0, received - msg.timestamp / 1000))
-        try:
-            bar = events.parse_bar(msg.value, msg.key)
-        except events.InvalidEvent as err:
-            await self._send_dlq(tp, msg, err.reason, err.detail)
-            self._processed[tp] = msg.offset + 1
-            return
-        result = await self.store.upsert(bar, msg.offset)
+        if ahead is not None and ahead[2] == self._generation:
+            bar = ahead[0]
+            result = await self.store.apply(bar, msg.offset, ahead[1])
+        else:
+            try:
+                bar = events.parse_bar(msg.value, msg.key)
+            except events.InvalidEvent as err:
+                await self._send_dlq(tp, msg, err.reason, err.detail)
+                self._processed[tp] = msg.offset + 1
+                return
+            result = await self.store.upsert(bar, msg.offset)
         self._processed[tp] = msg.offset + 1
         if result.lost:
             log.warning("Redis lost the window of %s: rebuilding windows from the bar topic", bar.symbol)
@@ -495,6 +536,7 @@ class Worker:
 
     async def _rebuild(self, tp: TopicPartition, end: int) -> None:
         """Re-upsert the partition's bars in [rebuild_from, end) into Redis, forecasting nothing."""
+        self._generation += 1  # replies of _upsert_ahead from before this are stale
         start = self.rebuild_from(tp)
         if start is None or start >= end:
             return
@@ -551,12 +593,9 @@ class Worker:
         same_tokenizer = config.tokenizer_spec(self.s) == self.s.model
 
         def load(mv):
-            from kronos_rt import Engine, Kronos, KronosTokenizer
-
             tok_dir = mv.tokenizer_dir if same_tokenizer else resolve_model(
                 config.tokenizer_spec(self.s), "tokenizer", self.s.registry).location
-            return Engine(Kronos.from_pretrained(mv.model_dir), KronosTokenizer.from_pretrained(tok_dir),
-                          device=engine.device, dtype=engine.dtype, max_context=self.s.max_context)
+            return load_engine(self.s, mv.model_dir, tok_dir, engine.device, engine.dtype)
 
         self.watcher = ModelWatcher(Registry(self.s.registry or None), name, self.model_ref.version, load,
                                     self.metrics, verify_device=engine.device)

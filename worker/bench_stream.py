@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from worker import events
 from worker.config import ModelRef, Settings
@@ -52,6 +53,7 @@ class BenchResult:
     burst_ms: list[float]            # per measured burst: first bar sent -> last forecast received
     engine_ms: dict[int, float]      # batch size -> median engine-only compute, ms
     worker_inference_ms: list[float]  # per measured burst: the worker's own inference time, summed
+    stages_ms: dict[str, list[float]]  # per forecast: the worker's latency_ms fields (receive, queue, ...)
 
     def engine_burst_ms(self, i: int) -> float:
         """Engine-only time for burst i's batches, one after another."""
@@ -78,6 +80,8 @@ class BenchResult:
             ("bar -> forecast p50 / p99", f"{self.p50_ms:.1f} / {self.p99_ms:.1f} ms"),
             ("forecasts/s (during bursts)", f"{self.forecasts_per_s:,.1f}"),
             ("engine-only ms by batch size", ", ".join(f"{b}: {self.engine_ms[b]:.1f}" for b in sizes)),
+            ("per forecast, median / max: " + ", ".join(self.stages_ms),
+             ", ".join(f"{statistics.median(v):.0f} / {max(v):.0f}" for v in self.stages_ms.values()) + " ms"),
             ("burst: last forecast (median)", f"{statistics.median(self.burst_ms):.1f} ms"),
             ("burst: engine-only, same batches (median)", f"{statistics.median(engine):.1f} ms"),
             ("burst: the worker's own inference (median)", f"{statistics.median(self.worker_inference_ms):.1f} ms"),
@@ -205,6 +209,7 @@ async def run_bench(args) -> BenchResult:
         producer = make_producer(brokers, client_id="bench-feed")
         await producer.start()
         latencies, burst_ms, burst_batches, burst_inference = [], [], [], []
+        stages: dict[str, list[float]] = {}
         try:
             for burst in range(sent_bursts):
                 warmup = burst < args.warmup_bursts
@@ -227,6 +232,8 @@ async def run_bench(args) -> BenchResult:
                         for m in msgs:
                             if not warmup:
                                 latencies.append(now_ms - sent_ms[m.key.decode()])
+                                for k, v in orjson.loads(m.value)["latency_ms"].items():
+                                    stages.setdefault(k, []).append(float(v))
                             got += 1
                             last_ms = now_ms
                 if not warmup:
@@ -249,7 +256,7 @@ async def run_bench(args) -> BenchResult:
             p50_ms=float(np.percentile(latencies, 50)), p99_ms=float(np.percentile(latencies, 99)),
             forecasts_per_s=len(latencies) / max(1e-9, sum(burst_ms) / 1000),
             burst_batches=burst_batches, burst_ms=burst_ms, engine_ms=engine_ms,
-            worker_inference_ms=burst_inference,
+            worker_inference_ms=burst_inference, stages_ms=stages,
         )
 
 

@@ -76,6 +76,7 @@ class Settings:
     max_queue: int = 4096
     drain_timeout_s: float = 20.0
     session_timeout_ms: int = 10000
+    fetch_max_wait_ms: int = 100
     commit_interval_ms: int = 200
     seed: int | None = None
     model_poll_s: float = 5.0
@@ -128,6 +129,7 @@ HELP = {
     "max_queue": "ready windows queued before the worker pauses its partitions (backpressure)",
     "drain_timeout_s": "on SIGTERM/SIGINT, how long to finish queued forecasts and commit before exiting",
     "session_timeout_ms": "consumer-group session timeout: how soon a dead worker's partitions move",
+    "fetch_max_wait_ms": "longest the broker may hold a fetch when no bars are waiting (idle polling vs latency)",
     "commit_interval_ms": "how often acknowledged offsets are committed",
     "seed": "random seed for sampling (default: none)",
 }

@@ -236,3 +236,37 @@ def test_lookback_bounds(client, redis_prefix):
         WindowStore(client, redis_prefix, lookback=0)
     with pytest.raises(ValueError):
         WindowStore(client, redis_prefix, lookback=MAX_LOOKBACK + 1)
+
+
+async def test_upsert_ahead_then_apply_equals_one_by_one(client, redis_prefix):
+    """A burst of distinct symbols: one pipelined round trip, then apply() in order gives the
+    same results and windows as upserting each bar on its own."""
+    symbols = [f"S{i:03d}.SH" for i in range(20)]
+    one = WindowStore(client, f"{redis_prefix}-one", lookback=8)
+    ahead = WindowStore(client, f"{redis_prefix}-ahead", lookback=8)
+    for i in range(3):  # some history first, so that both stores hold local copies
+        for s in symbols:
+            await one.upsert(mk(i, s), i)
+            await ahead.upsert(mk(i, s), i)
+    burst = [(mk(3, s, close=20.0), 100 + k) for k, s in enumerate(symbols)]
+    sent = []
+    original = client.pipeline
+
+    def counting_pipeline(*a, **kw):
+        pipe = original(*a, **kw)
+        sent.append(pipe)
+        return pipe
+
+    client.pipeline = counting_pipeline
+    replies = await ahead.upsert_ahead(burst)
+    client.pipeline = original
+    assert len(sent) == 1 and len(replies) == len(symbols)
+    for (bar, offset), reply in zip(burst, replies):
+        got = await ahead.apply(bar, offset, reply)
+        want = await one.upsert(bar, offset)
+        assert got == want
+        a, b = await ahead.window(bar.symbol), await one.window(bar.symbol)
+        assert np.array_equal(a.times, b.times) and np.array_equal(a.values, b.values, equal_nan=True)
+        fresh = await ahead.window(bar.symbol, refresh=True)  # the local copy is what Redis holds
+        assert np.array_equal(fresh.values, a.values, equal_nan=True)
+    assert await ahead.upsert_ahead([]) == []
