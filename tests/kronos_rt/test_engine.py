@@ -149,3 +149,14 @@ def test_bfloat16_on_cpu_close_to_float32(parity_pair, tape):
     assert b.dtype == np.float32 and np.isfinite(b).all()
     # reduced precision may flip a token; most outputs still agree closely
     assert np.mean(np.abs(a - b) < 0.5) > 0.5
+
+
+def test_equal_length_batch_is_bit_identical_to_each_alone(engine, tape):
+    """What the worker relies on to make re-forecasts identical: windows of one length give the
+    same bits whatever else (of that length) is in the call and however many there are."""
+    pred_len, n = 4, 45
+    xs, xst, yst = _inputs(tape, [100 + 53 * k for k in range(9)], n, pred_len)
+    together, _ = engine.forecast_arrays(xs, xst, yst, pred_len, GREEDY)
+    for i in (0, 4, 8):
+        alone, _ = engine.forecast_arrays([xs[i]], [xst[i]], [yst[i]], pred_len, GREEDY)
+        np.testing.assert_array_equal(together[i], alone[0])
