@@ -180,11 +180,11 @@ class Engine:
         dep_k, dep_v = self.model.dep_kv(h)
         read = dep_k.shape[2]  # dependency keys in use
         key_mask = None if uniform else self._key_mask(wlen0, read)
+        time_emb = rope = None
         if cached:  # room for the dependency keys/values of every generated position
             pad = torch.zeros(B, dep_k.shape[1], P, dep_k.shape[3], dtype=dep_k.dtype, device=dev)
             dep_k, dep_v = torch.cat([dep_k, pad], 2), torch.cat([dep_v, pad], 2)
-        time_emb = rope = None
-        if cached:  # per-call tables, so that a decode step only indexes them
+            # Per-call tables, so that a decode step only indexes them.
             future = stamps_t[torch.arange(B, device=dev)[:, None], len_t[:, None] + torch.arange(P, device=dev)]
             time_emb = self.model.time_emb(future)  # [B, P, d]: step k embeds the time of position len + k - 1
             rope = self.model.rope_table(L + P, dev)

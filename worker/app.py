@@ -256,32 +256,36 @@ class Worker:
                     if self.stopping or tp not in self._assigned:
                         break  # revoked mid-batch: the next owner reads it from the committed offset
                     await self._backpressure()
-                    await self._handle_message(tp, msg, ahead.get((tp, msg.offset)))
+                    await self._handle_message(tp, msg, *ahead[(tp, msg.offset)])
 
     async def _upsert_ahead(self, batch) -> dict:
-        """Write the bars of a fetch whose symbol occurs once in it to Redis in one round
-        trip (a burst of N symbols costs one, not N); they are then handled one by one as
-        usual. Symbols with several bars in the fetch (replays) keep the per-bar path, so
-        each bar still sees its own window. A rebuild in between makes the replies stale
-        (`_generation`); such bars are upserted again (a duplicate of the same offset, which
-        is forecast as a redelivery)."""
+        """Parse every bar of a fetch once, and write those whose symbol occurs once in it to
+        Redis in one round trip (a burst of N symbols costs one, not N); the bars are then
+        handled one by one as usual. Returns (tp, offset) -> (Bar or InvalidEvent, upsert
+        reply or None, generation). Symbols with several bars in the fetch (replays) keep the
+        per-bar upsert, so each bar still sees its own window. A rebuild in between makes the
+        replies stale (`_generation`); such bars are upserted again (a duplicate of the same
+        offset, which is forecast as a redelivery)."""
         for tp, msgs in batch.items():
             if msgs and tp in self._unchecked and tp in self._assigned:
                 await self._check_partition(tp, msgs[0].offset)
-        parsed, counts = [], {}
+        parsed: dict = {}
+        counts: dict[str, int] = {}
         for tp, msgs in batch.items():
             for msg in msgs:
                 try:
                     bar = events.parse_bar(msg.value, msg.key)
-                except events.InvalidEvent:
-                    continue  # the per-message path sends it to the DLQ
-                parsed.append((tp, msg.offset, bar))
-                counts[bar.symbol] = counts.get(bar.symbol, 0) + 1
-        once = [(tp, offset, bar) for tp, offset, bar in parsed if counts[bar.symbol] == 1]
-        if len(once) < 2:
-            return {}
-        replies = await self.store.upsert_ahead([(bar, offset) for _, offset, bar in once])
-        return {(tp, offset): (bar, reply, self._generation) for (tp, offset, bar), reply in zip(once, replies)}
+                    counts[bar.symbol] = counts.get(bar.symbol, 0) + 1
+                except events.InvalidEvent as err:
+                    bar = err  # the handler sends it to the DLQ
+                parsed[(tp, msg.offset)] = bar
+        once = [(key, bar) for key, bar in parsed.items()
+                if isinstance(bar, events.Bar) and counts[bar.symbol] == 1]
+        replies = {}
+        if len(once) > 1:
+            got = await self.store.upsert_ahead([(bar, offset) for (_, offset), bar in once])
+            replies = {key: reply for (key, _), reply in zip(once, got)}
+        return {key: (bar, replies.get(key), self._generation) for key, bar in parsed.items()}
 
     async def _backpressure(self) -> None:
         """Never drop: when the queue is full, pause every partition until it halves."""
@@ -296,23 +300,21 @@ class Worker:
         self.consumer.resume(*[tp for tp in paused if tp in self.consumer.assignment()])
         self.metrics.paused_partitions.set(0)
 
-    async def _handle_message(self, tp: TopicPartition, msg, ahead=None) -> None:
-        """One bar: validate, upsert (or apply the reply of `_upsert_ahead`), forecast if ready."""
+    async def _handle_message(self, tp: TopicPartition, msg, bar, reply, generation: int) -> None:
+        """One bar, as parsed (or rejected) by `_upsert_ahead`: upsert it (or apply the reply
+        already fetched), forecast if its window is ready."""
         received = time.time()
         self.stats["bars"] += 1
         if tp in self._unchecked:
             await self._check_partition(tp, msg.offset)
         self.metrics.stage_latency.labels(stage="receive").observe(max(0.0, received - msg.timestamp / 1000))
-        if ahead is not None and ahead[2] == self._generation:
-            bar = ahead[0]
-            result = await self.store.apply(bar, msg.offset, ahead[1])
+        if isinstance(bar, events.InvalidEvent):
+            await self._send_dlq(tp, msg, bar.reason, bar.detail)
+            self._processed[tp] = msg.offset + 1
+            return
+        if reply is not None and generation == self._generation:
+            result = await self.store.apply(bar, msg.offset, reply)
         else:
-            try:
-                bar = events.parse_bar(msg.value, msg.key)
-            except events.InvalidEvent as err:
-                await self._send_dlq(tp, msg, err.reason, err.detail)
-                self._processed[tp] = msg.offset + 1
-                return
             result = await self.store.upsert(bar, msg.offset)
         self._processed[tp] = msg.offset + 1
         if result.lost:

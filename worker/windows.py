@@ -199,7 +199,7 @@ class WindowStore:
 
     async def upsert(self, bar: Bar, offset: int) -> UpsertResult:
         res = await self._upsert(keys=self.keys(bar.symbol), args=self._upsert_args(bar, offset))
-        return await self._apply(bar, offset, res)
+        return await self.apply(bar, offset, res)
 
     async def upsert_ahead(self, items: list[tuple[Bar, int]]) -> list:
         """Run the upsert script for several (bar, offset)s in one round trip (a pipeline,
@@ -213,15 +213,12 @@ class WindowStore:
             await self._upsert(keys=self.keys(bar.symbol), args=self._upsert_args(bar, offset), client=pipe)
         return await pipe.execute()
 
-    async def apply(self, bar: Bar, offset: int, reply) -> UpsertResult:
-        """The result of an `upsert_ahead` reply, as `upsert` would have returned it."""
-        return await self._apply(bar, offset, reply)
-
     def _upsert_args(self, bar: Bar, offset: int) -> list:
         return [epoch_seconds(bar.time), _record(bar), int(offset), self.lookback]
 
-    async def _apply(self, bar: Bar, offset: int, res) -> UpsertResult:
-        """Bring the local copy up to date with one upsert's reply."""
+    async def apply(self, bar: Bar, offset: int, res) -> UpsertResult:
+        """Bring the local copy up to date with one upsert script's reply (from `upsert`, or
+        one of `upsert_ahead`'s, applied in order); the result `upsert` returns."""
         t = epoch_seconds(bar.time)
         status, length, version, fresh = _text(res[0]), int(res[1]), int(res[2]), int(res[3])
         redelivered = status == "duplicate" and len(res) > 4 and int(res[4]) == int(offset)
