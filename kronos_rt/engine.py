@@ -18,6 +18,7 @@ import torch
 
 from .features import denormalize, fill_missing, normalize, time_features
 from .model import Kronos
+from .modules import fill_rows
 from .packing import prepare
 from .sampling import SamplingParams, sample
 from .tokenizer import KronosTokenizer
@@ -167,10 +168,11 @@ class Engine:
         rows = torch.arange(B * S, device=dev)
         cached = bool((lengths + P - 1 <= C).all())  # no window slides before the last model step
 
-        # Step 0: one pass per series over its window, then expand to S paths.
+        # Step 0: one pass per series over its window, its keys/values written once into
+        # each of its S paths' rows.
         starts0 = np.maximum(lengths - C, 0)
         if cached:
-            cache = self.model.new_cache(B, L + P, dev, self.dtype)
+            cache = self.model.new_cache(B * S, L + P, dev, self.dtype)
             h = self.model.forward_hidden(seq1[:, :L], seq2[:, :L], stamps_t[:, :L], cache=cache)
             wlen0 = len_t
         else:
@@ -182,19 +184,23 @@ class Engine:
         key_mask = None if uniform else self._key_mask(wlen0, read)
         time_emb = rope = None
         if cached:  # room for the dependency keys/values of every generated position
-            pad = torch.zeros(B, dep_k.shape[1], P, dep_k.shape[3], dtype=dep_k.dtype, device=dev)
-            dep_k, dep_v = torch.cat([dep_k, pad], 2), torch.cat([dep_v, pad], 2)
+            shape = (B * S, dep_k.shape[1], L + P, dep_k.shape[3])
+            dep_k, dep_v = self._rows_of(dep_k, shape), self._rows_of(dep_v, shape)
+            if not uniform:  # a short row's mask reaches positions not yet written
+                cache.clear_from(L)
+                dep_k[:, :, L:].zero_()
+                dep_v[:, :, L:].zero_()
             # Per-call tables, so that a decode step only indexes them.
             future = stamps_t[torch.arange(B, device=dev)[:, None], len_t[:, None] + torch.arange(P, device=dev)]
             time_emb = self.model.time_emb(future)  # [B, P, d]: step k embeds the time of position len + k - 1
             rope = self.model.rope_table(L + P, dev)
+        elif S > 1:
+            dep_k, dep_v = dep_k.repeat_interleave(S, dim=0), dep_v.repeat_interleave(S, dim=0)
         if S > 1:
-            h_last, dep_k, dep_v, seq1, seq2, stamps_t, len_t = (
-                t.repeat_interleave(S, dim=0) for t in (h_last, dep_k, dep_v, seq1, seq2, stamps_t, len_t))
+            h_last, seq1, seq2, stamps_t, len_t = (
+                t.repeat_interleave(S, dim=0) for t in (h_last, seq1, seq2, stamps_t, len_t))
             time_emb = None if time_emb is None else time_emb.repeat_interleave(S, dim=0)
             key_mask = None if key_mask is None else key_mask.repeat_interleave(S, dim=0)
-            if cache is not None:
-                cache.expand(S)
         lengths_s = np.repeat(lengths, S)
 
         for k in range(P):
@@ -257,6 +263,13 @@ class Engine:
         st = stamps.gather(1, idx[..., None].expand(-1, -1, stamps.shape[-1]))
         h = self.model.forward_hidden(seq1.gather(1, idx), seq2.gather(1, idx), st)
         return h, wlen
+
+    @staticmethod
+    def _rows_of(src: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """A new [B * S, n, T_max, d] buffer whose first T positions repeat src [B, n, T, d]."""
+        dst = src.new_empty(shape)
+        fill_rows(dst, src)
+        return dst
 
     @staticmethod
     def _key_mask(wlen: torch.Tensor, T: int) -> torch.Tensor:

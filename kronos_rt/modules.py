@@ -91,19 +91,29 @@ class DecodeStep:
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: [B, H, T_max, head_dim] each."""
+    """Preallocated keys/values for every layer: [rows, H, T_max, head_dim] each.
+
+    Positions are written before they are read: a full pass fills the prefix, each decode
+    step its own position. Unwritten positions hold arbitrary memory (zeroing every cache
+    cost a pass over it per call); callers whose masked reads can reach them `clear_from`
+    that position first.
+    """
 
     def __init__(self, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int,
                  device: torch.device, dtype: torch.dtype):
         shape = (batch, n_heads, max_len, head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
 
-    def expand(self, repeats: int) -> None:
-        """Repeat each row `repeats` times (sample paths share their series' prefix)."""
-        if repeats > 1:
-            self.k = [t.repeat_interleave(repeats, dim=0) for t in self.k]
-            self.v = [t.repeat_interleave(repeats, dim=0) for t in self.v]
+    def clear_from(self, pos: int) -> None:
+        for t in self.k + self.v:
+            t[:, :, pos:].zero_()
+
+
+def fill_rows(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst[:, :, :T] = src for src [B, n, T, ...] and dst [B * r, n, T_max, ...]: row b of src
+    fills rows b*r .. b*r + r - 1 (a series' r sample paths share its prefix)."""
+    dst[:, :, :src.shape[2]].unflatten(0, (src.shape[0], -1)).copy_(src[:, None])
 
 
 class Attention(nn.Module):
@@ -149,10 +159,9 @@ class Attention(nn.Module):
         k = apply_rope(self._heads(k), cos, sin)
         v = self._heads(v)
         if step is None:
-            if cache is not None:
-                T = x.shape[1]
-                cache[0][:, :, :T] = k
-                cache[1][:, :, :T] = v
+            if cache is not None:  # (its rows may repeat each of ours: see fill_rows)
+                fill_rows(cache[0], k)
+                fill_rows(cache[1], v)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             kc, vc = cache

@@ -60,6 +60,31 @@ def test_ragged_batch_equals_each_alone(engine, tape, lengths):
         np.testing.assert_allclose(together[i], alone[0], rtol=1e-5, atol=1e-5)
 
 
+def test_unwritten_cache_memory_is_never_read(engine, tape, monkeypatch):
+    """Caches are allocated uninitialized (kronos_rt/modules.py KVCache): fill every new
+    buffer with NaN, and a ragged batch with sample paths must still equal the same
+    forecast made with zeroed buffers (a NaN that is read, even masked, spreads)."""
+    lengths, pred_len = (12, 40, 52, 33), 6  # cached: longest + pred_len <= max_context (64)
+    xs, xst, yst = [], [], []
+    for i, n in enumerate(lengths):
+        a, b, c = _inputs(tape, [100 + 250 * i], n, pred_len)
+        xs, xst, yst = xs + a, xst + b, yst + c
+    greedy3 = SamplingParams(top_k=1, sample_count=3)
+    real_empty, real_new_empty = torch.empty, torch.Tensor.new_empty
+
+    def filled(value):
+        monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(value))
+        monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: real_new_empty(self, *a, **k).fill_(value))
+        return engine.forecast_arrays(xs, xst, yst, pred_len, greedy3, return_paths=True)
+
+    nan_mean, nan_paths = filled(float("nan"))
+    zero_mean, zero_paths = filled(0.0)
+    assert np.isfinite(nan_paths).all()
+    np.testing.assert_array_equal(nan_paths, zero_paths)
+    np.testing.assert_array_equal(nan_mean, zero_mean)
+    np.testing.assert_array_equal(nan_paths[:, 0], nan_paths[:, 2])  # greedy: paths agree
+
+
 def test_sample_paths_share_prefix_and_average(engine, tape):
     xs, xst, yst = _inputs(tape, [0, 500], 40, 10)
     params = SamplingParams(temperature=1.0, top_k=0, top_p=0.95, sample_count=6, seed=3)
