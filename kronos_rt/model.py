@@ -112,7 +112,7 @@ class Kronos(PretrainedMixin, nn.Module):
         mask = None
         if uniform is None:
             mask = (torch.arange(read_len, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]
-        return DecodeStep(pos=pos, uniform=uniform, cos=cos[:, None, None, :], sin=sin[:, None, None, :], mask=mask)
+        return DecodeStep(pos=pos, uniform=uniform, cos=cos[:, None, None, None], sin=sin[:, None, None, None], mask=mask)
 
     def forward_hidden(self, s1: torch.Tensor, s2: torch.Tensor, stamp: torch.Tensor | None,
                        cache: KVCache | None = None, step: DecodeStep | None = None,
@@ -121,7 +121,7 @@ class Kronos(PretrainedMixin, nn.Module):
         embeddings of these positions if already computed (then `stamp` is not needed)."""
         x = self.embedding(s1, s2) + (self.time_emb(stamp) if time_emb is None else time_emb)
         if step is None:
-            cos, sin = self.rotary.cos_sin(torch.arange(x.shape[1], device=x.device), x.dtype)
+            cos, sin = (t[:, None, None] for t in self.rotary.cos_sin(torch.arange(x.shape[1], device=x.device), x.dtype))
         else:
             cos, sin = step.cos, step.sin
         for i, block in enumerate(self.transformer):
