@@ -70,6 +70,8 @@ class FusedLinear:
                            for lin, n in zip(linears, self.sizes)])
         self.packed = pack and w.device.type == "cpu" and packing_available(w.dtype)
         self._weight = torch.ops.mkldnn._reorder_linear_weight(w, None) if self.packed else w
+        # The overload itself: calling the packet resolves it anew on every call (~8 us).
+        self._linear = torch.ops.mkldnn._linear_pointwise.default if self.packed else None
         self._bias = b
         self._dtype, self._device = w.dtype, w.device
         self._made_from = self._state()
@@ -77,12 +79,17 @@ class FusedLinear:
     def __getstate__(self):
         # oneDNN tensors cannot be copied or pickled: a copy (deepcopy, torch.save) computes
         # the plain way until prepared again.
-        return {**self.__dict__, "_weight": None, "_bias": None, "_made_from": None}
+        return {**self.__dict__, "_weight": None, "_bias": None, "_made_from": None, "_linear": None}
 
     def _state(self) -> list:
         # A moved, cast or overwritten weight has another data_ptr or version (inference
-        # tensors, e.g. weights copied under inference_mode, keep no version).
-        return [(w.data_ptr(), -1 if w.is_inference() else w._version) for w in (lin.weight for lin in self._linears)]
+        # tensors, e.g. weights copied under inference_mode, keep no version). Read through
+        # _parameters: nn.Module.__getattr__ costs a microsecond per call, on every product.
+        state = []
+        for lin in self._linears:
+            w = lin._parameters["weight"]
+            state.append((w.data_ptr(), -1 if w.is_inference() else w._version))
+        return state
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """The concatenated outputs [..., sum(sizes)]."""
@@ -91,7 +98,7 @@ class FusedLinear:
         if not self.packed:
             return F.linear(x, self._weight, self._bias)
         if x.numel() // self.in_features in _BUCKETS:  # the common case: one call as it is
-            return torch.ops.mkldnn._linear_pointwise(x, self._weight, self._bias, "none", [], "")
+            return self._linear(x, self._weight, self._bias, "none", [], "")
         return self._bucketed(x)
 
     def _bucketed(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +114,7 @@ class FusedLinear:
             padded = row_bucket(m)
             if padded != m:
                 part = torch.cat([part, part.new_zeros(padded - m, part.shape[1])])
-            outs.append(torch.ops.mkldnn._linear_pointwise(part, self._weight, self._bias, "none", [], "")[:m])
+            outs.append(self._linear(part, self._weight, self._bias, "none", [], "")[:m])
         y = outs[0] if len(outs) == 1 else torch.cat(outs)
         return y.view(*x.shape[:-1], y.shape[-1])
 
