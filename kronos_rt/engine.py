@@ -208,10 +208,14 @@ class Engine:
                 if cached:
                     pos = len_t + (k - 1)  # the token generated at step k-1
                     read = L + k
-                    step = self.model.decode_step(pos, (L + k - 1) if uniform else None, read, rope)
-                    # (all rows of a uniform batch share the position L + k - 1)
-                    h_new = self.model.forward_hidden(seq1[rows, pos][:, None], seq2[rows, pos][:, None], None,
-                                                      cache=cache, step=step, time_emb=time_emb[:, k - 1:k])
+                    if uniform:  # all rows at position L + k - 1: slices, not gathers
+                        step = self.model.decode_step(pos, L + k - 1, read, rope)
+                        ids1, ids2 = seq1[:, L + k - 1:L + k], seq2[:, L + k - 1:L + k]
+                    else:
+                        step = self.model.decode_step(pos, None, read, rope)
+                        ids1, ids2 = seq1[rows, pos][:, None], seq2[rows, pos][:, None]
+                    h_new = self.model.forward_hidden(ids1, ids2, None, cache=cache, step=step,
+                                                      time_emb=time_emb[:, k - 1:k])
                     h_last = h_new[:, 0]
                     nk, nv = self.model.dep_kv(h_new)
                     if uniform:
@@ -229,8 +233,11 @@ class Engine:
             new1 = sample(self.model.s1_logits(h_last), sampling, generator)
             logits2 = self.model.s2_logits(new1, h_last, dep_k[:, :, :read], dep_v[:, :, :read], key_mask)
             new2 = sample(logits2, sampling, generator)
-            at = len_t + k
-            seq1[rows, at], seq2[rows, at] = new1, new2
+            if uniform:
+                seq1[:, L + k], seq2[:, L + k] = new1, new2
+            else:
+                at = len_t + k
+                seq1[rows, at], seq2[rows, at] = new1, new2
 
         # Decode each row's last min(n + P, C) tokens; keep the last P rows.
         total = lengths_s + P

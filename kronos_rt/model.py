@@ -108,11 +108,17 @@ class Kronos(PretrainedMixin, nn.Module):
         """One decode step where row b's new token sits at position pos[b]; `uniform` is that
         position when all rows share it (the caller knows, so no device sync here). `rope`:
         a `rope_table` covering every position, computed once per call instead of per step."""
-        cos, sin = (rope[0][pos], rope[1][pos]) if rope is not None else self.rotary.cos_sin(pos, self.norm.weight.dtype)
+        if rope is None:
+            rope = self.rotary.cos_sin(pos if uniform is None else pos.new_tensor(uniform), self.norm.weight.dtype)
+            at = slice(None)
+        else:
+            at = pos if uniform is None else uniform  # (an int indexes a view: no gather)
+        cos, sin = rope[0][at], rope[1][at]
         mask = None
-        if uniform is None:
+        if uniform is None:  # per-row tables [B, 1, 1, 1, head_dim] against [B, 1, 2, H, head_dim]
+            cos, sin = cos[:, None, None, None], sin[:, None, None, None]
             mask = (torch.arange(read_len, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]
-        return DecodeStep(pos=pos, uniform=uniform, cos=cos[:, None, None, None], sin=sin[:, None, None, None], mask=mask)
+        return DecodeStep(pos=pos, uniform=uniform, cos=cos, sin=sin, mask=mask)
 
     def forward_hidden(self, s1: torch.Tensor, s2: torch.Tensor, stamp: torch.Tensor | None,
                        cache: KVCache | None = None, step: DecodeStep | None = None,

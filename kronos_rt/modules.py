@@ -81,7 +81,7 @@ class DecodeStep:
 
     pos: torch.Tensor
     uniform: int | None
-    cos: torch.Tensor  # [B, 1, 1, 1, head_dim]: see Attention.forward
+    cos: torch.Tensor  # [B, 1, 1, 1, head_dim], or [head_dim] when uniform: see Attention.forward
     sin: torch.Tensor
     mask: torch.Tensor | None  # [B, 1, 1, T] bool, True = attend; None when uniform
 

@@ -48,7 +48,9 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> torch.Tensor:
     """logits [B, V] -> ids [B]."""
-    logits = logits.float() / params.temperature
+    logits = logits.float()
+    if params.temperature != 1.0:  # (x / 1.0 is x: skip the operator)
+        logits = logits / params.temperature
     if params.top_k == 1:
         return logits.argmax(dim=-1)  # greedy: what multinomial over a one-hot gives, without the draw
     probs = torch.softmax(filter_logits(logits, params.top_k, params.top_p), dim=-1)
