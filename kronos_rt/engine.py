@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .decode import DecodePlan
 from .features import denormalize, fill_missing, normalize, time_features
 from .model import Kronos
 from .modules import fill_rows
@@ -203,26 +204,26 @@ class Engine:
             key_mask = None if key_mask is None else key_mask.repeat_interleave(S, dim=0)
         lengths_s = np.repeat(lengths, S)
 
+        # Cached steps run flat (kronos_rt/decode.py); the heads too, so that every step
+        # of a call takes one path.
+        plan = DecodePlan(self.model) if cached else None
+        heads = plan or self.model
         for k in range(P):
             if k > 0:
                 if cached:
-                    pos = len_t + (k - 1)  # the token generated at step k-1
                     read = L + k
                     if uniform:  # all rows at position L + k - 1: slices, not gathers
-                        step = self.model.decode_step(pos, L + k - 1, read, rope)
-                        ids1, ids2 = seq1[:, L + k - 1:L + k], seq2[:, L + k - 1:L + k]
+                        at = L + k - 1
+                        cos, sin, mask = rope[0][at], rope[1][at], None
+                        ids1, ids2 = seq1[:, at], seq2[:, at]
                     else:
-                        step = self.model.decode_step(pos, None, read, rope)
-                        ids1, ids2 = seq1[rows, pos][:, None], seq2[rows, pos][:, None]
-                    h_new = self.model.forward_hidden(ids1, ids2, None, cache=cache, step=step,
-                                                      time_emb=time_emb[:, k - 1:k])
-                    h_last = h_new[:, 0]
-                    nk, nv = self.model.dep_kv(h_new)
-                    if uniform:
-                        dep_k[:, :, L + k - 1], dep_v[:, :, L + k - 1] = nk[:, :, 0], nv[:, :, 0]
-                    else:
-                        dep_k[rows, :, pos], dep_v[rows, :, pos] = nk[:, :, 0], nv[:, :, 0]
-                        key_mask = step.mask
+                        pos = len_t + (k - 1)  # each row's token generated at step k-1
+                        at = (rows, pos)
+                        cos, sin = rope[0][pos][:, None, None], rope[1][pos][:, None, None]
+                        mask = key_mask = (torch.arange(read, device=dev)[None, :] <= pos[:, None])[:, None, None, :]
+                        ids1, ids2 = seq1[rows, pos], seq2[rows, pos]
+                    h_last = plan.hidden(ids1, ids2, time_emb[:, k - 1], cache, at, read, cos, sin, mask)
+                    plan.write_dep(h_last, dep_k, dep_v, at)
                 else:
                     starts = np.maximum(lengths_s + k - C, 0)
                     h, wlen = self._window_pass(seq1, seq2, stamps_t, starts, lengths_s + k)
@@ -230,8 +231,8 @@ class Engine:
                     dep_k, dep_v = self.model.dep_kv(h)
                     read = dep_k.shape[2]
                     key_mask = None if uniform else self._key_mask(wlen, read)
-            new1 = sample(self.model.s1_logits(h_last), sampling, generator)
-            logits2 = self.model.s2_logits(new1, h_last, dep_k[:, :, :read], dep_v[:, :, :read], key_mask)
+            new1 = sample(heads.s1_logits(h_last), sampling, generator)
+            logits2 = heads.s2_logits(new1, h_last, dep_k[:, :, :read], dep_v[:, :, :read], key_mask)
             new2 = sample(logits2, sampling, generator)
             if uniform:
                 seq1[:, L + k], seq2[:, L + k] = new1, new2

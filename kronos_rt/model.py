@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .checkpoint import PretrainedMixin
-from .modules import Attention, DecodeStep, KVCache, RMSNorm, TransformerBlock, sinusoid_table
+from .modules import Attention, KVCache, RMSNorm, TransformerBlock, sinusoid_table
 
 TIME_TABLES = (("minute", 60), ("hour", 24), ("weekday", 7), ("day", 32), ("month", 13))
 DEP_HEADS = 4  # the dependency layer always has 4 heads, whatever n_heads is
@@ -100,38 +100,17 @@ class Kronos(PretrainedMixin, nn.Module):
         return KVCache(self.n_layers, batch, self.n_heads, max_len, self.d_model // self.n_heads, device, dtype)
 
     def rope_table(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [n, head_dim] for positions 0..n-1: the tables a full pass uses."""
+        """cos, sin [n, head_dim] for positions 0..n-1 (Rotary.cos_sin)."""
         return self.rotary.cos_sin(torch.arange(n, device=device), self.norm.weight.dtype)
 
-    def decode_step(self, pos: torch.Tensor, uniform: int | None, read_len: int,
-                    rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> DecodeStep:
-        """One decode step where row b's new token sits at position pos[b]; `uniform` is that
-        position when all rows share it (the caller knows, so no device sync here). `rope`:
-        a `rope_table` covering every position, computed once per call instead of per step."""
-        if rope is None:
-            rope = self.rotary.cos_sin(pos if uniform is None else pos.new_tensor(uniform), self.norm.weight.dtype)
-            at = slice(None)
-        else:
-            at = pos if uniform is None else uniform  # (an int indexes a view: no gather)
-        cos, sin = rope[0][at], rope[1][at]
-        mask = None
-        if uniform is None:  # per-row tables [B, 1, 1, 1, head_dim] against [B, 1, 2, H, head_dim]
-            cos, sin = cos[:, None, None, None], sin[:, None, None, None]
-            mask = (torch.arange(read_len, device=pos.device)[None, :] <= pos[:, None])[:, None, None, :]
-        return DecodeStep(pos=pos, uniform=uniform, cos=cos, sin=sin, mask=mask)
-
-    def forward_hidden(self, s1: torch.Tensor, s2: torch.Tensor, stamp: torch.Tensor | None,
-                       cache: KVCache | None = None, step: DecodeStep | None = None,
-                       time_emb: torch.Tensor | None = None) -> torch.Tensor:
-        """Final-normed hidden states h: [B, T, d] (T = 1 with `step`). `time_emb`: the time
-        embeddings of these positions if already computed (then `stamp` is not needed)."""
-        x = self.embedding(s1, s2) + (self.time_emb(stamp) if time_emb is None else time_emb)
-        if step is None:
-            cos, sin = (t[:, None, None] for t in self.rotary.cos_sin(torch.arange(x.shape[1], device=x.device), x.dtype))
-        else:
-            cos, sin = step.cos, step.sin
+    def forward_hidden(self, s1: torch.Tensor, s2: torch.Tensor, stamp: torch.Tensor,
+                       cache: KVCache | None = None) -> torch.Tensor:
+        """Final-normed hidden states h [B, T, d] of a full pass over positions 0..T-1,
+        filling the first T positions of `cache` if given (kronos_rt/decode.py continues)."""
+        x = self.embedding(s1, s2) + self.time_emb(stamp)
+        cos, sin = (t[:, None, None] for t in self.rope_table(x.shape[1], x.device))
         for i, block in enumerate(self.transformer):
-            x = block(x, cos, sin, None if cache is None else (cache.k[i], cache.v[i]), step)
+            x = block(x, cos, sin, None if cache is None else (cache.k[i], cache.v[i]))
         return self.norm(x)
 
     # -- heads ---------------------------------------------------------------------------

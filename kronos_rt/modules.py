@@ -1,17 +1,24 @@
 """Building blocks shared by the Kronos tokenizer and predictor (KRONOS.md §2).
 
 Parameter and buffer names match the public checkpoints exactly, so a state_dict from
-the Hub loads unchanged. Attention can run a full causal pass or one decode step against
-a preallocated key/value cache (see `KVCache`); both give the same numbers.
+the Hub loads unchanged. Attention runs a full causal pass and can fill a preallocated
+key/value cache (`KVCache`) on the way, for the decode step in kronos_rt/decode.py.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if x.dtype == torch.float32:  # one operator, the same numbers as below (tests/kronos_rt/test_model.py)
+        return torch.rms_norm(x, weight.shape, weight, eps)
+    # Normalise in float32 (fp16 squares overflow), cast back before the weight multiply.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return xf.type_as(x) * weight
 
 
 class RMSNorm(nn.Module):
@@ -21,12 +28,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32:  # one kernel, the same numbers as below (tests/kronos_rt/test_model.py)
-            return torch.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        # Normalise in float32 (fp16 squares overflow), cast back before the weight multiply.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
 
 class FeedForward(nn.Module):
@@ -70,33 +72,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_rot: torch.Tensor) -> tor
     return x * cos + x.roll(x.shape[-1] // 2, -1) * sin_rot
 
 
-@dataclass
-class DecodeStep:
-    """Where one new token per row goes in the cache.
-
-    pos: [B] position of each row's new token. When every row is at the same position
-    (`uniform` is that int) the cache is written and read with plain slices; otherwise
-    rows are scattered and a mask hides each row's positions beyond its own.
-    """
-
-    pos: torch.Tensor
-    uniform: int | None
-    cos: torch.Tensor  # [B, 1, 1, 1, head_dim], or [head_dim] when uniform: see Attention.forward
-    sin: torch.Tensor
-    mask: torch.Tensor | None  # [B, 1, 1, T] bool, True = attend; None when uniform
-
-    @property
-    def read_len(self) -> int:
-        return self.mask.shape[-1] if self.mask is not None else self.uniform + 1
-
-
 class KVCache:
     """Preallocated keys/values for every layer: [rows, H, T_max, head_dim] each.
 
     Positions are written before they are read: a full pass fills the prefix, each decode
-    step its own position. Unwritten positions hold arbitrary memory (zeroing every cache
-    cost a pass over it per call); callers whose masked reads can reach them `clear_from`
-    that position first.
+    step (kronos_rt/decode.py) its own position. Unwritten positions hold arbitrary memory
+    (zeroing every cache cost a pass over it per call); callers whose masked reads can
+    reach them `clear_from` that position first.
     """
 
     def __init__(self, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int,
@@ -149,36 +131,19 @@ class Attention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-                step: DecodeStep | None = None) -> torch.Tensor:
-        """Causal self-attention.
-
-        Without `step`: a full pass over positions 0..T-1; if `cache` is given its first T
-        positions are filled. With `step`: x is one token per row, written into `cache` at
-        step.pos and attending to the cached prefix. cos/sin (Rotary.cos_sin) broadcast
-        against [B, T, 2, H, head_dim]: queries and keys are rotated together.
-        """
+                cache: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Causal self-attention over positions 0..T-1, filling the first T positions of
+        `cache` if given (the decode step that continues from there: kronos_rt/decode.py).
+        cos/sin (Rotary.cos_sin) broadcast against [B, T, 2, H, head_dim]: queries and keys
+        are rotated together."""
         B, T, _ = x.shape
         qkv = self.project_qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
         qk = apply_rope(qkv[:, :, :2], cos, sin)
         q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
-        if step is None:
-            if cache is not None:  # (its rows may repeat each of ours: see fill_rows)
-                fill_rows(cache[0], k)
-                fill_rows(cache[1], v)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            kc, vc = cache
-            if step.uniform is not None:
-                kc[:, :, step.uniform] = k[:, :, 0]
-                vc[:, :, step.uniform] = v[:, :, 0]
-            else:
-                rows = torch.arange(B, device=x.device)
-                kc[rows, :, step.pos] = k[:, :, 0]
-                vc[rows, :, step.pos] = v[:, :, 0]
-            n = step.read_len
-            y = F.scaled_dot_product_attention(q, kc.narrow(2, 0, n), vc.narrow(2, 0, n), attn_mask=step.mask)
-        return self._merge(y)
+        if cache is not None:  # (its rows may repeat each of ours: see fill_rows)
+            fill_rows(cache[0], k)
+            fill_rows(cache[1], v)
+        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -194,8 +159,8 @@ class TransformerBlock(nn.Module):
         self.norm2 = RMSNorm(d_model)
         self.ffn = FeedForward(d_model, ff_dim)
 
-    def forward(self, x, cos, sin, cache=None, step=None):
-        x = x + self.self_attn(self.norm1(x), cos, sin, cache, step)
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.self_attn(self.norm1(x), cos, sin, cache)
         return x + self.ffn(self.norm2(x))
 
 

@@ -9,8 +9,8 @@ checkpoint layout:
   every call; at the eight rows of a decode step that is most of the cost. oneDNN packs a
   weight once, and its kernel is then about 2x faster at 8 rows and about 1.5x at a
   2 000-row prefill (BENCHMARKS.md). It also computes each output row the same way
-  whatever the number of rows, so a one-token decode step and a full recompute agree bit
-  for bit; a fused product equals its parts bit for bit too.
+  whatever the number of rows, so a one-token decode step's products equal a full
+  recompute's bit for bit; a fused product equals its parts bit for bit too.
 
 `prepare(module)` applies both to every Attention / FeedForward / Linear under a module.
 The fused and packed copies are extra tensors beside the parameters, never parameters
@@ -18,6 +18,8 @@ themselves: state_dict keys and values stay those of the checkpoint. A prepared 
 whose source weights were moved, cast or overwritten since falls back to the plain path.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +123,26 @@ class FusedLinear:
     def __call__(self, x: torch.Tensor):
         y = self.product(x)
         return y if len(self.sizes) == 1 else y.split(self.sizes, -1)
+
+
+def bound_product(layer) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The cheapest callable computing `layer` (an nn.Linear, PackedLinear or FusedLinear;
+    a FusedLinear's outputs concatenated) on [rows, in] inputs with the weights as they are
+    now, for a loop that calls it many times: the per-call checks of `product` are done
+    here once (a decode step costs mostly such fixed costs: kronos_rt/decode.py)."""
+    fused = layer if isinstance(layer, FusedLinear) else getattr(layer, "_prepared", None)
+    if fused is None:  # a plain nn.Linear
+        weight, bias = layer.weight, layer.bias
+        return lambda x: F.linear(x, weight, bias)
+    if not fused.packed or fused._state() != fused._made_from:
+        return fused.product  # (stale: product itself computes the plain way)
+    op, weight, bias = fused._linear, fused._weight, fused._bias
+
+    def packed(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] in _BUCKETS:
+            return op(x, weight, bias, "none", [], "")
+        return fused.product(x)
+    return packed
 
 
 class PackedLinear(nn.Linear):

@@ -59,16 +59,3 @@ def test_rope_equals_rotate_half_formula_bit_for_bit():
         x = torch.randn(2, 4, 300, 64).to(dtype)
         assert torch.equal(apply_rope(x, cos, sin_rot), x * cos_ref + rotate_half(x) * sin_ref)
 
-
-def test_decode_step_tables_with_and_without_a_precomputed_rope_table():
-    model, _, _ = random_pair("mini")
-    table = model.rope_table(40, "cpu")
-    for pos, uniform in [(torch.tensor([7, 7, 7]), 7), (torch.tensor([3, 9, 30]), None)]:
-        a = model.decode_step(pos, uniform, 31, table)
-        b = model.decode_step(pos, uniform, 31)
-        assert torch.equal(a.cos, b.cos) and torch.equal(a.sin, b.sin)
-        if uniform is None:
-            assert a.cos.shape == (3, 1, 1, 1, model.d_model // model.n_heads)
-            assert a.mask.shape == (3, 1, 1, 31) and a.mask[0, 0, 0].tolist() == [i <= 3 for i in range(31)]
-        else:
-            assert a.mask is None and a.read_len == 8
