@@ -257,7 +257,7 @@ def bench_samples(engine: Engine, shape: str, x, x_stamp, y_stamp, pred_len: int
 
 
 def run(shape_names=("mini", "small"), batches=(1, 8), lookbacks=(64, 256), pred_lens=(12, 24), device="cpu",
-        dtype=None, repeats=3, naive_repeats=1, sample_count=8, data=DEFAULT_DATA, seed=0,
+        dtype=None, repeats=5, naive_repeats=1, sample_count=8, data=DEFAULT_DATA, seed=0,
         progress=None, pack_weights=True) -> tuple[list[Row], list[SampleRow]]:
     """The whole grid; `progress(str)` is called after each measurement."""
     bars, times = load_tape(data)
@@ -364,7 +364,7 @@ def configure(parser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--dtype", default="auto", help="model dtype: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of engine and floor (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of engine and floor, alternating (median)")
     parser.add_argument("--naive-repeats", type=int, default=1, help="timed runs of naive (median)")
     parser.add_argument("--sample-count", type=int, default=8,
                         help="also time the engine with this many sample paths vs 1 (0 or 1: skip)")
