@@ -31,16 +31,18 @@ class DecodePlan:
             attn, ffn = block.self_attn, block.ffn
             if attn.qkv is None or ffn.w13 is None:
                 raise ValueError("prepare the model first (kronos_rt.packing.prepare)")
-            self.layers.append((block.norm1, bound_product(attn.qkv), bound_product(attn.out_proj),
-                                block.norm2, bound_product(ffn.w13), ffn.w1.out_features, bound_product(ffn.w2),
+            # (a tuple unpacked per layer and step: attribute lookups are part of the cost)
+            self.layers.append((block.norm1.weight, block.norm1.eps, bound_product(attn.qkv),
+                                bound_product(attn.out_proj), block.norm2.weight, block.norm2.eps,
+                                bound_product(ffn.w13), ffn.w1.out_features, bound_product(ffn.w2),
                                 attn.n_heads, attn.head_dim))
         emb = model.embedding
         self.emb_s1, self.emb_s2, self.scale = emb.emb_s1.weight, emb.emb_s2.weight, emb.scale
         self.fusion = bound_product(emb.fusion_proj)
-        self.norm = model.norm
+        self.norm = (model.norm.weight, model.norm.eps)
         dep = model.dep_layer.cross_attn
-        self.dep_kv, self.dep_q, self.dep_out = bound_product(dep.kv), bound_product(dep.q_proj), bound_product(dep.out_proj)
-        self.dep_norm = model.dep_layer.norm
+        self.dep_kv, self.dep_q, self.dep_out = (bound_product(p) for p in (dep.kv, dep.q_proj, dep.out_proj))
+        self.dep_norm = (model.dep_layer.norm.weight, model.dep_layer.norm.eps)
         self.s1_head, self.s2_head = bound_product(model.head.proj_s1), bound_product(model.head.proj_s2)
 
     def hidden(self, s1: torch.Tensor, s2: torch.Tensor, time_emb: torch.Tensor, cache: KVCache, at,
@@ -55,17 +57,18 @@ class DecodePlan:
         R, d = s1.shape[0], self.d
         x = self.fusion(torch.cat([F.embedding(s1, self.emb_s1) * self.scale,
                                    F.embedding(s2, self.emb_s2) * self.scale], dim=-1)) + time_emb
-        for (norm1, qkv_fn, out_fn, norm2, w13_fn, ff, w2_fn, H, hd), kc, vc in zip(self.layers, cache.k, cache.v):
-            qkv = qkv_fn(rms_norm(x, norm1.weight, norm1.eps)).view(R, 3, H, hd)
+        for layer, kc, vc in zip(self.layers, cache.k, cache.v):
+            n1, eps1, qkv_fn, out_fn, n2, eps2, w13_fn, ff, w2_fn, H, hd = layer
+            qkv = qkv_fn(rms_norm(x, n1, eps1)).view(R, 3, H, hd)
             qk = apply_rope(qkv[:, :2], cos, sin)
             _write(kc, at, qk[:, 1])
             _write(vc, at, qkv[:, 2])
             y = F.scaled_dot_product_attention(qk[:, 0, :, None], kc.narrow(2, 0, read), vc.narrow(2, 0, read),
                                                attn_mask=mask)
             x = x + out_fn(y.reshape(R, d))
-            ab = w13_fn(rms_norm(x, norm2.weight, norm2.eps))
+            ab = w13_fn(rms_norm(x, n2, eps2))
             x = x + w2_fn(F.silu(ab[:, :ff]) * ab[:, ff:])
-        return rms_norm(x, self.norm.weight, self.norm.eps)
+        return rms_norm(x, *self.norm)
 
     def write_dep(self, h: torch.Tensor, dep_k: torch.Tensor, dep_v: torch.Tensor, at) -> None:
         """The dependency layer's key/value of the new tokens into dep_k/dep_v [R, 4, T, d/4]."""
@@ -82,7 +85,7 @@ class DecodePlan:
         R, d = h.shape
         q = self.dep_q(F.embedding(s1_ids, self.emb_s1)).view(R, DEP_HEADS, 1, d // DEP_HEADS)
         y = F.scaled_dot_product_attention(q, dep_k, dep_v, attn_mask=mask)
-        return self.s2_head(rms_norm(h + self.dep_out(y.reshape(R, d)), self.dep_norm.weight, self.dep_norm.eps))
+        return self.s2_head(rms_norm(h + self.dep_out(y.reshape(R, d)), *self.dep_norm))
 
 
 def _write(cache: torch.Tensor, at, value: torch.Tensor) -> None:

@@ -3,8 +3,8 @@
 Same answers as the reference forecast procedure (KRONOS.md §5), computed once:
 - each series is encoded and prefilled once, then expanded to its sample paths;
 - while no window slides (lookback + step <= max_context) keys/values are cached and each
-  generated step runs one position per row; once a window slides, positions shift and the
-  step is recomputed over the window (exact, like the reference);
+  generated step runs one position per row (kronos_rt/decode.py); once a window slides,
+  positions shift and the step is recomputed over the window (exact, like the reference);
 - the s2 head runs for the last position only, against cached dependency keys/values;
 - windows of different lengths share one call: rows are right-padded (causal attention
   never looks right) and each row keeps its own positions and mask.

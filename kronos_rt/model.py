@@ -1,8 +1,8 @@
 """Kronos predictor (KRONOS.md §4): a decoder-only transformer over (s1, s2) token pairs.
 
-`forward_hidden` runs the transformer over a window (optionally filling a KV cache) or
-over one new token per row against that cache; `s1_logits` / `s2_logits` are the two
-heads. The s2 head needs only the last position's query against the window's hidden
+`forward_hidden` runs the transformer over a window, optionally filling a KV cache that
+kronos_rt/decode.py continues one new token per row at a time; `s1_logits` / `s2_logits`
+are the two heads. The s2 head needs only the last position's query against the window's hidden
 states, so callers pass the dependency layer's keys/values, which they can cache too.
 """
 from __future__ import annotations

@@ -7,6 +7,7 @@ key/value cache (`KVCache`) on the way, for the decode step in kronos_rt/decode.
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,7 +63,8 @@ class Rotary(nn.Module):
         Angles in float32 from a fresh inv_freq: the buffer is cast with the module under
         .half(), and fp16 angles would drift from the reference's."""
         freqs = positions.float()[..., None] * self._inv_freq(positions.device)
-        return torch.cat((freqs, freqs), dim=-1).cos().to(dtype), torch.cat((-freqs.sin(), freqs.sin()), dim=-1).to(dtype)
+        sin = freqs.sin()
+        return torch.cat((freqs, freqs), dim=-1).cos().to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_rot: torch.Tensor) -> torch.Tensor:

@@ -31,4 +31,5 @@ def retain_freed_memory(trim_threshold: int = 1 << 30, mmap_threshold: int = MMA
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
+    mmap_ok = bool(mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
+    return mmap_ok and bool(mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
