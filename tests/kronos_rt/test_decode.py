@@ -1,6 +1,6 @@
 """The flat decode step against the model's full pass.
 
-Products agree bit for bit (oneDNN and MKL compute each row alike whatever the row count);
+Products agree bit for bit when prepacked (oneDNN computes each row alike whatever the row count);
 attention over one query rounds slightly differently from the same row of a causal pass
 (~1e-7), so hidden states agree to float rounding and logits' argmax exactly.
 """
