@@ -80,7 +80,8 @@ class Engine:
         self.tokenizer = tokenizer.to(self.device, self.tokenizer_dtype).eval()
         # Fused projections everywhere, prepacked oneDNN weights on CPU (kronos_rt/packing.py).
         pack = pack_weights and self.device.type == "cpu"
-        self.prepared = prepare(self.model, pack) + prepare(self.tokenizer, pack)
+        prepare(self.model, pack)
+        prepare(self.tokenizer, pack)
         self.max_context = int(max_context)
         self.clip = float(clip)
 
@@ -220,7 +221,7 @@ class Engine:
                         pos = len_t + (k - 1)  # each row's token generated at step k-1
                         at = (rows, pos)
                         cos, sin = rope[0][pos][:, None, None], rope[1][pos][:, None, None]
-                        mask = key_mask = (torch.arange(read, device=dev)[None, :] <= pos[:, None])[:, None, None, :]
+                        mask = key_mask = self._key_mask(pos + 1, read)  # positions 0..pos
                         ids1, ids2 = seq1[rows, pos], seq2[rows, pos]
                     h_last = plan.hidden(ids1, ids2, time_emb[:, k - 1], cache, at, read, cos, sin, mask)
                     plan.write_dep(h_last, dep_k, dep_v, at)

@@ -108,7 +108,7 @@ class Kronos(PretrainedMixin, nn.Module):
         """Final-normed hidden states h [B, T, d] of a full pass over positions 0..T-1,
         filling the first T positions of `cache` if given (kronos_rt/decode.py continues)."""
         x = self.embedding(s1, s2) + self.time_emb(stamp)
-        cos, sin = (t[:, None, None] for t in self.rope_table(x.shape[1], x.device))
+        cos, sin = self.rotary.full_pass(x.shape[1], x.device, x.dtype)
         for i, block in enumerate(self.transformer):
             x = block(x, cos, sin, None if cache is None else (cache.k[i], cache.v[i]))
         return self.norm(x)

@@ -66,6 +66,10 @@ class Rotary(nn.Module):
         sin = freqs.sin()
         return torch.cat((freqs, freqs), dim=-1).cos().to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
+    def full_pass(self, n: int, device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tables of positions 0..n-1 as `Attention.forward` takes them: [n, 1, 1, head_dim]."""
+        return tuple(t[:, None, None] for t in self.cos_sin(torch.arange(n, device=device), dtype))
+
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_rot: torch.Tensor) -> torch.Tensor:
     """The reference's x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x2, x1), as

@@ -55,7 +55,7 @@ class KronosTokenizer(PretrainedMixin, nn.Module):
     def _blocks(self, z: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
         if len(blocks):
             rotary = blocks[0].self_attn.rotary
-            cos, sin = (t[:, None, None] for t in rotary.cos_sin(torch.arange(z.shape[1], device=z.device), z.dtype))
+            cos, sin = rotary.full_pass(z.shape[1], z.device, z.dtype)
             for block in blocks:
                 z = block(z, cos, sin)
         return z
