@@ -62,7 +62,7 @@ class HierarchicalEmbedding(nn.Module):
 class DependencyLayer(nn.Module):
     def __init__(self, d_model: int):
         super().__init__()
-        self.cross_attn = Attention(d_model, DEP_HEADS)
+        self.cross_attn = Attention(d_model, DEP_HEADS, cross=True)
         self.norm = RMSNorm(d_model)
 
 

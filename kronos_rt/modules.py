@@ -105,10 +105,15 @@ def fill_rows(dst: torch.Tensor, src: torch.Tensor) -> None:
 
 
 class Attention(nn.Module):
-    """Multi-head attention with RoPE; q/k/v/out projections with bias."""
+    """Multi-head attention with RoPE; q/k/v/out projections with bias.
 
-    def __init__(self, d_model: int, n_heads: int):
+    `cross`: used only through `project_kv` and `attend` (the predictor's dependency layer),
+    never `forward`; it tells `prepare` which projections to fuse.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, cross: bool = False):
         super().__init__()
+        self.cross = cross
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.q_proj = nn.Linear(d_model, d_model)
@@ -116,7 +121,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
         self.rotary = Rotary(self.head_dim)
-        # q/k/v (and k/v alone) as one product, set by kronos_rt.packing.prepare.
+        # q/k/v (self-attention) or k/v (cross) as one product, set by kronos_rt.packing.prepare.
         self.qkv = self.kv = None
 
     def project_qkv(self, x: torch.Tensor) -> torch.Tensor:

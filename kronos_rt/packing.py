@@ -179,10 +179,12 @@ def prepare(module: nn.Module, pack: bool = True) -> int:
             elif not pack and isinstance(child, PackedLinear):  # prepared before with packing
                 setattr(parent, name, child.plain())
     for m in module.modules():
-        if isinstance(m, Attention):
-            m.qkv = FusedLinear([m.q_proj, m.k_proj, m.v_proj], pack)
-            m.kv = FusedLinear([m.k_proj, m.v_proj], pack)
-            count += 2
+        if isinstance(m, Attention):  # only the product its role uses (a packed copy each)
+            if m.cross:
+                m.kv = FusedLinear([m.k_proj, m.v_proj], pack)
+            else:
+                m.qkv = FusedLinear([m.q_proj, m.k_proj, m.v_proj], pack)
+            count += 1
         elif isinstance(m, FeedForward):
             m.w13 = FusedLinear([m.w1, m.w3], pack)
             count += 1
