@@ -8,7 +8,7 @@
       fp16 engine against the fp32 engine, and both engines' forecasts against the expected
       values (the tolerance the fixture states: rtol 1e-4, atol 1e-2);
     - a Kronos-small-shaped model with seeded random weights on a batch of real windows of
-      worker/data/a_share_5min.csv: share of identical s1 / s2 ids, fp16 against fp32.
+      worker/tools/data/a_share_5min.csv: share of identical s1 / s2 ids, fp16 against fp32.
 (b) Engine throughput, Kronos-small shape, fp16: batch 64 / 256 / 1024, lookback 500,
     pred_len 12 (lookback + pred_len = the 512 context, so every step is cached):
     forecasts/s, peak GPU memory, engine/floor; full recompute (naive) at batch 64 for the ratio.
@@ -49,7 +49,7 @@ from kronos_rt.naive import naive_forecast_arrays  # noqa: E402
 from kronos_rt.tokenizer import KronosTokenizer  # noqa: E402
 
 PARITY = ROOT / "tests" / "fixtures" / "parity"
-TAPE = ROOT / "worker" / "data" / "a_share_5min.csv"  # = shared/data/a_share_5min.csv, which cases.json names
+TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"  # = shared/data/a_share_5min.csv, which cases.json names
 COLUMNS = ("open", "high", "low", "close", "volume", "amount")
 
 FULL = dict(agree_batch=64, agree_lookback=500, agree_pred_len=12, batches=(64, 256, 1024), lookback=500,

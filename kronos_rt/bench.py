@@ -48,7 +48,7 @@ from .features import normalize, time_features
 from .naive import naive_forecast_arrays
 from .sampling import SamplingParams
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "worker" / "data" / "a_share_5min.csv"
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "worker" / "tools" / "data" / "a_share_5min.csv"
 GREEDY = SamplingParams(temperature=1.0, top_k=1, top_p=1.0, sample_count=1)
 
 # The acceptance targets, checked on the CPU rows at this grid point.

@@ -13,7 +13,7 @@ $KRONOS_RT_REGISTRY, else ~/.kronos-rt/registry. `verify()` is the health check 
 deployment runs before serving a version: checksums, model/tokenizer compatibility,
 strict load, a canary forecast with its timing, and memory.
 
-Library code: no Kafka or Redis here; `kronos-rt models` (worker/models_cli.py) is the CLI.
+Library code: no Kafka or Redis here; `kronos-rt models` (worker/cli/models.py) is the CLI.
 """
 from __future__ import annotations
 

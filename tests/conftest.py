@@ -6,7 +6,7 @@ import uuid
 import pytest
 import redis
 
-from worker.services import EmbeddedBroker, RedisServer, _redis_ping
+from worker.tools.services import EmbeddedBroker, RedisServer, _redis_ping
 
 SHARED_REDIS_PORT = 6379
 

@@ -7,7 +7,7 @@ from kronos_rt import Kronos, KronosTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 PARITY = ROOT / "tests" / "fixtures" / "parity"
-TAPE = ROOT / "worker" / "data" / "a_share_5min.csv"
+TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,10 @@ from aiokafka import AIOKafkaConsumer
 from worker.app import Worker, build_engine
 from worker.config import Settings
 from worker.kafka import ensure_topics
-from worker.replay import prepare, replay
+from worker.tools.replay import prepare, replay
 
 ROOT = Path(__file__).resolve().parents[2]
-TAPE = ROOT / "worker" / "data" / "a_share_5min.csv"
+TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"
 MODEL = ROOT / "tests" / "fixtures" / "parity" / "model"
 TOKENIZER = ROOT / "tests" / "fixtures" / "parity" / "tokenizer"
 COLUMNS = ["open", "high", "low", "close", "volume", "amount"]

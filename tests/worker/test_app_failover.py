@@ -18,7 +18,7 @@ from tests.worker.test_app_e2e import (
     forecasts_of, names,
 )
 from worker.kafka import ensure_topics
-from worker.replay import prepare, replay
+from worker.tools.replay import prepare, replay
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from tests.conftest import unique_topic
 from worker.client import ForecastClient, parse_forecast
 from worker.events import build_forecast
-from worker.services import create_topics
+from worker.tools.services import create_topics
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 6, 18, 10, 0)

@@ -13,8 +13,8 @@ from tests.worker.test_app_e2e import (
 )
 from worker.events import dumps
 from worker.kafka import ensure_topics, make_producer
-from worker.replay import prepare
-from worker.tape import bar_events
+from worker.tools.replay import prepare
+from worker.tools.tape import bar_events
 
 pytestmark = pytest.mark.slow
 assert one_torch_thread  # autouse fixture, imported to apply here too

@@ -11,7 +11,7 @@ import pytest
 from kronos_rt import Kronos, KronosPredictor, KronosTokenizer
 from kronos_rt.registry import Registry
 from worker.kafka import ensure_topics
-from worker.replay import prepare, replay
+from worker.tools.replay import prepare, replay
 
 from .test_app_e2e import (COLUMNS, LOOKBACK, MAX_CONTEXT, MODEL, PRED_LEN, TAPE, TOKENIZER, Worker, consume,
                            expected_keys, forecasts_of, make_settings, names, one_torch_thread)  # noqa: F401

@@ -13,7 +13,7 @@ from tests.worker.test_app_e2e import (
     running_worker,
 )
 from worker.kafka import ensure_topics
-from worker.replay import prepare, replay
+from worker.tools.replay import prepare, replay
 
 pytestmark = pytest.mark.slow
 assert one_torch_thread  # autouse fixture, imported to apply here too

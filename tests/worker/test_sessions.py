@@ -7,7 +7,7 @@ import pytest
 
 from worker.sessions import SessionCalendar, parse_session_map
 
-TAPE = Path(__file__).resolve().parents[2] / "worker" / "data" / "a_share_5min.csv"
+TAPE = Path(__file__).resolve().parents[2] / "worker" / "tools" / "data" / "a_share_5min.csv"
 FIVE = dt.timedelta(minutes=5)
 
 

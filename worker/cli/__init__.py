@@ -5,17 +5,17 @@ import argparse
 import importlib
 import sys
 
-from .allocator import retain_freed_memory
+from worker.allocator import retain_freed_memory
 
 # name -> (module, help). Each module defines configure(parser) and main(args) -> int.
 COMMANDS = {
     "worker": ("worker.app", "run a streaming worker (Kafka bars -> forecasts)"),
-    "replay": ("worker.replay", "publish a CSV/Parquet tape as bar events"),
+    "replay": ("worker.tools.replay", "publish a CSV/Parquet tape as bar events"),
     "bench": ("kronos_rt.bench", "benchmark the inference engine against full recompute"),
-    "bench-stream": ("worker.bench_stream", "benchmark broker -> worker -> broker latency"),
-    "models": ("worker.models_cli", "manage the local model registry"),
-    "report": ("worker.report", "write a Markdown report of a replay"),
-    "demo": ("worker.demo", "one-command demo: embedded broker, Redis, worker, replay"),
+    "bench-stream": ("worker.tools.bench_stream", "benchmark broker -> worker -> broker latency"),
+    "models": ("worker.cli.models", "manage the local model registry"),
+    "report": ("worker.tools.report", "write a Markdown report of a replay"),
+    "demo": ("worker.tools.demo", "one-command demo: embedded broker, Redis, worker, replay"),
 }
 
 

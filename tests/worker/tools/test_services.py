@@ -1,4 +1,4 @@
-"""worker/services.py: the embedded broker works end to end; the private Redis starts and stops."""
+"""worker/tools/services.py: the embedded broker works end to end; the private Redis starts and stops."""
 import asyncio
 import socket
 
@@ -7,7 +7,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.conftest import unique_topic
-from worker.services import EmbeddedBroker, RedisServer, create_topics, free_port
+from worker.tools.services import EmbeddedBroker, RedisServer, create_topics, free_port
 
 
 def test_free_port_is_bindable():

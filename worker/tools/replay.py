@@ -18,7 +18,7 @@ import pandas as pd
 from worker import events
 from worker.config import parse_interval
 from worker.kafka import ensure_topics, make_producer
-from worker.tape import bar_events, fan_out, interleave, read_tape
+from worker.tools.tape import bar_events, fan_out, interleave, read_tape
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 import redis
 
-from worker import bench_stream
+from worker.tools import bench_stream
 
 pytestmark = pytest.mark.slow
 

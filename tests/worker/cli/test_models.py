@@ -6,7 +6,7 @@ from pathlib import Path
 
 from worker.cli import main
 
-PARITY = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "parity"
+PARITY = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "parity"
 MODEL, TOKENIZER = str(PARITY / "model"), str(PARITY / "tokenizer")
 
 

@@ -33,7 +33,7 @@ import orjson
 from worker import events
 from worker.config import ModelRef, Settings
 from worker.kafka import ensure_topics, make_producer
-from worker.tape import fan_out, read_tape
+from worker.tools.tape import fan_out, read_tape
 from worker.windows import WindowStore
 
 log = logging.getLogger(__name__)
@@ -144,14 +144,14 @@ async def _delete_prefix(redis_url: str, prefix: str) -> None:
 
 
 def _bars(tape):
-    from worker.tape import bar_events
+    from worker.tools.tape import bar_events
 
     return bar_events(tape)
 
 
 async def run_bench(args) -> BenchResult:
     from worker.app import Worker
-    from worker.services import EmbeddedBroker, RedisServer
+    from worker.tools.services import EmbeddedBroker, RedisServer
 
     with contextlib.ExitStack() as stack:
         brokers = args.brokers or stack.enter_context(EmbeddedBroker()).bootstrap

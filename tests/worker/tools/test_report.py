@@ -11,8 +11,8 @@ from aiokafka import AIOKafkaProducer
 
 from tests.conftest import unique_topic
 from worker.cli import main as cli_main
-from worker.report import build_report
-from worker.services import create_topics
+from worker.tools.report import build_report
+from worker.tools.services import create_topics
 
 T0 = dt.datetime(2024, 6, 18, 9, 0)
 P0 = dt.datetime(2024, 6, 18, 1, 0, tzinfo=dt.timezone.utc)

@@ -111,11 +111,11 @@ def pick_model(registry, requested: str | None, shape: str):
 
 async def run_demo(args: argparse.Namespace) -> DemoResult:
     from kronos_rt.registry import Registry, default_root
-    from worker import report as report_mod
+    from worker.tools import report as report_mod
     from worker.app import Worker
     from worker.config import Settings
-    from worker.replay import replay
-    from worker.services import EmbeddedBroker, RedisServer, create_topics
+    from worker.tools.replay import replay
+    from worker.tools.services import EmbeddedBroker, RedisServer, create_topics
 
     t0 = time.monotonic()
     registry = Registry(Path(args.registry) if args.registry else default_root())
