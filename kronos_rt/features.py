@@ -1,4 +1,5 @@
-"""Inputs as the reference predictor prepares them (KRONOS.md §5.1–5.3), in numpy."""
+"""Inputs as the reference predictor prepares them, in numpy
+(docs/MODEL.md, 'Normalization' and 'Time features')."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""Kronos predictor (KRONOS.md §4): a decoder-only transformer over (s1, s2) token pairs.
+"""Kronos predictor: a decoder-only transformer over (s1, s2) token pairs
+(docs/MODEL.md, 'Model'; what the weights depend on: 'Checkpoint quirks').
 
 `forward_hidden` runs the transformer over a window, optionally filling a KV cache that
 kronos_rt/decode.py continues one new token per row at a time; `s1_logits` / `s2_logits`

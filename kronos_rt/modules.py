@@ -1,4 +1,4 @@
-"""Building blocks shared by the Kronos tokenizer and predictor (KRONOS.md §2).
+"""Building blocks shared by the Kronos tokenizer and predictor (docs/MODEL.md, 'Building blocks').
 
 Parameter and buffer names match the public checkpoints exactly, so a state_dict from
 the Hub loads unchanged. Attention runs a full causal pass and can fill a preallocated

@@ -1,4 +1,4 @@
-"""The public Kronos checkpoint shapes (KRONOS.md §1), and random-weight pairs built from them.
+"""The public Kronos checkpoint shapes (docs/MODEL.md, 'Layout'), and random-weight pairs built from them.
 
 The configs are the constructor arguments exactly as the public `config.json` files hold
 them, so `Kronos(**MODEL_SHAPES["small"])` has the same parameters (names and shapes) as

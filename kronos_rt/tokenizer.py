@@ -1,4 +1,4 @@
-"""Kronos tokenizer (KRONOS.md §3): normalized OHLCVA rows <-> hierarchical (s1, s2) ids.
+"""Kronos tokenizer (docs/MODEL.md, 'Tokenizer'): normalized OHLCVA rows <-> hierarchical (s1, s2) ids.
 
 Binary spherical quantization: each row becomes s1_bits + s2_bits signs; the first half
 is the coarse id s1, the second the fine id s2, little-endian within each half.
