@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .hub import snapshot
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PICKLE_NAME = "pytorch_model.bin"
@@ -29,26 +31,15 @@ def _is_derivable(key: str) -> bool:
 
 def resolve_checkpoint(path_or_hub_id: str | os.PathLike, revision: str | None = None,
                        allow_pickle: bool = False) -> Path:
-    """A local directory holding the checkpoint; Hub ids come from the local cache when offline."""
+    """A local directory holding the checkpoint; a Hub id ("org/name") goes through
+    kronos_rt.hub.snapshot (the local Hub cache when offline)."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
     if path.exists() or str(path_or_hub_id).startswith((".", "/", "~")) or str(path_or_hub_id).count("/") != 1:
         raise FileNotFoundError(f"checkpoint directory not found: {path_or_hub_id!s}")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
-
     patterns = [CONFIG_NAME, WEIGHTS_NAME] + ([PICKLE_NAME] if allow_pickle else [])
-    try:
-        return Path(snapshot_download(str(path_or_hub_id), revision=revision, allow_patterns=patterns))
-    except (HFValidationError, ValueError) as exc:
-        raise FileNotFoundError(f"not a checkpoint directory nor a valid Hub id: {path_or_hub_id!s} ({exc})") from exc
-    except Exception as exc:  # offline with nothing cached, unknown repo, network down
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        hint = (" HF_HUB_OFFLINE is set and it is not in the local cache" if offline
-                else " (download it once with network access, or pass a local directory)")
-        raise FileNotFoundError(f"cannot find Hub checkpoint {path_or_hub_id!s}"
-                                f"{'@' + revision if revision else ''}:{hint}. Cause: {exc}") from exc
+    return snapshot(str(path_or_hub_id), revision, allow_patterns=patterns)
 
 
 def read_config(directory: Path) -> dict:

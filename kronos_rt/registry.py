@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from .features import COLUMNS
+from .hub import HubError, snapshot
 
 METADATA_NAME = "metadata.json"
 LATEST = "latest"
@@ -104,16 +106,6 @@ class ModelVersion:
     @property
     def random_weights(self) -> bool:
         return bool(self.metadata.get("random_weights"))
-
-    # location/revision make a ModelVersion usable where worker.config expects a ModelRef
-    # (what Kronos.from_pretrained gets); the tokenizer is at tokenizer_dir.
-    @property
-    def location(self) -> str:
-        return str(self.model_dir)
-
-    @property
-    def revision(self) -> None:
-        return None
 
 
 @dataclass
@@ -195,29 +187,12 @@ def _copy_checkpoint(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=lambda _d, names: [n for n in names if n.startswith(".")])
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("0", "", "false", "no", "off")
-
-
 def _snapshot(repo_id: str, revision: str | None, cache_dir) -> Path:
     """Local snapshot of a Hub checkpoint (config.json + model.safetensors)."""
     try:
-        from huggingface_hub import snapshot_download
-    except ImportError as exc:
-        raise RegistryError("huggingface_hub is not installed; pip install huggingface_hub") from exc
-    offline = _hub_offline()
-    try:
-        # local_files_only as well as the env var: huggingface_hub reads HF_HUB_OFFLINE once, at import.
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir,
-                                      allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], local_files_only=offline))
-    except Exception as exc:  # offline and not cached, unknown repo, bad revision, network down
-        where = f"{repo_id}{'@' + revision if revision else ''}"
-        hint = ("HF_HUB_OFFLINE is set and it is not in the local Hub cache; pull it once with network "
-                "access, or import a local directory with `kronos-rt models import`" if offline else
-                "check the repo id and revision and the network, or import a local directory with "
-                "`kronos-rt models import`")
-        raise RegistryError(f"cannot get {where} from the Hugging Face Hub: {hint}. "
-                            f"Cause: {type(exc).__name__}: {exc}") from exc
+        return snapshot(repo_id, revision, [CONFIG_NAME, WEIGHTS_NAME], cache_dir)
+    except HubError as exc:
+        raise RegistryError(str(exc)) from exc
 
 
 # -- the registry ------------------------------------------------------------------------------
@@ -440,11 +415,6 @@ class Registry:
         return verify_version(mv, device=device, pred_len=pred_len, window=window)
 
 
-def resolve(spec: str, root=None) -> ModelVersion:
-    """Registry(root).resolve(spec): NAME, NAME@latest or NAME@VERSION."""
-    return Registry(root).resolve(spec)
-
-
 def verify_version(mv: ModelVersion, device=None, pred_len: int = 4, window: int = 64) -> VerifyReport:
     """Checksums, model/tokenizer compatibility, strict load, canary forecast, memory."""
     report = VerifyReport(mv.name, mv.version)
@@ -465,41 +435,40 @@ def verify_version(mv: ModelVersion, device=None, pred_len: int = 4, window: int
         problems.append("metadata.json lists no files")
     report.add("checksums", not problems, "; ".join(problems) or f"{len(recorded)} files match")
 
-    # 2. The tokenizer's codes must be the model's vocabulary, and its input the 6 OHLCVA columns.
+    # 2. The tokenizer's codes must be the model's vocabulary, and its input the six COLUMNS.
     compatible = False
     try:
         mcfg = json.loads((mv.model_dir / CONFIG_NAME).read_text())
         tcfg = json.loads((mv.tokenizer_dir / CONFIG_NAME).read_text())
         issues = [f"{k}: model {mcfg.get(k)} vs tokenizer {tcfg.get(k)}"
                   for k in ("s1_bits", "s2_bits") if mcfg.get(k) != tcfg.get(k)]
-        if tcfg.get("d_in") != 6:
-            issues.append(f"tokenizer d_in is {tcfg.get('d_in')}, expected 6 (open, high, low, close, volume, amount)")
+        if tcfg.get("d_in") != len(COLUMNS):
+            issues.append(f"tokenizer d_in is {tcfg.get('d_in')}, expected {len(COLUMNS)} ({', '.join(COLUMNS)})")
         compatible = not issues
         report.add("compatibility", compatible, "; ".join(issues) or
-                   f"s1_bits={mcfg['s1_bits']} s2_bits={mcfg['s2_bits']} d_in=6")
+                   f"s1_bits={mcfg['s1_bits']} s2_bits={mcfg['s2_bits']} d_in={len(COLUMNS)}")
     except (OSError, ValueError, KeyError) as exc:
         report.add("compatibility", False, f"cannot read configs: {exc}")
 
-    # 3. Strict load: every tensor used, every parameter filled.
-    import torch
+    # 3. Strict load (every tensor used, every parameter filled) into the Engine that serves it.
+    from .loading import load_engine
 
-    from .model import Kronos
-    from .tokenizer import KronosTokenizer
-
-    model = tokenizer = None
+    max_context = int(mv.metadata.get("max_context") or 512)
+    engine = None
     try:
-        model = Kronos.from_pretrained(mv.model_dir)
-        tokenizer = KronosTokenizer.from_pretrained(mv.tokenizer_dir)
-        report.add("load", True, "model and tokenizer load strictly")
-    except Exception as exc:  # CheckpointError, missing files, bad safetensors
+        engine = load_engine(mv.model_dir, mv.tokenizer_dir, device=device, max_context=max_context)
+        report.device = str(engine.device)
+        report.add("load", True, f"model and tokenizer load strictly, on {report.device}")
+    except Exception as exc:  # CheckpointError, missing files, bad safetensors, unusable device
         report.add("load", False, f"{type(exc).__name__}: {exc}")
-    if model is not None and tokenizer is not None:
+    if engine is not None:
+        # The weights as the engine holds them (its dtype); the state_dicts stay as loaded.
         report.param_bytes = sum(t.numel() * t.element_size()
-                                 for m in (model, tokenizer) for t in (*m.parameters(), *m.buffers()))
+                                 for m in (engine.model, engine.tokenizer) for t in m.state_dict().values())
 
     # 4. Canary forecast on a synthetic window: finite numbers of the right shape.
-    if model is not None and tokenizer is not None and compatible:
-        _canary(report, mv, model, tokenizer, device, pred_len, window, torch)
+    if engine is not None and compatible:
+        _canary(report, engine, pred_len, window)
 
     # Peak RSS of this process (ru_maxrss is KiB on Linux), which includes everything it did before.
     try:
@@ -512,7 +481,8 @@ def verify_version(mv: ModelVersion, device=None, pred_len: int = 4, window: int
 
 
 def synthetic_window(n: int, seed: int = 0):
-    """n 5-minute bars of a seeded random walk: (bars [n, 6] float64, times datetime64[s] [n])."""
+    """n 5-minute bars of a seeded random walk: (bars [n, 6] float64 in COLUMNS order,
+    times datetime64[s] [n])."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -527,18 +497,14 @@ def synthetic_window(n: int, seed: int = 0):
     return np.stack([open_, high, low, close, volume, amount], axis=1), times
 
 
-def _canary(report: VerifyReport, mv: ModelVersion, model, tokenizer, device, pred_len: int, window: int,
-            torch) -> None:
+def _canary(report: VerifyReport, engine, pred_len: int, window: int) -> None:
     import numpy as np
+    import torch
 
-    from .engine import Engine
     from .sampling import SamplingParams
 
     try:
-        max_context = int(mv.metadata.get("max_context") or 512)
-        engine = Engine(model, tokenizer, device=device, max_context=max_context)
-        report.device = str(engine.device)
-        n = max(2, min(window, max_context))
+        n = max(2, min(window, engine.max_context))
         bars, times = synthetic_window(n)
         y_times = times[-1] + np.arange(1, pred_len + 1) * np.timedelta64(300, "s")
         if engine.device.type == "cuda":

@@ -113,7 +113,8 @@ def test_hub_id_offline_not_cached(monkeypatch, tmp_path):
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(FileNotFoundError, match="cannot find Hub checkpoint NeoQuasar/Kronos-small.*HF_HUB_OFFLINE"):
+    with pytest.raises(FileNotFoundError, match="cannot get NeoQuasar/Kronos-small from the Hugging Face Hub: "
+                                                "HF_HUB_OFFLINE is set"):
         Kronos.from_pretrained("NeoQuasar/Kronos-small")
 
 
@@ -135,3 +136,21 @@ def test_hub_id_loads_from_local_cache(monkeypatch, tmp_path):
     assert (path / "model.safetensors").is_file()
     m = Kronos.from_pretrained("NeoQuasar/Kronos-parity")
     assert m.config["d_model"] == 64
+
+
+def test_load_engine_reproduces_the_parity_fixture(tape):
+    """load_engine = both from_pretrained calls + Engine: a parity case comes out as expected."""
+    import numpy as np
+
+    from kronos_rt import SamplingParams, load_engine
+    from kronos_rt.features import COLUMNS
+
+    cases = json.loads((PARITY / "cases.json").read_text())
+    case = next(c for c in cases["cases"] if c["name"] == "case0")
+    engine = load_engine(PARITY / "model", PARITY / "tokenizer", device="cpu", max_context=case["max_context"])
+    assert (engine.device.type, engine.dtype, engine.max_context) == ("cpu", torch.float32, case["max_context"])
+    rows = tape.iloc[case["first_row"]:case["first_row"] + case["lookback"] + case["pred_len"]]
+    ctx, fut = rows.iloc[:case["lookback"]], rows.iloc[case["lookback"]:]
+    (fc,) = engine.forecast([ctx[list(COLUMNS)].to_numpy(np.float64)], [ctx["timestamps"].to_numpy()],
+                            [fut["timestamps"].to_numpy()], case["pred_len"], SamplingParams(top_k=1, top_p=1.0))
+    np.testing.assert_allclose(fc.mean, np.array(case["expected"]), rtol=1e-4, atol=1e-2)

@@ -138,6 +138,22 @@ def test_verify_ok_reports_timing_and_memory(reg):
     assert report.peak_gpu_bytes is None and report.device == "cpu"
 
 
+def test_verify_loads_through_load_engine(reg, monkeypatch):
+    import kronos_rt.loading
+
+    calls = []
+    real = kronos_rt.loading.load_engine
+
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kronos_rt.loading, "load_engine", recording)
+    mv = reg.import_dirs("parity", MODEL, TOKENIZER)
+    assert reg.verify("parity", device="cpu").ok
+    assert calls == [((mv.model_dir, mv.tokenizer_dir), dict(device="cpu", max_context=512))]
+
+
 def test_verify_fails_on_corrupt_file_naming_it(reg):
     mv = reg.import_dirs("parity", MODEL, TOKENIZER)
     weights = mv.tokenizer_dir / "model.safetensors"
