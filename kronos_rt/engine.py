@@ -1,16 +1,30 @@
-"""The array-level inference engine: what to compute for a batch of windows.
+"""Array-level inference engine: what to compute for a batch of windows.
 
-Same answers as the reference forecast procedure (KRONOS.md §5), computed once:
-- each series is encoded and prefilled once, then expanded to its sample paths;
-- while no window slides (lookback + step <= max_context) keys/values are cached and each
-  generated step runs one position per row (kronos_rt/decode.py); once a window slides,
-  positions shift and the step is recomputed over the window (exact, like the reference);
-- the s2 head runs for the last position only, against cached dependency keys/values;
-- windows of different lengths share one call: rows are right-padded (causal attention
-  never looks right) and each row keeps its own positions and mask.
+Same answers as the reference forecast procedure (docs/MODEL.md, 'Forecast procedure'),
+computed once. `Engine.forecast_arrays` runs named stages over one `_Generation` state:
+
+- prefill: each series is encoded and run through the model once (its keys/values written
+  into the rows of its sample paths);
+- expand: the per-series state is repeated for the S sample paths of each series;
+- cached step: while no window slides (lookback + step <= max_context) each generated step
+  runs one position per row against the cached keys/values (kronos_rt/decode.py);
+- windowed step: once a window slides, positions shift and the step is recomputed over the
+  window (exact, like the reference);
+- detokenize: each row's last tokens back to normalized rows, averaged over paths.
+
+The s2 head runs for the last position only, against cached dependency keys/values.
+Windows of different lengths share one call: rows are right-padded (causal attention
+never looks right) and each row keeps its own positions and mask.
+
+The engine keeps its big buffers (key/value caches, dependency keys/values) between calls,
+each grown to the largest call seen (`Workspaces`): a call of the same or a smaller size
+writes into memory that is already mapped instead of asking the allocator for it again.
+`release_workspaces()` hands it back.
 """
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,8 +32,8 @@ import torch
 
 from .decode import DecodePlan
 from .features import denormalize, fill_missing, normalize, time_features
-from .model import Kronos
-from .modules import fill_rows
+from .model import DEP_HEADS, Kronos
+from .modules import KVCache, fill_rows
 from .packing import prepare
 from .sampling import SamplingParams, sample
 from .tokenizer import KronosTokenizer
@@ -58,12 +72,78 @@ class Forecast:
     paths: np.ndarray | None = None  # [sample_count, pred_len, 6] when asked
 
 
+class Workspaces:
+    """Named buffers kept between calls, each grown to the largest request seen.
+
+    `get` returns a contiguous view of the requested shape at the start of the buffer (the
+    same layout a fresh `torch.empty` would have), holding whatever an earlier call left
+    there: callers write before they read, as with uninitialized memory.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != dtype or buf.numel() < n:
+            self._buffers.pop(name, None)
+            del buf  # the old buffer goes before the new one comes: no double peak
+            buf = self._buffers[name] = torch.empty(n, dtype=dtype, device=self.device)
+        return buf[:n].view(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def release(self) -> None:
+        self._buffers.clear()
+
+
+class _WorkspaceCache(KVCache):
+    """A KVCache whose per-layer tensors are views of a kept workspace (KVCache() allocates)."""
+
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor]):
+        self.k, self.v = k, v
+
+
+@dataclass
+class _Generation:
+    """What one forecast_arrays call carries from stage to stage. Rows are series until
+    `expand`, then series x sample paths (row b * S + j is path j of series b)."""
+    B: int  # series
+    S: int  # sample paths per series
+    P: int  # steps to generate
+    L: int  # longest lookback
+    lengths: np.ndarray  # [rows] lookback of each row
+    uniform: bool  # all lookbacks equal: steps use slices instead of gathers
+    cached: bool  # no window slides before the last model step
+    sampling: SamplingParams
+    generator: torch.Generator | None
+    seq1: torch.Tensor  # [rows, L + P] ids: lookback, then generated
+    seq2: torch.Tensor
+    stamps: torch.Tensor  # [rows, L + P, 5] time features of every position
+    len_t: torch.Tensor  # [rows] lengths on the device
+    rows: torch.Tensor | None = None  # arange(rows), set by `expand`
+    h_last: torch.Tensor | None = None  # [rows, d] hidden state of each row's last position
+    dep_k: torch.Tensor | None = None  # [rows, 4, T, d/4] dependency keys/values
+    dep_v: torch.Tensor | None = None
+    read: int = 0  # dependency (and cache) positions in use
+    key_mask: torch.Tensor | None = None  # [rows, 1, 1, read], None when rows agree
+    cache: KVCache | None = None  # cached mode: keys/values of every layer and position
+    time_emb: torch.Tensor | None = None  # cached mode: [rows, P, d] time embedding per step
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # cached mode: cos, sin [L + P, head_dim]
+
+
 class Engine:
     """Forecasts batches of windows with one model and tokenizer on one device.
 
     The Engine owns the model and tokenizer it is given: it moves them to its device and
     dtype and prepares them in place (fused projections; on CPU with `pack_weights`,
     oneDNN-prepacked weights, see kronos_rt/packing.py). Their state_dicts stay as loaded.
+    It also owns its big per-call buffers (`workspaces`), kept for the next call; calls
+    on one engine are serialized.
     """
 
     def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device=None, dtype=None,
@@ -84,6 +164,13 @@ class Engine:
         prepare(self.tokenizer, pack)
         self.max_context = int(max_context)
         self.clip = float(clip)
+        self.workspaces = Workspaces(self.device)
+        self._lock = threading.Lock()  # one call at a time: calls share the workspaces
+
+    def release_workspaces(self) -> None:
+        """Hand back the buffers kept between calls; the next call allocates them again."""
+        with self._lock:
+            self.workspaces.release()
 
     # -- raw bars in, de-normalized forecasts out ---------------------------------------
     def forecast(self, bars, x_times, y_times, pred_len: int, sampling: SamplingParams = SamplingParams(),
@@ -144,10 +231,27 @@ class Engine:
                 raise ValueError(f"series {i}: {lengths[i]} rows but {len(x_stamp[i])} time stamps")
             if len(y_stamp[i]) != pred_len:
                 raise ValueError(f"series {i}: {len(y_stamp[i])} future time stamps for pred_len {pred_len}")
-        S, P, C = sampling.sample_count, pred_len, self.max_context
-        L = int(lengths.max())
-        dev = self.device
+        with self._lock:
+            g, xb = self._start(x, x_stamp, y_stamp, lengths, pred_len, sampling)
+            self._prefill(g, xb)
+            self._expand(g)
+            # Cached steps run flat (kronos_rt/decode.py); the heads too, so that every step
+            # of a call takes one path.
+            plan = DecodePlan(self.model) if g.cached else None
+            for k in range(g.P):
+                if k > 0:
+                    if g.cached:
+                        self._cached_step(g, plan, k)
+                    else:
+                        self._windowed_step(g, k)
+                self._sample_step(g, plan or self.model, k)
+            paths = self._detokenize(g)
+        return paths.mean(axis=1), (paths if return_paths else None)
 
+    # -- stages ---------------------------------------------------------------------------
+    def _start(self, x, x_stamp, y_stamp, lengths: np.ndarray, P: int, sampling: SamplingParams):
+        """Inputs staged on the device (right-padded to the longest window) and the empty state."""
+        B, L, dev = len(x), int(lengths.max()), self.device
         # Stage inputs on the host (pinned on GPU so the copies are asynchronous).
         xb = np.zeros((B, L, 6), np.float32)
         stamps = np.zeros((B, L + P, 5), np.int64)
@@ -157,101 +261,118 @@ class Engine:
             stamps[i, :n] = x_stamp[i]
             stamps[i, n:n + P] = y_stamp[i]
         xb_t, stamps_t, len_t = (self._to_device(a) for a in (xb, stamps, lengths))
-
-        s1, s2 = self.tokenizer.encode(xb_t.to(self.tokenizer_dtype))
-        seq1 = torch.zeros((B, L + P), dtype=torch.long, device=dev)
-        seq2 = torch.zeros_like(seq1)
-        seq1[:, :L], seq2[:, :L] = s1, s2
-
         generator = None
         if sampling.seed is not None and not sampling.greedy:
             generator = torch.Generator(device=dev).manual_seed(int(sampling.seed))
-        uniform = bool((lengths == lengths[0]).all())
-        rows = torch.arange(B * S, device=dev)
-        cached = bool((lengths + P - 1 <= C).all())  # no window slides before the last model step
+        seq1 = torch.zeros((B, L + P), dtype=torch.long, device=dev)
+        g = _Generation(B=B, S=sampling.sample_count, P=P, L=L, lengths=lengths,
+                        uniform=bool((lengths == lengths[0]).all()),
+                        cached=bool((lengths + P - 1 <= self.max_context).all()),
+                        sampling=sampling, generator=generator, seq1=seq1, seq2=torch.zeros_like(seq1),
+                        stamps=stamps_t, len_t=len_t)
+        return g, xb_t
 
-        # Step 0: one pass per series over its window, its keys/values written once into
-        # each of its S paths' rows.
-        starts0 = np.maximum(lengths - C, 0)
-        if cached:
-            cache = self.model.new_cache(B * S, L + P, dev, self.dtype)
-            h = self.model.forward_hidden(seq1[:, :L], seq2[:, :L], stamps_t[:, :L], cache=cache)
-            wlen0 = len_t
+    def _prefill(self, g: _Generation, xb: torch.Tensor) -> None:
+        """Step 0: encode each series, one pass over its window; in cached mode its
+        keys/values are written once into each of its S paths' rows."""
+        B, S, L, P, dev = g.B, g.S, g.L, g.P, self.device
+        s1, s2 = self.tokenizer.encode(xb.to(self.tokenizer_dtype))
+        g.seq1[:, :L], g.seq2[:, :L] = s1, s2
+        if g.cached:
+            g.cache = self._kv_cache(B * S, L + P)
+            h = self.model.forward_hidden(g.seq1[:, :L], g.seq2[:, :L], g.stamps[:, :L], cache=g.cache)
+            wlen0 = g.len_t
         else:
-            cache = None
-            h, wlen0 = self._window_pass(seq1, seq2, stamps_t, starts0, lengths)
-        h_last = h[torch.arange(B, device=dev), wlen0 - 1]
+            h, wlen0 = self._window_pass(g.seq1, g.seq2, g.stamps, np.maximum(g.lengths - self.max_context, 0),
+                                         g.lengths)
+        g.h_last = h[torch.arange(B, device=dev), wlen0 - 1]
         dep_k, dep_v = self.model.dep_kv(h)
-        read = dep_k.shape[2]  # dependency keys in use
-        key_mask = None if uniform else self._key_mask(wlen0, read)
-        time_emb = rope = None
-        if cached:  # room for the dependency keys/values of every generated position
-            shape = (B * S, dep_k.shape[1], L + P, dep_k.shape[3])
-            dep_k, dep_v = self._rows_of(dep_k, shape), self._rows_of(dep_v, shape)
-            if not uniform:  # a short row's mask reaches positions not yet written
-                cache.clear_from(L)
-                dep_k[:, :, L:].zero_()
-                dep_v[:, :, L:].zero_()
-            # Per-call tables, so that a decode step only indexes them.
-            future = stamps_t[torch.arange(B, device=dev)[:, None], len_t[:, None] + torch.arange(P, device=dev)]
-            time_emb = self.model.time_emb(future)  # [B, P, d]: step k embeds the time of position len + k - 1
-            rope = self.model.rope_table(L + P, dev)
-        elif S > 1:
-            dep_k, dep_v = dep_k.repeat_interleave(S, dim=0), dep_v.repeat_interleave(S, dim=0)
+        g.read = dep_k.shape[2]  # dependency keys in use
+        g.key_mask = None if g.uniform else self._key_mask(wlen0, g.read)
+        if not g.cached:
+            g.dep_k, g.dep_v = dep_k, dep_v
+            return
+        # Room for the dependency keys/values of every generated position, S rows per series.
+        n, e = dep_k.shape[1], dep_k.shape[3]
+        g.dep_k, g.dep_v = self.workspaces.get("dep", (2, B * S, n, L + P, e), dep_k.dtype).unbind(0)
+        fill_rows(g.dep_k, dep_k)
+        fill_rows(g.dep_v, dep_v)
+        if not g.uniform:  # a short row's mask reaches positions not yet written
+            g.cache.clear_from(L)
+            g.dep_k[:, :, L:].zero_()
+            g.dep_v[:, :, L:].zero_()
+        # Per-call tables, so that a decode step only indexes them.
+        future = g.stamps[torch.arange(B, device=dev)[:, None], g.len_t[:, None] + torch.arange(P, device=dev)]
+        g.time_emb = self.model.time_emb(future)  # [B, P, d]: step k embeds the time of position len + k - 1
+        g.rope = self.model.rope_table(L + P, dev)
+
+    def _expand(self, g: _Generation) -> None:
+        """Per-series state repeated for each series' S sample paths (the caches already are)."""
+        S = g.S
         if S > 1:
-            h_last, seq1, seq2, stamps_t, len_t = (
-                t.repeat_interleave(S, dim=0) for t in (h_last, seq1, seq2, stamps_t, len_t))
-            time_emb = None if time_emb is None else time_emb.repeat_interleave(S, dim=0)
-            key_mask = None if key_mask is None else key_mask.repeat_interleave(S, dim=0)
-        lengths_s = np.repeat(lengths, S)
+            if not g.cached:
+                g.dep_k, g.dep_v = g.dep_k.repeat_interleave(S, dim=0), g.dep_v.repeat_interleave(S, dim=0)
+            g.h_last, g.seq1, g.seq2, g.stamps, g.len_t = (
+                t.repeat_interleave(S, dim=0) for t in (g.h_last, g.seq1, g.seq2, g.stamps, g.len_t))
+            g.time_emb = None if g.time_emb is None else g.time_emb.repeat_interleave(S, dim=0)
+            g.key_mask = None if g.key_mask is None else g.key_mask.repeat_interleave(S, dim=0)
+        g.lengths = np.repeat(g.lengths, S)
+        g.rows = torch.arange(g.B * S, device=self.device)
 
-        # Cached steps run flat (kronos_rt/decode.py); the heads too, so that every step
-        # of a call takes one path.
-        plan = DecodePlan(self.model) if cached else None
-        heads = plan or self.model
-        for k in range(P):
-            if k > 0:
-                if cached:
-                    read = L + k
-                    if uniform:  # all rows at position L + k - 1: slices, not gathers
-                        at = L + k - 1
-                        cos, sin, mask = rope[0][at], rope[1][at], None
-                        ids1, ids2 = seq1[:, at], seq2[:, at]
-                    else:
-                        pos = len_t + (k - 1)  # each row's token generated at step k-1
-                        at = (rows, pos)
-                        cos, sin = rope[0][pos][:, None, None], rope[1][pos][:, None, None]
-                        mask = key_mask = self._key_mask(pos + 1, read)  # positions 0..pos
-                        ids1, ids2 = seq1[rows, pos], seq2[rows, pos]
-                    h_last = plan.hidden(ids1, ids2, time_emb[:, k - 1], cache, at, read, cos, sin, mask)
-                    plan.write_dep(h_last, dep_k, dep_v, at)
-                else:
-                    starts = np.maximum(lengths_s + k - C, 0)
-                    h, wlen = self._window_pass(seq1, seq2, stamps_t, starts, lengths_s + k)
-                    h_last = h[rows, wlen - 1]
-                    dep_k, dep_v = self.model.dep_kv(h)
-                    read = dep_k.shape[2]
-                    key_mask = None if uniform else self._key_mask(wlen, read)
-            new1 = sample(heads.s1_logits(h_last), sampling, generator)
-            logits2 = heads.s2_logits(new1, h_last, dep_k[:, :, :read], dep_v[:, :, :read], key_mask)
-            new2 = sample(logits2, sampling, generator)
-            if uniform:
-                seq1[:, L + k], seq2[:, L + k] = new1, new2
-            else:
-                at = len_t + k
-                seq1[rows, at], seq2[rows, at] = new1, new2
+    def _cached_step(self, g: _Generation, plan: DecodePlan, k: int) -> None:
+        """The token generated at step k-1 through the model, one position per row."""
+        g.read = g.L + k
+        if g.uniform:  # all rows at position L + k - 1: slices, not gathers
+            at = g.L + k - 1
+            cos, sin, mask = g.rope[0][at], g.rope[1][at], None
+            ids1, ids2 = g.seq1[:, at], g.seq2[:, at]
+        else:
+            pos = g.len_t + (k - 1)  # each row's token generated at step k-1
+            at = (g.rows, pos)
+            cos, sin = g.rope[0][pos][:, None, None], g.rope[1][pos][:, None, None]
+            mask = g.key_mask = self._key_mask(pos + 1, g.read)  # positions 0..pos
+            ids1, ids2 = g.seq1[at], g.seq2[at]
+        g.h_last = plan.hidden(ids1, ids2, g.time_emb[:, k - 1], g.cache, at, g.read, cos, sin, mask)
+        plan.write_dep(g.h_last, g.dep_k, g.dep_v, at)
 
-        # Decode each row's last min(n + P, C) tokens; keep the last P rows.
-        total = lengths_s + P
-        starts = np.maximum(total - C, 0)
-        idx, wlen = self._window_index(starts, total)
-        z = self.tokenizer.decode(seq1.gather(1, idx), seq2.gather(1, idx))
-        take = (wlen - P)[:, None] + torch.arange(P, device=dev)[None, :]
+    def _windowed_step(self, g: _Generation, k: int) -> None:
+        """Exact recompute over each row's last max_context positions (the window slid)."""
+        starts = np.maximum(g.lengths + k - self.max_context, 0)
+        h, wlen = self._window_pass(g.seq1, g.seq2, g.stamps, starts, g.lengths + k)
+        g.h_last = h[g.rows, wlen - 1]
+        g.dep_k, g.dep_v = self.model.dep_kv(h)
+        g.read = g.dep_k.shape[2]
+        g.key_mask = None if g.uniform else self._key_mask(wlen, g.read)
+
+    def _sample_step(self, g: _Generation, heads, k: int) -> None:
+        """Sample s1, then s2 given s1, at each row's last position; write them as step k."""
+        new1 = sample(heads.s1_logits(g.h_last), g.sampling, g.generator)
+        logits2 = heads.s2_logits(new1, g.h_last, g.dep_k[:, :, :g.read], g.dep_v[:, :, :g.read], g.key_mask)
+        new2 = sample(logits2, g.sampling, g.generator)
+        if g.uniform:
+            g.seq1[:, g.L + k], g.seq2[:, g.L + k] = new1, new2
+        else:
+            at = (g.rows, g.len_t + k)
+            g.seq1[at], g.seq2[at] = new1, new2
+
+    def _detokenize(self, g: _Generation) -> np.ndarray:
+        """Decode each row's last min(n + P, C) tokens; keep the last P: paths [B, S, P, 6]."""
+        P = g.P
+        total = g.lengths + P
+        idx, wlen = self._window_index(np.maximum(total - self.max_context, 0), total)
+        z = self.tokenizer.decode(g.seq1.gather(1, idx), g.seq2.gather(1, idx))
+        take = (wlen - P)[:, None] + torch.arange(P, device=self.device)[None, :]
         out = z.gather(1, take[..., None].expand(-1, -1, z.shape[-1])).float()
-        paths = out.reshape(B, S, P, -1).cpu().numpy()
-        return paths.mean(axis=1), (paths if return_paths else None)
+        return out.reshape(g.B, g.S, P, -1).cpu().numpy()
 
     # -- helpers --------------------------------------------------------------------------
+    def _kv_cache(self, rows: int, T: int) -> KVCache:
+        """Keys/values of every layer for `rows` rows and T positions, in the kept workspace."""
+        m = self.model
+        H = m.n_heads
+        kv = self.workspaces.get("kv", (2, m.n_layers, rows, H, T, m.d_model // H), self.dtype)
+        return _WorkspaceCache(list(kv[0]), list(kv[1]))
+
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(a)
         if self.device.type == "cuda":
@@ -272,13 +393,6 @@ class Engine:
         st = stamps.gather(1, idx[..., None].expand(-1, -1, stamps.shape[-1]))
         h = self.model.forward_hidden(seq1.gather(1, idx), seq2.gather(1, idx), st)
         return h, wlen
-
-    @staticmethod
-    def _rows_of(src: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        """A new [B * S, n, T_max, d] buffer whose first T positions repeat src [B, n, T, d]."""
-        dst = src.new_empty(shape)
-        fill_rows(dst, src)
-        return dst
 
     @staticmethod
     def _key_mask(wlen: torch.Tensor, T: int) -> torch.Tensor:

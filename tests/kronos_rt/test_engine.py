@@ -61,9 +61,9 @@ def test_ragged_batch_equals_each_alone(engine, tape, lengths):
 
 
 def test_unwritten_cache_memory_is_never_read(engine, tape, monkeypatch):
-    """Caches are allocated uninitialized (kronos_rt/modules.py KVCache): fill every new
-    buffer with NaN, and a ragged batch with sample paths must still equal the same
-    forecast made with zeroed buffers (a NaN that is read, even masked, spreads)."""
+    """Caches are uninitialized (workspaces kept between calls, allocated with torch.empty):
+    fill every new buffer with NaN, and a ragged batch with sample paths must still equal
+    the same forecast made with zeroed buffers (a NaN that is read, even masked, spreads)."""
     lengths, pred_len = (12, 40, 52, 33), 6  # cached: longest + pred_len <= max_context (64)
     xs, xst, yst = [], [], []
     for i, n in enumerate(lengths):
@@ -73,6 +73,7 @@ def test_unwritten_cache_memory_is_never_read(engine, tape, monkeypatch):
     real_empty, real_new_empty = torch.empty, torch.Tensor.new_empty
 
     def filled(value):
+        engine.release_workspaces()  # so that this call allocates them anew, filled
         monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(value))
         monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: real_new_empty(self, *a, **k).fill_(value))
         return engine.forecast_arrays(xs, xst, yst, pred_len, greedy3, return_paths=True)
@@ -185,3 +186,36 @@ def test_equal_length_batch_is_bit_identical_to_each_alone(engine, tape):
     for i in (0, 4, 8):
         alone, _ = engine.forecast_arrays([xs[i]], [xst[i]], [yst[i]], pred_len, GREEDY)
         np.testing.assert_array_equal(together[i], alone[0])
+
+
+def test_workspaces_are_kept_reused_and_released(parity_pair, tape):
+    """The engine keeps its key/value caches between calls (no allocation, no page faults
+    for a call of the same or a smaller size), hands them back on request, and none of
+    that changes a forecast."""
+    import copy
+
+    model, tokenizer = parity_pair
+    engine = Engine(copy.deepcopy(model), copy.deepcopy(tokenizer), device="cpu", max_context=64)
+    big = _inputs(tape, [0, 300, 900, 1500], 40, 8)
+    small = _inputs(tape, [200, 700], 30, 5)
+    ragged = [a + b for a, b in zip(_inputs(tape, [0], 40, 5), _inputs(tape, [700], 30, 5))]
+
+    first, _ = engine.forecast_arrays(*big, 8, GREEDY)
+    buffers = {name: (buf.data_ptr(), buf.numel()) for name, buf in engine.workspaces._buffers.items()}
+    assert {"kv", "dep"} <= set(buffers) and engine.workspaces.nbytes > 0
+    again, _ = engine.forecast_arrays(*big, 8, GREEDY)
+    smaller, _ = engine.forecast_arrays(*small, 5, GREEDY)
+    mixed, _ = engine.forecast_arrays(*ragged, 5, GREEDY)
+    assert {name: (buf.data_ptr(), buf.numel()) for name, buf in engine.workspaces._buffers.items()} == buffers
+    np.testing.assert_array_equal(first, again)
+
+    engine.release_workspaces()
+    assert engine.workspaces.nbytes == 0
+    np.testing.assert_array_equal(engine.forecast_arrays(*small, 5, GREEDY)[0], smaller)  # fresh buffers
+    np.testing.assert_array_equal(engine.forecast_arrays(*ragged, 5, GREEDY)[0], mixed)
+    fresh = Engine(copy.deepcopy(model), copy.deepcopy(tokenizer), device="cpu", max_context=64)
+    np.testing.assert_array_equal(fresh.forecast_arrays(*big, 8, GREEDY)[0], first)
+
+    grown = _inputs(tape, [0, 300, 900, 1500, 1700], 50, 8)  # more rows and positions: the buffers grow
+    engine.forecast_arrays(*grown, 8, GREEDY)
+    assert engine.workspaces._buffers["kv"].numel() > buffers["kv"][1]
