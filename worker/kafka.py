@@ -13,9 +13,36 @@ from typing import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import OffsetAndMetadata
 
 log = logging.getLogger(__name__)
+
+
+# -- aiokafka internals, in one place --------------------------------------------------------
+# The worker needs three things aiokafka has no public API for. Each is used only here, and
+# tests/worker/test_kafka.py fails if the pinned aiokafka changes them.
+
+# A commit during a rebalance can fail with an AssertionError from inside aiokafka's
+# coordinator (not a KafkaError); either way the next commit retries.
+COMMIT_ERRORS = (KafkaError, AssertionError)
+
+
+async def commit(consumer: AIOKafkaConsumer, offsets: dict) -> None:
+    """Commit tp -> (offset, metadata) for the consumer's group."""
+    await consumer.commit({tp: OffsetAndMetadata(o, meta) for tp, (o, meta) in offsets.items()})
+
+
+async def fetch_committed(consumer: AIOKafkaConsumer, tps) -> dict:
+    """tp -> (offset, metadata) committed by the group, with the metadata (public
+    `consumer.committed()` returns the offset only)."""
+    got = await consumer._coordinator.fetch_committed_offsets(list(tps))
+    return {tp: (om.offset, om.metadata) for tp, om in got.items() if om is not None}
+
+
+def producer_closed(producer: AIOKafkaProducer) -> bool:
+    """True once stop() began: a failed send is then not retried."""
+    return bool(producer._closed)
 
 
 def make_producer(brokers: str, client_id: str = "kronos-rt", linger_ms: int = 1) -> AIOKafkaProducer:

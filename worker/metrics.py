@@ -27,6 +27,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from worker.windows import Upsert
+
 log = logging.getLogger(__name__)
 
 # Forecast latency spans ~1 ms (warm batch of one) to seconds (cold start, big batch, slow broker ack).
@@ -36,7 +38,8 @@ LATENCY_BUCKETS = (
 BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(11))  # 1, 2, 4, ..., 1024
 
 STAGES = ("receive", "queue", "inference", "publish")
-EVENT_OUTCOMES = ("appended", "inserted", "corrected", "duplicate", "too_old", "dlq", "buffered")
+# The window upsert's outcomes (worker/windows.py), plus the ones ingest adds.
+EVENT_OUTCOMES = tuple(u.value for u in Upsert) + ("dlq", "buffered")
 SWAP_RESULTS = ("ok", "rejected")
 GPU_MEMORY_KINDS = ("allocated", "reserved")
 
@@ -80,11 +83,17 @@ class WorkerMetrics:
             "kronos_rt_gpu_memory_bytes", "CUDA memory held by the worker (0 on CPU).", ["kind"], registry=r,
         )
         self.window_rebuilds = Counter(
-            "kronos_rt_window_rebuilds", "Rolling windows rebuilt from scratch (e.g. after a late bar).",
+            "kronos_rt_window_rebuilds",
+            "Partitions whose windows were rebuilt from the bar topic (Redis lost them: flush, failover "
+            "onto an empty Redis).",
             registry=r,
         )
         self.model_swaps = Counter(
             "kronos_rt_model_swaps", "Hot model swaps attempted, by result.", ["result"], registry=r,
+        )
+        self.publish_retries = Counter(
+            "kronos_rt_publish_retries", "Sends to Kafka retried after a failure, by topic.", ["topic"],
+            registry=r,
         )
         self.paused_partitions = Gauge(
             "kronos_rt_paused_partitions", "Partitions paused for backpressure.", registry=r,

@@ -1,9 +1,9 @@
 """Rolling per-symbol bar windows in Redis, updated atomically by one Lua script.
 
-Layout per symbol (the hash tag keeps all three keys in one Cluster slot):
-    {prefix}:{SYMBOL}:bars   sorted set, score = member = epoch seconds of the bar's wall time
-    {prefix}:{SYMBOL}:data   hash, epoch seconds -> "open,high,low,close,volume,amount;offset"
-    {prefix}:{SYMBOL}:ver    counter, bumped on every change
+Layout per symbol (worker/keys.py; the hash tag keeps all three keys in one Cluster slot):
+    bars   sorted set, score = member = epoch seconds of the bar's wall time
+    data   hash, epoch seconds -> "open,high,low,close,volume,amount;offset"
+    ver    counter, bumped on every change
 
 Bar wall times are naive (Bar.time) and are stored as if they were UTC, truncated
 to whole seconds. The store keeps a local copy of each window it has seen. On the
@@ -15,12 +15,14 @@ more round trip.
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from worker.events import Bar
+from worker.keys import RedisKeys
 
 _EPOCH = _dt.datetime(1970, 1, 1)
 MAX_LOOKBACK = 4096  # Lua unpack() of the trimmed members must stay well under its C stack limit
@@ -85,9 +87,23 @@ return {ver, members, redis.call('HMGET', KEYS[2], unpack(members))}
 """
 
 
+class Upsert(str, enum.Enum):
+    """What an upsert did; the values are the Lua script's replies and the metrics' labels."""
+    APPENDED = "appended"     # a bar newer than the window's newest
+    INSERTED = "inserted"     # an older bar that fits inside the window (out of order)
+    CORRECTED = "corrected"   # a new value for a bar time already stored
+    DUPLICATE = "duplicate"   # the same value again
+    TOO_OLD = "too_old"       # older than the whole (full) window: not stored
+
+    @property
+    def forecastable(self) -> bool:
+        """Outcomes whose window changed, so the bar gets a forecast."""
+        return self in (Upsert.APPENDED, Upsert.INSERTED, Upsert.CORRECTED)
+
+
 @dataclass(frozen=True, slots=True)
 class UpsertResult:
-    status: str    # appended | duplicate | corrected | inserted | too_old
+    status: Upsert
     length: int    # window length in Redis after the call
     version: int   # window version in Redis after the call
     lost: bool     # this store had the symbol cached but Redis had forgotten it
@@ -189,13 +205,15 @@ class WindowStore:
         self.redis = redis
         self.prefix = prefix
         self.lookback = lookback
+        self._keys = RedisKeys(prefix)
         self._upsert = redis.register_script(_UPSERT_LUA)
         self._read = redis.register_script(_READ_LUA)
         self._cache: dict[str, _Local] = {}
+        # Bumped by delete(): replies of upsert_ahead taken before it are stale.
+        self.generation = 0
 
     def keys(self, symbol: str) -> list[str]:
-        base = f"{self.prefix}:{{{symbol}}}"
-        return [f"{base}:bars", f"{base}:data", f"{base}:ver"]
+        return self._keys.window(symbol)
 
     async def upsert(self, bar: Bar, offset: int) -> UpsertResult:
         res = await self._upsert(keys=self.keys(bar.symbol), args=self._upsert_args(bar, offset))
@@ -220,8 +238,8 @@ class WindowStore:
         """Bring the local copy up to date with one upsert script's reply (from `upsert`, or
         one of `upsert_ahead`'s, applied in order); the result `upsert` returns."""
         t = epoch_seconds(bar.time)
-        status, length, version, fresh = _text(res[0]), int(res[1]), int(res[2]), int(res[3])
-        redelivered = status == "duplicate" and len(res) > 4 and int(res[4]) == int(offset)
+        status, length, version, fresh = Upsert(_text(res[0])), int(res[1]), int(res[2]), int(res[3])
+        redelivered = status is Upsert.DUPLICATE and len(res) > 4 and int(res[4]) == int(offset)
         local = self._cache.get(bar.symbol)
         # Redis forgot the symbol (flush/eviction) or its counter went backwards.
         lost = local is not None and (fresh == 1 or version < local.version)
@@ -231,12 +249,12 @@ class WindowStore:
         result = UpsertResult(status, length, version, lost, redelivered)
 
         if local is not None:
-            if status == "appended" and version == local.version + 1 and length == min(len(local) + 1, self.lookback):
+            if status is Upsert.APPENDED and version == local.version + 1 and length == min(len(local) + 1, self.lookback):
                 local.append(t, bar.values(), offset, self.lookback, version)
                 return result
-            if status in ("duplicate", "too_old") and version == local.version:
+            if status in (Upsert.DUPLICATE, Upsert.TOO_OLD) and version == local.version:
                 return result
-        elif fresh == 1 and status == "appended" and length == 1:
+        elif fresh == 1 and status is Upsert.APPENDED and length == 1:
             # Brand-new (or just lost) symbol: the window is exactly this bar.
             self._cache[bar.symbol] = _Local(self.lookback, np.array([t]), np.array([bar.values()]),
                                              np.array([offset]), version)
@@ -276,6 +294,7 @@ class WindowStore:
     async def delete(self, symbols) -> None:
         """Remove the symbols' keys from Redis and the local cache."""
         symbols = list(symbols)
+        self.generation += 1
         for s in symbols:  # one DEL per symbol: its keys share a slot, different symbols may not
             await self.redis.delete(*self.keys(s))
         self.forget(symbols)

@@ -84,10 +84,7 @@ async def running_worker(settings: Settings, before_run=None):
     task = asyncio.create_task(worker.run())
     try:
         # Up when it has partitions (or failed trying).
-        for _ in range(300):
-            if worker._assigned or task.done():
-                break
-            await asyncio.sleep(0.05)
+        await asyncio.wait_for(worker.ready(), 15)
         if task.done():
             task.result()
         yield worker
@@ -197,14 +194,11 @@ async def test_full_queue_pauses_partitions_and_drops_nothing(broker, redis_url,
     paused_seen = []
 
     def slow_inference(worker):
-        inner = worker._compute
-
-        def slow(items):  # inference slower than the feed, so the queue fills
+        def slow(items, seconds):  # inference slower than the feed, so the queue fills
             paused_seen.append(worker.metrics.paused_partitions._value.get())
             time.sleep(0.01)
-            return inner(items)
 
-        worker._compute = slow
+        worker.observe_batches(slow)
 
     async with running_worker(settings, before_run=slow_inference) as worker:
         await replay(rows, broker, topics["bars_topic"])

@@ -58,7 +58,7 @@ async def test_promote_switches_between_batches_and_corrupt_version_is_refused(b
     worker = Worker(settings)  # builds its engine from the registry
     task = asyncio.create_task(worker.run())
     try:
-        await _until(lambda: worker._assigned or task.done())
+        await _until(lambda: worker.partitions or task.done())
         want = expected_keys(rows)
         phase = [rows[rows.groupby("symbol").cumcount().between(k * per_symbol, (k + 1) * per_symbol - 1)]
                  for k in range(3)]

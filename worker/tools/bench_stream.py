@@ -96,25 +96,21 @@ class BenchResult:
 
 
 def _engine_and_ref(args):
-    from kronos_rt import Engine, Kronos, KronosTokenizer
+    from kronos_rt import Engine
     from kronos_rt.engine import resolve_device, resolve_dtype
-    from worker.config import resolve_model
+
+    if args.model:
+        from worker.inference import build_engine
+
+        return build_engine(Settings(model=args.model, tokenizer=args.tokenizer or "auto", device=args.device,
+                                     dtype=args.dtype, max_context=args.max_context or 512))
+    from kronos_rt.shapes import random_pair
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    if args.model:
-        mref = resolve_model(args.model)
-        tref = resolve_model(args.tokenizer or args.model, kind="tokenizer")
-        model = Kronos.from_pretrained(mref.location, revision=mref.revision)
-        tokenizer = KronosTokenizer.from_pretrained(tref.location, revision=tref.revision)
-        max_context, ref = args.max_context or 512, mref
-    else:
-        from kronos_rt.shapes import random_pair
-
-        model, tokenizer, max_context = random_pair(args.shape, seed=0)
-        max_context = args.max_context or max_context
-        ref = ModelRef(f"random-{args.shape}", "seed0", "seed0")
-    return Engine(model, tokenizer, device=device, dtype=dtype, max_context=max_context), ref
+    model, tokenizer, max_context = random_pair(args.shape, seed=0)
+    engine = Engine(model, tokenizer, device=device, dtype=resolve_dtype(args.dtype, device),
+                    max_context=args.max_context or max_context)
+    return engine, ModelRef(f"random-{args.shape}", "seed0", "seed0")
 
 
 async def _warm_history(redis_url: str, prefix: str, lookback: int, tape) -> None:
@@ -184,20 +180,14 @@ async def run_bench(args) -> BenchResult:
         worker = Worker(settings, engine=engine, model_ref=ref)
         sizes: list[int] = []
         inference_s: list[float] = []
-        inner = worker._compute
 
-        def compute(items):  # runs on the worker's inference thread
+        def observe(items, seconds):  # runs on the worker's inference thread
             sizes.append(len(items))
-            t0 = time.perf_counter()
-            try:
-                return inner(items)
-            finally:
-                inference_s.append(time.perf_counter() - t0)
+            inference_s.append(seconds)
 
-        worker._compute = compute
+        worker.observe_batches(observe)
         task = asyncio.create_task(worker.run())
-        while not worker._assigned and not task.done():
-            await asyncio.sleep(0.05)
+        await worker.ready()
         if task.done():
             task.result()
 

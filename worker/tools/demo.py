@@ -142,11 +142,10 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
                             metrics_port=0, sessions="ashare", device=args.device, session_timeout_ms=6000)
         worker = Worker(settings)  # loads the model from the registry, follows its `latest`
         worker_task = asyncio.create_task(worker.run())
-        while not worker._assigned:  # replay once the worker owns its partitions: latency then means something
-            if worker_task.done():
-                worker_task.result()
-                raise DemoError("the worker stopped before it was assigned partitions")
-            await asyncio.sleep(0.05)
+        await worker.ready()  # replay once the worker owns its partitions: latency then means something
+        if worker_task.done():
+            worker_task.result()
+            raise DemoError("the worker stopped before it was assigned partitions")
         print(f"demo: worker {settings.worker_id} ready (metrics on http://127.0.0.1:{worker.metrics_port}/metrics)")
 
         expected = args.symbols * max(0, args.bars - args.min_history + 1)

@@ -1,0 +1,110 @@
+"""Inference: load the engine, forecast ready windows on the batcher's thread, swap models.
+
+Everything that touches the engine runs on the micro-batcher's one inference thread:
+compute() for each batch, warm_up() before the first, and switch() for a hot swap,
+submitted through the same thread (`MicroBatcher.run_in_thread`) so it lands between
+two batches. No attribute is shared with the event loop while batches run.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from worker import config
+from worker.config import ModelRef, Settings, resolve_model
+
+log = logging.getLogger(__name__)
+
+# observer(items, seconds) after each engine batch, on the inference thread.
+BatchObserver = Callable[[Sequence[Any], float], None]
+
+
+def build_engine(settings: Settings, model: str | None = None, tokenizer: str | None = None):
+    """Load a model and tokenizer (default: the settings' --model / --tokenizer) with
+    kronos_rt.load_engine, the loader start-up, hot swap, bench-stream and `models verify`
+    share; returns (engine, model ModelRef)."""
+    from kronos_rt import load_engine
+
+    model_ref = resolve_model(model or settings.model, "model", settings.registry)
+    tok_ref = resolve_model(tokenizer or config.tokenizer_spec(settings), "tokenizer", settings.registry)
+    device = None if settings.device == "auto" else settings.device
+    engine = load_engine(model_ref.location, tok_ref.location, device=device, dtype=settings.dtype,
+                         max_context=settings.max_context, revision=model_ref.revision,
+                         tokenizer_revision=tok_ref.revision)
+    return engine, model_ref
+
+
+def sampling_params(settings: Settings):
+    from kronos_rt import SamplingParams
+
+    return SamplingParams(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                          sample_count=settings.sample_count, seed=settings.seed)
+
+
+class Inference:
+    def __init__(self, engine, model_ref: ModelRef, settings: Settings, metrics):
+        self.engine = engine
+        self.model_ref = model_ref
+        self.pred_len = settings.pred_len
+        self.quantiles = settings.quantiles
+        self.min_history = settings.min_history
+        self.sampling = sampling_params(settings)
+        self.metrics = metrics
+        self._observers: list[BatchObserver] = []
+        self.publish_model()
+
+    def add_observer(self, fn: BatchObserver) -> None:
+        """Call fn(items, seconds) after each engine batch (on the inference thread)."""
+        self._observers.append(fn)
+
+    def publish_model(self) -> None:
+        e = self.engine
+        self.metrics.set_model(self.model_ref.name, self.model_ref.version, str(e.device),
+                               str(e.dtype).replace("torch.", ""))
+
+    def warm_up(self) -> None:
+        """One tiny forecast so the first real batch does not pay for lazy initialisation."""
+        n = max(2, min(self.min_history, 16))
+        times = np.datetime64("2024-01-02T09:30:00") + np.arange(n + 1) * np.timedelta64(300, "s")
+        vals = np.tile([10.0, 10.2, 9.9, 10.1, 1000.0, 10000.0], (n, 1)) + np.arange(n)[:, None] * 0.01
+        self.engine.forecast([vals], [times[:n]], [times[n:]], 1, self.sampling)
+
+    def switch(self, loaded) -> None:
+        """Serve `loaded` (a hotswap.LoadedModel) from the next batch on. Run it on the
+        inference thread (MicroBatcher.run_in_thread): it then lands between two batches."""
+        old = self.model_ref
+        self.engine = loaded.engine
+        self.model_ref = ModelRef(loaded.location, loaded.name, loaded.version)
+        self.metrics.model_swaps.labels(result="ok").inc()
+        self.publish_model()
+        log.info("switched model %s@%s -> %s@%s", old.name, old.version, loaded.name, loaded.version)
+
+    def compute(self, items: Sequence[Any]) -> list[tuple[Any, ModelRef]]:
+        """Forecast ready windows (each with .values, .times, .horizon); each result carries
+        the ModelRef of the engine that made it."""
+        t0 = time.perf_counter()
+        engine, ref = self.engine, self.model_ref
+        # One engine call per window length: a window's forecast is then the same bits whatever
+        # else is in the batch (ragged batches are padded, which moves the last bits), so a bar
+        # forecast again after a failover gets an identical copy. All windows have the full
+        # lookback once warm, so this is one call in steady state.
+        groups: dict[int, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(len(it.values), []).append(i)
+        out: list[Any] = [None] * len(items)
+        for idx in groups.values():
+            part = [items[i] for i in idx]
+            forecasts = engine.forecast(
+                [it.values for it in part], [it.times for it in part],
+                [np.array(it.horizon, dtype="datetime64[s]") for it in part],
+                self.pred_len, self.sampling, quantiles=self.quantiles,
+            )
+            for i, fc in zip(idx, forecasts):
+                out[i] = (fc, ref)
+        elapsed = time.perf_counter() - t0
+        for fn in self._observers:
+            fn(items, elapsed)
+        return out

@@ -1,0 +1,30 @@
+"""The Redis key schema, in one place.
+
+Every key starts with the deployment's prefix. A symbol's keys share a hash tag
+(`{SYMBOL}`) so a window's keys land in one Redis Cluster slot and one Lua script
+may touch them all:
+
+    {prefix}:{SYMBOL}:bars               sorted set of bar times (worker/windows.py)
+    {prefix}:{SYMBOL}:data               hash, bar time -> record;offset
+    {prefix}:{SYMBOL}:ver                counter, bumped on every change
+    {prefix}:partition:{TOPIC}:{N}       partition marker: present while Redis holds the
+                                         windows of that partition (a flush removes it)
+"""
+from __future__ import annotations
+
+
+class RedisKeys:
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+
+    def window(self, symbol: str) -> list[str]:
+        """The bars, data and version keys of one symbol's window, in the order the scripts take."""
+        base = f"{self.prefix}:{{{symbol}}}"
+        return [f"{base}:bars", f"{base}:data", f"{base}:ver"]
+
+    def partition_marker(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}:partition:{topic}:{partition}"
+
+    def pattern(self) -> str:
+        """Every key of this prefix (for SCAN-based clean-up by tools and tests)."""
+        return f"{self.prefix}:*"

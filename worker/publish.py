@@ -1,0 +1,101 @@
+"""Publish: forecast and dead-letter sends, retried with backoff, acks handed to the committer.
+
+A source offset counts as done only when the broker acknowledged every copy it caused:
+each send's ack calls `PartitionState.offsets.done(offset)`. A failed send is retried,
+never dropped, so commits cannot skip past it; the delays grow as `Backoff` says.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from worker import events, kafka
+from worker.batcher import Batch
+from worker.ingest import DeadLetter, Ready
+from worker.partition import PartitionState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base_s: float = 0.05
+    cap_s: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before retry number `attempt + 1` (attempt 0 failed first)."""
+        return min(self.cap_s, self.base_s * 2 ** min(attempt, 30))
+
+
+class Publisher:
+    def __init__(self, producer, *, metrics, backoff: Backoff = Backoff(),
+                 closed: Callable[[object], bool] = kafka.producer_closed):
+        self.producer = producer
+        self.metrics = metrics
+        self.backoff = backoff
+        self._closed = closed
+        self.forecasts = 0
+        self.dead_letters = 0
+
+    async def send(self, topic: str, key, value, headers, state: PartitionState, offset: int,
+                   on_ack: Callable[[], None] | None = None, attempt: int = 0) -> None:
+        """Produce; on the broker's ack run on_ack and mark the source offset done. The caller
+        has added the offset to the partition's offsets (state.offsets.add) beforehand."""
+        fut = await self.producer.send(topic, key=key, value=value, headers=headers)
+
+        def done(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None:
+                if self._closed(self.producer):
+                    return
+                if attempt == 0 or attempt % 10 == 9:
+                    log.warning("publish to %s failed (%s); retry %d",
+                                topic, None if f.cancelled() else f.exception(), attempt + 1)
+                self.metrics.publish_retries.labels(topic=topic).inc()
+                asyncio.get_running_loop().call_later(
+                    self.backoff.delay(attempt),
+                    lambda: asyncio.ensure_future(self.send(topic, key, value, headers, state, offset,
+                                                            on_ack, attempt + 1)))
+                return
+            if on_ack is not None:
+                on_ack()
+            state.offsets.done(offset)
+
+        fut.add_done_callback(done)
+
+    async def dead_letter(self, topic: str, item: DeadLetter) -> None:
+        self.metrics.dlq.labels(reason=item.reason).inc()
+        self.metrics.events.labels(outcome="dlq").inc()
+        self.dead_letters += 1
+        tp = item.partition.tp
+        await self.send(topic, item.key, item.value,
+                        kafka.dlq_headers(item.reason, item.detail, tp.topic, tp.partition, item.offset),
+                        item.partition, item.offset)
+
+    async def forecasts_of(self, topic: str, batch: Batch, doc_for: Callable) -> None:
+        """Publish each item's forecast; doc_for(item, forecast, model_ref, latency_ms) builds it."""
+        self.metrics.batch_size.observe(len(batch.items))
+        self.metrics.stage_latency.labels(stage="inference").observe(batch.finished - batch.started)
+        for it, enqueued, (fc, ref) in zip(batch.items, batch.enqueued, batch.results):
+            self.metrics.stage_latency.labels(stage="queue").observe(max(0.0, batch.started - enqueued))
+            latency = {
+                "broker_to_received": (it.received - it.kafka_ts) * 1000,
+                "queue_wait": (batch.started - enqueued) * 1000,
+                "inference": (batch.finished - batch.started) * 1000,
+                "total": (time.time() - it.kafka_ts) * 1000,
+            }
+            doc = doc_for(it, fc, ref, latency)
+            doc["batch_size"] = len(batch.items)
+            await self.send(topic, it.bar.symbol.encode(), events.dumps(doc), None, it.partition, it.offset,
+                            on_ack=self._forecast_acked(it, batch.finished))
+
+    def _forecast_acked(self, it: Ready, inference_end: float):
+        def acked() -> None:
+            now = time.time()
+            self.metrics.e2e_latency.observe(max(0.0, now - it.kafka_ts))
+            self.metrics.stage_latency.labels(stage="publish").observe(max(0.0, now - inference_end))
+            self.metrics.forecasts.inc()
+            self.forecasts += 1
+        return acked
