@@ -14,6 +14,8 @@ COMMANDS = {
     "bench": ("kronos_rt.bench", "benchmark the inference engine against full recompute"),
     "bench-stream": ("worker.tools.bench_stream", "benchmark broker -> worker -> broker latency"),
     "models": ("worker.cli.models", "manage the local model registry"),
+    "finetune": ("worker.cli.finetune", "fine-tune a model on your tapes into a new (unpromoted) registry version"),
+    "eval": ("worker.cli.evaluate", "walk-forward backtest of registry versions against persistence and drift"),
     "report": ("worker.tools.report", "write a Markdown report of a replay"),
     "demo": ("worker.tools.demo", "one-command demo: embedded broker, Redis, worker, replay"),
 }

@@ -4,7 +4,7 @@
     kronos-rt models import NAME MODEL_DIR TOKENIZER_DIR [--version V]
     kronos-rt models pull HUB_ID --tokenizer HUB_ID [--name N] [--revision R]
     kronos-rt models init --shape mini|small|base [--seed S] [--name N]
-    kronos-rt models promote NAME VERSION
+    kronos-rt models promote NAME VERSION [--if-better-than VERSION --on EVAL.json [--metric M --margin F]]
     kronos-rt models rollback NAME
     kronos-rt models verify NAME[@VERSION]
 
@@ -73,6 +73,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = action("promote", "point NAME's `latest` at VERSION")
     p.add_argument("name")
     p.add_argument("version")
+    p.add_argument("--if-better-than", metavar="VERSION",
+                   help="only if the evaluation (--on) says VERSION beats this one; else exit 1 saying why")
+    p.add_argument("--on", metavar="EVAL.json", help="a `kronos-rt eval` report holding both versions")
+    p.add_argument("--metric", default="mase", help="mase (default), mae, rmse, crps, wql or hit_rate")
+    p.add_argument("--margin", type=float, default=0.0,
+                   help="required relative improvement, e.g. 0.02 = 2 %% better (default 0: strictly better)")
 
     p = action("rollback", "move NAME's `latest` to the version below it")
     p.add_argument("name")
@@ -149,6 +155,12 @@ def _run(args: argparse.Namespace, reg: Registry) -> int:
         mv = reg.init(name, args.shape, seed=args.seed, version=args.version, promote=args.promote)
         print(_describe(mv, "created"))
     elif args.action == "promote":
+        if args.if_better_than is not None:
+            better, reason = _evidence(args, reg)
+            if not better:
+                print(f"kronos-rt models promote: not promoted: {reason}", file=sys.stderr)
+                return 1
+            print(reason)
         mv = reg.promote(args.name, args.version)
         print(f"{mv.name}: latest -> {mv.version}")
         return 0
@@ -175,13 +187,35 @@ def _run(args: argparse.Namespace, reg: Registry) -> int:
     return 0
 
 
+def _evidence(args: argparse.Namespace, reg: Registry) -> tuple[bool, str]:
+    """Promote on evidence: compare the two versions in a `kronos-rt eval` report."""
+    from kronos_rt.training.evaluate import compare
+
+    reg.get(args.name, args.version)  # both must exist here, not only in the report
+    reg.get(args.name, args.if_better_than)
+    with open(args.on) as f:
+        report = json.load(f)
+    return compare(report, f"{args.name}@{args.version}", f"{args.name}@{args.if_better_than}",
+                   args.metric, args.margin)
+
+
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "action", None) == "promote":
+        if (args.if_better_than is None) != (args.on is None):
+            print("kronos-rt models promote: error: --if-better-than and --on go together", file=sys.stderr)
+            return 2
+        if args.margin < 0:
+            print("kronos-rt models promote: error: --margin must be >= 0", file=sys.stderr)
+            return 2
     reg = Registry(args.registry)
     try:
         return _run(args, reg)
     except (RegistryError, CheckpointError, FileNotFoundError, OSError) as exc:
         print(f"kronos-rt models {args.action}: error: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # promote --if-better-than: unknown metric, a report without the versions, bad JSON
+        print(f"kronos-rt models {args.action}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

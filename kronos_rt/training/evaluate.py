@@ -1,0 +1,390 @@
+"""Walk-forward evaluation on held-out time, through the batched Engine.
+
+A window's forecast origin walks through the test range with a stride: the model sees
+the `lookback` bars before the origin (history may start before the test range: it is
+the past, not leakage) and forecasts the next `pred_len` bars, all of which lie inside
+the test range. Every model, and the persistence and drift baselines, is scored on the
+same windows, on the close:
+
+- per horizon step: MAE, RMSE, MASE (error scaled by the mean absolute one-bar change of
+  the close over the window's own lookback, Hyndman's in-sample naive scale), direction
+  hit rate (sign of the forecast move from the last close against the realized one, over
+  windows whose close moved);
+- from sample paths: CRPS (empirical: E|X - y| - E|X - X'|/2), weighted quantile loss
+  over the 0.1..0.9 quantiles (2 * sum pinball / sum |y|) and the coverage of the 10-90 %
+  band. A point forecast is a one-point distribution: its CRPS is its MAE; it has no band.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataError, Interval, TapeSet, _iso
+
+CLOSE = 3
+QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+BAND = (0.1, 0.9)
+# metric -> True when higher is better (for promote --if-better-than).
+METRICS = {"mase": False, "mae": False, "rmse": False, "crps": False, "wql": False, "hit_rate": True}
+
+
+@dataclass
+class EvalConfig:
+    lookback: int = 90
+    pred_len: int = 10
+    stride: int = 1
+    sample_count: int = 8
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.9
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "auto"
+    max_windows: int | None = None
+
+
+@dataclass
+class Windows:
+    series: np.ndarray  # [N] series index
+    origin: np.ndarray  # [N] row of the first forecast bar
+
+
+def walk_forward(tapes: TapeSet, test: Interval, lookback: int, pred_len: int, stride: int = 1,
+                 max_windows: int | None = None) -> Windows:
+    if lookback < 2 or pred_len < 1 or stride < 1:
+        raise DataError(f"need lookback >= 2, pred_len >= 1, stride >= 1 (got {lookback}, {pred_len}, {stride})")
+    ser, org = [], []
+    for i, s in enumerate(tapes.series):
+        inside = test.mask(s.times)
+        # Origins t: lookback rows before it exist, and rows t .. t+pred_len-1 are all in the test range.
+        if len(s) < lookback + pred_len:
+            continue
+        counts = np.convolve(inside.astype(np.int64), np.ones(pred_len, np.int64), mode="valid")
+        t = np.flatnonzero(counts == pred_len)
+        t = t[t >= lookback][::stride]
+        ser.append(np.full(len(t), i))
+        org.append(t)
+    series = np.concatenate(ser) if ser else np.zeros(0, np.int64)
+    origin = np.concatenate(org) if org else np.zeros(0, np.int64)
+    if len(origin) == 0:
+        rows = sum(int(test.mask(s.times).sum()) for s in tapes.series)
+        raise DataError(f"test range {test.describe()} has {rows} bars: no window of {lookback} history bars "
+                        f"and {pred_len} future bars fits; widen --test or shorten --lookback/--pred-len")
+    if max_windows is not None and len(origin) > max_windows:
+        keep = np.linspace(0, len(origin) - 1, max_windows).round().astype(int)
+        series, origin = series[keep], origin[keep]
+    return Windows(series, origin)
+
+
+def _gather(tapes: TapeSet, w: Windows, lookback: int, pred_len: int):
+    """history bars [N, L, 6], history times [N, L], future times [N, P], realized bars [N, P, 6]."""
+    hist, htimes, ftimes, real = [], [], [], []
+    for i, t in zip(w.series.tolist(), w.origin.tolist()):
+        s = tapes.series[i]
+        hist.append(s.bars[t - lookback:t])
+        htimes.append(s.times[t - lookback:t])
+        ftimes.append(s.times[t:t + pred_len])
+        real.append(s.bars[t:t + pred_len])
+    return np.stack(hist), np.stack(htimes), np.stack(ftimes), np.stack(real)
+
+
+# -- metrics -----------------------------------------------------------------------------
+
+def _crps(paths: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Empirical CRPS per window and step: paths [N, S, P], y [N, P] -> [N, P]."""
+    term1 = np.abs(paths - y[:, None]).mean(1)
+    # E|X - X'| from sorted samples: sum_i (2i - S + 1) x_(i) * 2 / S^2, O(S log S).
+    xs = np.sort(paths, axis=1)
+    S = xs.shape[1]
+    weights = (2 * np.arange(S) - S + 1)[None, :, None]
+    term2 = (weights * xs).sum(1) * 2 / (S * S)
+    return term1 - 0.5 * term2
+
+
+def _mean(a: np.ndarray, axis=0) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nanmean(a, axis=axis) if a.size else np.full(a.shape[1:], np.nan)
+
+
+def score(point: np.ndarray, y: np.ndarray, last: np.ndarray, scale: np.ndarray,
+          paths: np.ndarray | None = None) -> dict[str, list]:
+    """Per-step metrics of close forecasts. point, y [N, P]; last, scale [N]; paths [N, S, P]."""
+    err = point - y
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(scale[:, None] > 0, np.abs(err) / scale[:, None], np.nan)
+        moved = np.sign(y - last[:, None])
+        hit = np.where(moved != 0, (np.sign(point - last[:, None]) == moved).astype(float), np.nan)
+    dist = paths if paths is not None else point[:, None]
+    quant = np.quantile(dist, QUANTILES, axis=1)  # [Q, N, P]
+    q = np.asarray(QUANTILES)[:, None, None]
+    pinball = np.maximum(q * (y - quant), (q - 1) * (y - quant))
+    wql = (2 * pinball.sum(1) / np.abs(y).sum(0)).mean(0)
+    out = {
+        "mae": np.abs(err).mean(0), "rmse": np.sqrt((err ** 2).mean(0)), "mase": _mean(scaled),
+        "hit_rate": _mean(hit), "crps": _crps(dist, y).mean(0), "wql": wql,
+    }
+    if paths is not None:
+        lo, hi = np.quantile(paths, BAND, axis=1)
+        out["coverage"] = ((y >= lo) & (y <= hi)).mean(0)
+    return {k: [_clean(v) for v in np.asarray(a, float)] for k, a in out.items()}
+
+
+def _clean(v: float):
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def summarize(per_step: dict[str, list]) -> dict[str, float | None]:
+    out = {}
+    for k, vals in per_step.items():
+        good = [v for v in vals if v is not None]
+        out[k] = float(np.mean(good)) if good else None
+    return out
+
+
+# -- the evaluation ----------------------------------------------------------------------
+
+@dataclass
+class Candidate:
+    label: str  # name@version
+    model_dir: Path
+    tokenizer_dir: Path
+    max_context: int = 512
+    random_weights: bool = False
+
+
+def evaluate(candidates: list[Candidate], tapes: TapeSet, test: Interval, config: EvalConfig,
+             log=lambda msg: None) -> dict:
+    """Score every candidate and the baselines on the same walk-forward windows -> report dict."""
+    from ..engine import Engine
+    from ..model import Kronos
+    from ..sampling import SamplingParams
+    from ..tokenizer import KronosTokenizer
+
+    c = config
+    w = walk_forward(tapes, test, c.lookback, c.pred_len, c.stride, c.max_windows)
+    hist, htimes, ftimes, real = _gather(tapes, w, c.lookback, c.pred_len)
+    y = real[:, :, CLOSE]
+    close_hist = hist[:, :, CLOSE]
+    last = close_hist[:, -1]
+    scale = np.abs(np.diff(close_hist, axis=1)).mean(1)
+    steps = np.arange(1, c.pred_len + 1)
+    N = len(w.origin)
+    log(f"{N} walk-forward windows in {test.describe()} (lookback {c.lookback}, pred_len {c.pred_len}, "
+        f"stride {c.stride})")
+
+    results: dict[str, dict] = {}
+    examples_idx = np.linspace(0, N - 1, min(4, N)).round().astype(int).tolist()
+    examples = {"windows": [{"series": tapes.series[w.series[k]].symbol,
+                             "origin": _iso(ftimes[k, 0]),
+                             "history_close": close_hist[k, -min(c.lookback, 48):].tolist(),
+                             "realized_close": y[k].tolist()} for k in examples_idx], "forecasts": {}}
+
+    baselines = {
+        "persistence": np.repeat(last[:, None], c.pred_len, 1),
+        "drift": last[:, None] + steps[None, :] * ((last - close_hist[:, 0]) / (c.lookback - 1))[:, None],
+    }
+    for name, point in baselines.items():
+        per_step = score(point, y, last, scale)
+        results[name] = {"kind": "baseline", "random_weights": False, "per_step": per_step,
+                         "summary": summarize(per_step)}
+        examples["forecasts"][name] = {"mean": point[examples_idx].tolist()}
+
+    sampling = SamplingParams(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+                              sample_count=c.sample_count, seed=c.seed)
+    for cand in candidates:
+        model = Kronos.from_pretrained(cand.model_dir)
+        tokenizer = KronosTokenizer.from_pretrained(cand.tokenizer_dir)
+        if c.lookback + c.pred_len > cand.max_context:
+            log(f"{cand.label}: lookback + pred_len > max_context {cand.max_context}: windows slide (exact, slower)")
+        engine = Engine(model, tokenizer, device=c.device, max_context=cand.max_context)
+        point = np.empty((N, c.pred_len))
+        paths = np.empty((N, c.sample_count, c.pred_len)) if c.sample_count > 1 else None
+        t0 = time.perf_counter()
+        for a in range(0, N, c.batch_size):
+            b = min(N, a + c.batch_size)
+            fcs = engine.forecast(list(hist[a:b]), list(htimes[a:b]), list(ftimes[a:b]), c.pred_len, sampling,
+                                  return_paths=paths is not None)
+            for k, f in enumerate(fcs):
+                point[a + k] = f.mean[:, CLOSE]
+                if paths is not None:
+                    paths[a + k] = f.paths[:, :, CLOSE]
+        seconds = time.perf_counter() - t0
+        per_step = score(point, y, last, scale, paths)
+        results[cand.label] = {"kind": "model", "random_weights": cand.random_weights, "per_step": per_step,
+                               "summary": summarize(per_step), "seconds": round(seconds, 3),
+                               "windows_per_s": round(N / seconds, 2) if seconds > 0 else None,
+                               "device": str(engine.device), "max_context": cand.max_context}
+        ex = {"mean": point[examples_idx].tolist()}
+        if paths is not None:
+            lo, hi = np.quantile(paths[examples_idx], BAND, axis=1)
+            ex.update(lo=lo.tolist(), hi=hi.tolist())
+        examples["forecasts"][cand.label] = ex
+        log(f"{cand.label}: {N} windows in {seconds:.2f} s ({N / max(seconds, 1e-9):.1f} windows/s) on {engine.device}")
+        del engine, model, tokenizer
+
+    return {
+        "format": 1,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "config": asdict(c),
+        "data": {"files": [f.as_dict() for f in tapes.files], "test": test.describe(),
+                 "series": sorted({tapes.series[i].symbol for i in w.series.tolist()}),
+                 "first_origin": _iso(ftimes[:, 0].min()), "last_target": _iso(ftimes[:, -1].max())},
+        "windows": N,
+        "target": "close",
+        "quantiles": list(QUANTILES),
+        "band": list(BAND),
+        "results": results,
+        "examples": examples,
+    }
+
+
+# -- output ------------------------------------------------------------------------------
+
+def display_label(label: str, entry: dict) -> str:
+    return f"{label} (RANDOM WEIGHTS)" if entry.get("random_weights") else label
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}g}"
+
+
+def markdown(report: dict) -> str:
+    res = report["results"]
+    cfg = report["config"]
+    lines = [f"# Walk-forward evaluation: {report['windows']} windows",
+             "",
+             f"Test range {report['data']['test']} ({report['data']['first_origin']} .. "
+             f"{report['data']['last_target']}), lookback {cfg['lookback']}, pred_len {cfg['pred_len']}, "
+             f"stride {cfg['stride']}, {cfg['sample_count']} sample paths; target: close. Averages over the "
+             "horizon steps; lower is better except hit rate; coverage of the 10-90 % band should be near 0.80.",
+             "",
+             "| forecaster | MAE | RMSE | MASE | hit rate | CRPS | wQL | coverage 80 % | windows/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, e in res.items():
+        s = e["summary"]
+        lines.append(f"| {display_label(label, e)} | {_fmt(s['mae'])} | {_fmt(s['rmse'])} | {_fmt(s['mase'])} | "
+                     f"{_fmt(s['hit_rate'], 3)} | {_fmt(s['crps'])} | {_fmt(s['wql'])} | "
+                     f"{_fmt(s.get('coverage'), 3)} | {_fmt(e.get('windows_per_s'), 4)} |")
+    lines += ["", "MASE by horizon step:", "",
+              "| forecaster | " + " | ".join(str(h) for h in range(1, cfg["pred_len"] + 1)) + " |",
+              "|---|" + "---|" * cfg["pred_len"]]
+    for label, e in res.items():
+        lines.append(f"| {display_label(label, e)} | " + " | ".join(_fmt(v, 3) for v in e["per_step"]["mase"]) + " |")
+    if any(e.get("random_weights") for e in res.values()):
+        lines += ["", "RANDOM WEIGHTS: the registry says these weights are random; their forecasts mean nothing."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(report: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = report["results"]
+    steps = np.arange(1, report["config"]["pred_len"] + 1)
+    written = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, e in res.items():
+        style = "--" if e["kind"] == "baseline" else "-"
+        for ax, metric in zip(axes, ("mae", "mase")):
+            vals = [np.nan if v is None else v for v in e["per_step"][metric]]
+            ax.plot(steps, vals, style, marker="o", ms=3, label=display_label(label, e))
+    for ax, metric in zip(axes, ("MAE of close", "MASE")):
+        ax.set_xlabel("horizon step")
+        ax.set_title(f"{metric} by step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"walk-forward error, {report['windows']} windows")
+    fig.tight_layout()
+    written.append(out_dir / "error_by_step.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+
+    banded = {k: e for k, e in res.items() if "coverage" in e["per_step"]}
+    if banded:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, e in banded.items():
+            ax.plot(steps, [np.nan if v is None else v for v in e["per_step"]["coverage"]], marker="o", ms=3,
+                    label=display_label(label, e))
+        ax.axhline(BAND[1] - BAND[0], color="grey", ls=":", label="nominal 0.80")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("horizon step")
+        ax.set_title("coverage of the 10-90 % band")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out_dir / "coverage_by_step.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+
+    ex = report["examples"]
+    n = len(ex["windows"])
+    if n:
+        fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.6), squeeze=False)
+        for k, (ax, win) in enumerate(zip(axes[0], ex["windows"])):
+            hist = win["history_close"]
+            xh = np.arange(-len(hist) + 1, 1)
+            ax.plot(xh, hist, color="black", lw=1, label="history")
+            ax.plot(steps, win["realized_close"], color="black", lw=2, label="realized")
+            for label, f in ex["forecasts"].items():
+                line, = ax.plot(steps, f["mean"][k], lw=1, ls="--" if label in ("persistence", "drift") else "-",
+                                label=display_label(label, res[label]))
+                if "lo" in f:
+                    ax.fill_between(steps, f["lo"][k], f["hi"][k], color=line.get_color(), alpha=0.15)
+            ax.set_title(f"{win['series']} @ {win['origin']}", fontsize=9)
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle("forecast vs realized close (bands: 10-90 % of sample paths)")
+        fig.tight_layout()
+        written.append(out_dir / "examples.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    return written
+
+
+def write_report(report: dict, out_dir, plot: bool = True) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "eval.json", "markdown": out_dir / "eval.md"}
+    paths["json"].write_text(json.dumps(report, indent=2) + "\n")
+    paths["markdown"].write_text(markdown(report))
+    if plot:
+        for p in plots(report, out_dir):
+            paths[p.stem] = p
+    return paths
+
+
+# -- promotion on evidence ----------------------------------------------------------------
+
+def compare(report: dict, candidate: str, current: str, metric: str = "mase",
+            margin: float = 0.0) -> tuple[bool, str]:
+    """Does `candidate` (name@version) beat `current` on `metric` by at least `margin`
+    (relative: 0.02 = 2 % better)? -> (better, reason in one line)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    res = report.get("results")
+    if not isinstance(res, dict):
+        raise ValueError("not a `kronos-rt eval` report (no results)")
+    for spec in (candidate, current):
+        if spec not in res:
+            raise ValueError(f"{spec} is not in the evaluation (it has {', '.join(res)}); evaluate both "
+                             "versions in one `kronos-rt eval` run")
+    a, b = res[candidate]["summary"].get(metric), res[current]["summary"].get(metric)
+    if a is None or b is None:
+        return False, f"{metric} is not available for {candidate if a is None else current}"
+    higher = METRICS[metric]
+    if higher:
+        better, need = a > b * (1 + margin), b * (1 + margin)
+    else:
+        better, need = a < b * (1 - margin), b * (1 - margin)
+    word = "above" if higher else "below"
+    verdict = "beats" if better else "does not beat"
+    return better, (f"{candidate} {verdict} {current} on {metric}: {a:.6g} vs {b:.6g} "
+                    f"(needs {word} {need:.6g} with margin {margin:g}) over {report.get('windows')} windows")
