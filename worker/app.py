@@ -13,11 +13,9 @@ One PartitionState per owned partition (worker/partition.py); revoking drops it.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import logging
-import signal
 import time
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -32,7 +30,7 @@ from worker.ingest import REDELIVERY_SLACK, DeadLetter, Ingest, Ready
 from worker.keys import RedisKeys
 from worker.metrics import MetricsServer, WorkerMetrics
 from worker.partition import PartitionState
-from worker.publish import Publisher
+from worker.publish import ForecastDoc, Publisher
 from worker.recovery import Recovery
 from worker.sessions import parse_session_map
 from worker.windows import WindowStore
@@ -150,7 +148,7 @@ class Worker:
         await kafka.ensure_topics(s.brokers, {s.forecasts_topic: parts.get(s.bars_topic, 1), s.dlq_topic: 1})
         self.producer = kafka.make_producer(s.brokers, client_id=f"kronos-rt-{s.worker_id}")
         await self.producer.start()
-        self.publisher = Publisher(self.producer, metrics=self.metrics)
+        self.publisher = Publisher(self.producer, metrics=self.metrics, forecast_doc=ForecastDoc(s))
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.brokers, group_id=s.group, client_id=f"kronos-rt-{s.worker_id}",
             enable_auto_commit=False, auto_offset_reset="earliest",
@@ -275,23 +273,7 @@ class Worker:
             await self.publisher.dead_letter(self.s.dlq_topic, DeadLetter(
                 it.partition, it.offset, it.key, it.value, "inference_error", repr(batch.error)[:500]))
             return
-        await self.publisher.forecasts_of(self.s.forecasts_topic, batch, self._forecast_doc)
-
-    def _forecast_doc(self, it: Ready, fc, ref: ModelRef, latency: dict) -> dict:
-        s = self.s
-        return events.build_forecast(
-            symbol=it.bar.symbol, as_of=it.bar.ts, interval_s=int(self.interval.total_seconds()),
-            horizon_times=it.horizon, mean=fc.mean, quantiles=fc.quantiles,
-            model_name=ref.name, model_version=ref.version, sampling=self._sampling_doc,
-            latency_ms=latency, topic=it.tp.topic, partition=it.tp.partition, offset=it.offset,
-            worker_id=s.worker_id,
-        )
-
-    @property
-    def _sampling_doc(self) -> dict:
-        s = self.s
-        return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
-                "sample_count": s.sample_count, "lookback": s.lookback, "pred_len": s.pred_len}
+        await self.publisher.forecasts_of(self.s.forecasts_topic, batch)
 
     # ------------------------------------------------------------------ rebalance
     async def _on_assigned(self, assigned) -> None:
@@ -362,12 +344,7 @@ class Worker:
                 self.metrics.consumer_lag.labels(st.tp.topic, str(st.tp.partition)).set(max(0, hw - st.processed))
         if self._ready["redis"] and not self._lost:
             self._lost = await self.recovery.lost_any(list(self.partitions.values()))
-        device = getattr(self.engine, "device", None)
-        if device is not None and getattr(device, "type", "") == "cuda":
-            import torch
-
-            self.metrics.gpu_memory.labels(kind="allocated").set(torch.cuda.memory_allocated(device))
-            self.metrics.gpu_memory.labels(kind="reserved").set(torch.cuda.memory_reserved(device))
+        self.inference.report_memory()
 
     async def _model_loop(self) -> None:
         """Follow the registry's `latest` for --model NAME@latest (and re-check on SIGHUP)."""
@@ -383,42 +360,6 @@ class Worker:
 
         self.watcher = ModelWatcher(Registry(self.s.registry or None), name, self.model_ref.version, load,
                                     self.metrics, verify_device=engine.device)
-        while True:
-            try:
-                await asyncio.wait_for(self._reload.wait(), timeout=self.s.model_poll_s)
-            except asyncio.TimeoutError:
-                pass
-            forced = self._reload.is_set()
-            self._reload.clear()
-            try:
-                loaded = await self.watcher.poll(force=forced)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("model watcher")
-                continue
-            if loaded is not None:
-                # On the inference thread, so it lands between two batches.
-                await self.batcher.run_in_thread(self.inference.switch, loaded)
-
-
-# ---------------------------------------------------------------------- CLI
-def configure(parser: argparse.ArgumentParser) -> None:
-    config.configure(parser)
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
-
-
-def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = config.from_args(args)
-
-    async def run() -> bool:
-        worker = Worker(settings)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
-        loop.add_signal_handler(signal.SIGHUP, worker.reload)
-        return await worker.run()
-
-    return 0 if asyncio.run(run()) else 1
+        # The swap runs on the inference thread, so it lands between two batches.
+        await self.watcher.follow(self._reload, self.s.model_poll_s,
+                                  lambda loaded: self.batcher.run_in_thread(self.inference.switch, loaded))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 log = logging.getLogger("kronos_rt.hotswap")
 
@@ -77,6 +77,27 @@ class ModelWatcher:
             self.rejected.discard(mv.version)
             self.current = mv.version
             return LoadedModel(engine, mv.name, mv.version, str(mv.model_dir))
+
+    async def follow(self, reload: asyncio.Event, poll_s: float,
+                     switch: Callable[[LoadedModel], Awaitable[None]]) -> None:
+        """Poll every poll_s seconds, or at once when `reload` is set (SIGHUP, forced), and
+        hand each new model to switch() (the worker runs it between two batches)."""
+        while True:
+            try:
+                await asyncio.wait_for(reload.wait(), timeout=poll_s)
+            except asyncio.TimeoutError:
+                pass
+            forced = reload.is_set()
+            reload.clear()
+            try:
+                loaded = await self.poll(force=forced)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("model watcher")
+                continue
+            if loaded is not None:
+                await switch(loaded)
 
     def _verify(self, mv):
         from kronos_rt.registry import verify_version

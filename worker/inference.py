@@ -65,6 +65,15 @@ class Inference:
         self.metrics.set_model(self.model_ref.name, self.model_ref.version, str(e.device),
                                str(e.dtype).replace("torch.", ""))
 
+    def report_memory(self) -> None:
+        """GPU memory gauges (CPU engines report nothing)."""
+        device = self.engine.device
+        if getattr(device, "type", "") == "cuda":
+            import torch
+
+            self.metrics.gpu_memory.labels(kind="allocated").set(torch.cuda.memory_allocated(device))
+            self.metrics.gpu_memory.labels(kind="reserved").set(torch.cuda.memory_reserved(device))
+
     def warm_up(self) -> None:
         """One tiny forecast so the first real batch does not pay for lazy initialisation."""
         n = max(2, min(self.min_history, 16))

@@ -30,11 +30,31 @@ class Backoff:
         return min(self.cap_s, self.base_s * 2 ** min(attempt, 30))
 
 
+class ForecastDoc:
+    """Builds the forecast.v1 document of a ready item from the worker's settings."""
+
+    def __init__(self, settings):
+        s = settings
+        self.interval_s = int(s.interval_td.total_seconds())
+        self.worker_id = s.worker_id
+        self.sampling = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
+                         "sample_count": s.sample_count, "lookback": s.lookback, "pred_len": s.pred_len}
+
+    def __call__(self, it: Ready, fc, ref, latency_ms: dict) -> dict:
+        return events.build_forecast(
+            symbol=it.bar.symbol, as_of=it.bar.ts, interval_s=self.interval_s, horizon_times=it.horizon,
+            mean=fc.mean, quantiles=fc.quantiles, model_name=ref.name, model_version=ref.version,
+            sampling=self.sampling, latency_ms=latency_ms, topic=it.tp.topic, partition=it.tp.partition,
+            offset=it.offset, worker_id=self.worker_id,
+        )
+
+
 class Publisher:
-    def __init__(self, producer, *, metrics, backoff: Backoff = Backoff(),
+    def __init__(self, producer, *, metrics, forecast_doc: Callable | None = None, backoff: Backoff = Backoff(),
                  closed: Callable[[object], bool] = kafka.producer_closed):
         self.producer = producer
         self.metrics = metrics
+        self.forecast_doc = forecast_doc  # (item, forecast, model_ref, latency_ms) -> dict
         self.backoff = backoff
         self._closed = closed
         self.forecasts = 0
@@ -74,8 +94,8 @@ class Publisher:
                         kafka.dlq_headers(item.reason, item.detail, tp.topic, tp.partition, item.offset),
                         item.partition, item.offset)
 
-    async def forecasts_of(self, topic: str, batch: Batch, doc_for: Callable) -> None:
-        """Publish each item's forecast; doc_for(item, forecast, model_ref, latency_ms) builds it."""
+    async def forecasts_of(self, topic: str, batch: Batch) -> None:
+        """Publish each item's forecast (built by forecast_doc) with its latency figures."""
         self.metrics.batch_size.observe(len(batch.items))
         self.metrics.stage_latency.labels(stage="inference").observe(batch.finished - batch.started)
         for it, enqueued, (fc, ref) in zip(batch.items, batch.enqueued, batch.results):
@@ -86,7 +106,7 @@ class Publisher:
                 "inference": (batch.finished - batch.started) * 1000,
                 "total": (time.time() - it.kafka_ts) * 1000,
             }
-            doc = doc_for(it, fc, ref, latency)
+            doc = self.forecast_doc(it, fc, ref, latency)
             doc["batch_size"] = len(batch.items)
             await self.send(topic, it.bar.symbol.encode(), events.dumps(doc), None, it.partition, it.offset,
                             on_ack=self._forecast_acked(it, batch.finished))

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from worker.app import Worker, build_engine
+from worker.app import Worker
+from worker.inference import build_engine
 from worker.config import Settings
 from worker.kafka import ensure_topics
 from worker.tools.replay import prepare, replay

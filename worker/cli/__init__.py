@@ -9,7 +9,7 @@ from worker.allocator import retain_freed_memory
 
 # name -> (module, help). Each module defines configure(parser) and main(args) -> int.
 COMMANDS = {
-    "worker": ("worker.app", "run a streaming worker (Kafka bars -> forecasts)"),
+    "worker": ("worker.cli.worker", "run a streaming worker (Kafka bars -> forecasts)"),
     "replay": ("worker.tools.replay", "publish a CSV/Parquet tape as bar events"),
     "bench": ("kronos_rt.bench", "benchmark the inference engine against full recompute"),
     "bench-stream": ("worker.tools.bench_stream", "benchmark broker -> worker -> broker latency"),
