@@ -41,12 +41,13 @@ if str(ROOT) not in sys.path:  # runnable from a bare checkout, without installi
 
 from kronos_rt import engine as engine_module  # noqa: E402
 from kronos_rt import shapes  # noqa: E402
-from kronos_rt.bench import GREEDY, PeakMemory, floor_pass, format_table, load_tape, make_windows  # noqa: E402
+from kronos_rt.bench import GREEDY, PeakMemory, floor_pass, load_tape, make_windows  # noqa: E402
 from kronos_rt.engine import Engine  # noqa: E402
 from kronos_rt.features import fill_missing, normalize  # noqa: E402
 from kronos_rt.model import Kronos  # noqa: E402
 from kronos_rt.naive import naive_forecast_arrays  # noqa: E402
 from kronos_rt.tokenizer import KronosTokenizer  # noqa: E402
+from worker.tools.tables import format_table  # noqa: E402
 
 PARITY = ROOT / "tests" / "fixtures" / "parity"
 TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"  # = shared/data/a_share_5min.csv, which cases.json names
@@ -142,7 +143,7 @@ def parity_check(device, half, bars, times) -> tuple[str, list[dict]]:
     # err/tol: max |forecast - expected| / (atol + rtol |expected|); <= 1 is within tolerance.
     header = ["case", "series x lookback+pred", "s1 ids half = fp32", "s2 ids half = fp32", "first differing step",
               "fp32 err/tol", "fp32 ok", "half err/tol", "half ok"]
-    tables = [format_table(header, rows, markdown=True)]
+    tables = [format_table(header, rows)]
 
     # The tokenizer's input ids for the fixture's token case, in fp32 and in half (the
     # engine keeps its tokenizer in fp32 by default; this says whether half would do).
@@ -156,8 +157,7 @@ def parity_check(device, half, bars, times) -> tuple[str, list[dict]]:
         s1, s2 = (t[0].cpu().numpy() for t in tok.encode(x.to(dtype)))
         tok_rows.append([f"{case0['name']} ({case0['lookback']} bars)", name, f"{(s1 == want1).mean():.3f}",
                          f"{(s2 == want2).mean():.3f}"])
-    tables.append(format_table(["input", "tokenizer dtype", "s1 ids = fixture", "s2 ids = fixture"], tok_rows,
-                               markdown=True))
+    tables.append(format_table(["input", "tokenizer dtype", "s1 ids = fixture", "s2 ids = fixture"], tok_rows))
     return "\n\n".join(tables), results
 
 
@@ -183,7 +183,7 @@ def random_agreement(device, half, bars, times, cfg) -> tuple[str, dict]:
     row = [f"{B} x {L}+{P}", f"{res['s1_agree']:.3f}", f"{res['s2_agree']:.3f}",
            f"{res['step0_s1']:.3f} / {res['step0_s2']:.3f}", f"{res['rows_identical']:.3f}",
            f"{res['mean_first_step']:.1f} of {P}", f"{res['max_abs']:.3g}"]
-    return format_table(header, [row], markdown=True), res
+    return format_table(header, [row]), res
 
 
 # -- (b) throughput ---------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def throughput(device, half, bars, times, cfg) -> tuple[str, list[dict]]:
                      f"{res['peak_mib']:.0f}", *naive])
     header = ["batch", "lookback+pred", "engine fc/s", "engine ms", "engine/floor", "engine peak MiB",
               "naive fc/s", "engine speedup", "greedy engine = naive"]
-    return format_table(header, rows, markdown=True), results
+    return format_table(header, rows), results
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,10 @@
-"""`kronos-rt bench`: the cached engine against full recompute and against the floor.
+"""Engine benchmarks: the cached engine against full recompute, the floor, and the drop-in
+predictor. The measurements only; the `kronos-rt bench` command (worker/cli/bench.py)
+chooses the grid, prints the tables and checks the targets.
 
 For each model shape (seeded random weights, `shapes.random_pair`) and each grid point
 (batch, lookback, pred_len) three things run in one process on the same weights and the
-same inputs (real windows of the bundled 5-minute A-share tape):
+same inputs (real windows of a bar tape, e.g. the bundled 5-minute A-share tape):
 
 - engine: `Engine.forecast_arrays`, greedy (top_k = 1);
 - naive: `naive_forecast_arrays`, the reference's full recompute per generated token;
@@ -12,9 +14,14 @@ same inputs (real windows of the bundled 5-minute A-share tape):
   tokenizer decode over lookback + pred_len (each capped at max_context).
 
 Engine and floor are warmed up once and then timed alternately (so background load hits
-both alike), `--repeats` times; the median is reported. Naive is 10-50x slower and each of
+both alike), `repeats` times; the median is reported. Naive is 10-50x slower and each of
 its runs is already pred_len full passes, so it is warmed up with a pred_len = 1 call at
-the same batch and lookback and timed `--naive-repeats` times (default 1).
+the same batch and lookback and timed `naive_repeats` times (default 1).
+
+`compare_predictor` times `KronosPredictor.predict_batch` (pandas frames in, frames out:
+input checks, normalization, time features, de-normalization) against
+`Engine.forecast_arrays` on the same windows prepared the same way, alternately, and
+checks that the predictor's frames are the engine's output de-normalized, bit for bit.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above what was allocated before the
 call. On CPU, the peak increase of the process's resident set size during the call,
@@ -24,6 +31,8 @@ not show). The sampler runs only during untimed calls (the engine's warm-up call
 is full size) and the naive timed call (big operations; a 1 ms sampler does not move
 it), so it cannot slow the engine's timed, Python-heavy decode loop. Allocations that
 live less than a millisecond can be missed; RSS also counts memory the allocator keeps.
+The engine keeps its key/value caches between calls (`Engine.workspaces`); they are
+released before the warm-up call, so its peak counts them.
 
 Greedy outputs are compared with np.array_equal on the still-normalized means the two
 paths return: bit-identical, not merely close.
@@ -33,32 +42,31 @@ from __future__ import annotations
 import ctypes
 import os
 import statistics
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import shapes
 from .engine import Engine, resolve_device
-from .features import normalize, time_features
+from .features import COLUMNS, denormalize, normalize, time_features
 from .naive import naive_forecast_arrays
+from .predictor import KronosPredictor
 from .sampling import SamplingParams
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "worker" / "tools" / "data" / "a_share_5min.csv"
 GREEDY = SamplingParams(temperature=1.0, top_k=1, top_p=1.0, sample_count=1)
 
 # The acceptance targets, checked on the CPU rows at this grid point.
 TARGET_POINT = dict(batch=8, lookback=256, pred_len=24)
 TARGET_SPEEDUP = 8.0  # engine at least this many times naive's forecasts/s
 TARGET_FLOOR_RATIO = 1.3  # engine time at most this many times the floor's
+TARGET_PREDICTOR_RATIO = 1.15  # KronosPredictor.predict_batch at most this many times the engine's time
 
 
 # -- inputs -------------------------------------------------------------------------------
-def load_tape(path: str | os.PathLike = DEFAULT_DATA) -> tuple[np.ndarray, np.ndarray]:
+def load_tape(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(bars [N, 6] float64 open..amount, timestamps datetime64[m] [N]) of a CSV tape."""
     import pandas as pd  # only the bench reads CSV; keep `import kronos_rt.bench` light otherwise
 
@@ -219,6 +227,7 @@ def bench_point(engine: Engine, shape: str, x, x_stamp, y_stamp, pred_len: int, 
     run_engine = lambda: engine.forecast_arrays(x, x_stamp, y_stamp, pred_len, GREEDY)[0]  # noqa: E731
     run_floor = lambda: floor_pass(engine, x, x_stamp, y_stamp, pred_len)  # noqa: E731
 
+    engine.release_workspaces()  # so that the warm-up call's peak counts the caches it keeps
     with PeakMemory(engine.device) as mem_engine:  # the warm-up call, full size
         run_engine()
     run_floor()
@@ -256,17 +265,83 @@ def bench_samples(engine: Engine, shape: str, x, x_stamp, y_stamp, pred_len: int
                      sample_count=sample_count, s1_s=statistics.median(t1), sn_s=statistics.median(tn))
 
 
-def run(shape_names=("mini", "small"), batches=(1, 8), lookbacks=(64, 256), pred_lens=(12, 24), device="cpu",
-        dtype=None, repeats=5, naive_repeats=1, sample_count=8, data=DEFAULT_DATA, seed=0,
-        progress=None, pack_weights=True) -> tuple[list[Row], list[SampleRow]]:
-    """The whole grid; `progress(str)` is called after each measurement."""
+@dataclass
+class PredictorRow:
+    shape: str
+    batch: int
+    lookback: int
+    pred_len: int
+    predictor_s: float  # KronosPredictor.predict_batch, frames in and out
+    engine_s: float  # Engine.forecast_arrays on the same windows, prepared arrays in and out
+    identical: bool  # the predictor's frames = the engine's output de-normalized, bit for bit
+
+    @property
+    def ratio(self) -> float:
+        return self.predictor_s / self.engine_s
+
+
+def make_frames(bars: np.ndarray, times: np.ndarray, batch: int, lookback: int, pred_len: int):
+    """The windows of `make_windows` as the predictor takes them: frames of the six columns,
+    their timestamps, and the timestamps of the bars that follow each."""
+    import pandas as pd
+
+    starts = np.linspace(0, len(bars) - lookback - pred_len, batch).astype(np.int64)
+    frames = [pd.DataFrame(bars[s:s + lookback], columns=list(COLUMNS)) for s in starts]
+    x_ts = [pd.Series(times[s:s + lookback]) for s in starts]
+    y_ts = [pd.Series(times[s + lookback:s + lookback + pred_len]) for s in starts]
+    return frames, x_ts, y_ts
+
+
+def compare_predictor(predictor: KronosPredictor, shape: str, frames, x_ts, y_ts, pred_len: int,
+                      repeats: int) -> PredictorRow:
+    """predict_batch against its own engine's forecast_arrays on the same windows, greedy,
+    timed alternately after one warm-up each; medians. The engine's inputs are prepared
+    as the predictor prepares them (float32 columns, normalized, time features), outside
+    the timed call."""
+    engine = predictor.engine
+    xs, stats, xst, yst = [], [], [], []
+    for f, xt, yt in zip(frames, x_ts, y_ts):
+        x, mean, std = normalize(f[list(COLUMNS)].to_numpy(np.float32), engine.clip)
+        xs.append(x)
+        stats.append((mean, std))
+        xst.append(time_features(xt.to_numpy()))
+        yst.append(time_features(yt.to_numpy()))
+    run_predictor = lambda: predictor.predict_batch(frames, x_ts, y_ts, pred_len, T=1.0, top_k=1,  # noqa: E731
+                                                    top_p=1.0, sample_count=1)
+    run_engine = lambda: engine.forecast_arrays(xs, xst, yst, pred_len, GREEDY)[0]  # noqa: E731
+    run_predictor()
+    run_engine()
+    predictor_t, engine_t = [], []
+    for _ in range(repeats):  # alternate, so load from elsewhere hits both alike
+        t, frames_out = _timed(run_predictor)
+        predictor_t.append(t)
+        t, engine_out = _timed(run_engine)
+        engine_t.append(t)
+    identical = all(np.array_equal(out.to_numpy(), denormalize(engine_out[i], *stats[i]))
+                    for i, out in enumerate(frames_out))
+    return PredictorRow(shape=shape, batch=len(frames), lookback=len(frames[0]), pred_len=pred_len,
+                        predictor_s=statistics.median(predictor_t), engine_s=statistics.median(engine_t),
+                        identical=identical)
+
+
+def run(data, shape_names=("mini", "small"), batches=(1, 8), lookbacks=(64, 256), pred_lens=(12, 24), device="cpu",
+        dtype=None, repeats=5, naive_repeats=1, grid=True, sample_count=8, predictor=True, seed=0, progress=None,
+        pack_weights=True) -> tuple[list[Row], list[SampleRow], list[PredictorRow]]:
+    """The grid (`grid`) over windows of the tape at `data` (a CSV path, see load_tape);
+    then, per shape, sample paths (sample_count > 1) and the predictor (`predictor`) at the
+    grid's largest point. `progress(str)` is called after each measurement."""
     bars, times = load_tape(data)
-    rows, sample_rows = [], []
+    rows, sample_rows, predictor_rows = [], [], []
     for shape in shape_names:
         model, tokenizer, max_context = shapes.random_pair(shape, seed=seed)
-        engine = Engine(model, tokenizer, device=device, dtype=dtype, max_context=max_context,
-                        pack_weights=pack_weights)
-        for B in batches:
+        if predictor:  # the predictor owns its engine; the grid runs on the same one
+            pred = KronosPredictor(model, tokenizer, device=device, dtype=dtype, max_context=max_context,
+                                   pack_weights=pack_weights)
+            engine = pred.engine
+        else:
+            engine = Engine(model, tokenizer, device=device, dtype=dtype, max_context=max_context,
+                            pack_weights=pack_weights)
+        for B in batches if grid else ():
             for L in lookbacks:
                 for P in pred_lens:
                     x, xs, ys = make_windows(bars, times, B, L, P)
@@ -284,119 +359,15 @@ def run(shape_names=("mini", "small"), batches=(1, 8), lookbacks=(64, 256), pred
             if progress:
                 progress(f"{shape} B={B} L={L} P={P}: S=1 {srow.s1_s * 1e3:.0f} ms, "
                          f"S={sample_count} {srow.sn_s * 1e3:.0f} ms")
+        if predictor:
+            B, L, P = max(batches), max(lookbacks), max(pred_lens)
+            prow = compare_predictor(pred, shape, *make_frames(bars, times, B, L, P), P, repeats)
+            predictor_rows.append(prow)
+            if progress:
+                progress(f"{shape} B={B} L={L} P={P}: predictor {prow.predictor_s * 1e3:.0f} ms, "
+                         f"engine {prow.engine_s * 1e3:.0f} ms, identical {prow.identical}")
+            del pred
         del engine, model, tokenizer
-    return rows, sample_rows
+    return rows, sample_rows, predictor_rows
 
 
-# -- reporting ----------------------------------------------------------------------------
-COLUMNS = ["shape", "batch", "lookback", "pred_len", "engine fc/s", "naive fc/s", "speedup", "engine/floor",
-           "engine ms", "naive ms", "floor ms", "engine peak MiB", "naive peak MiB", "greedy identical"]
-
-
-def _cells(r: Row) -> list[str]:
-    return [r.shape, str(r.batch), str(r.lookback), str(r.pred_len), f"{r.engine_fps:.1f}", f"{r.naive_fps:.2f}",
-            f"{r.speedup:.1f}x", f"{r.engine_floor:.2f}", f"{r.engine_s * 1e3:.0f}", f"{r.naive_s * 1e3:.0f}",
-            f"{r.floor_s * 1e3:.0f}", f"{r.engine_peak_mib:.0f}", f"{r.naive_peak_mib:.0f}",
-            "yes" if r.identical else "NO"]
-
-
-SAMPLE_COLUMNS = ["shape", "batch", "lookback", "pred_len", "engine ms, S=1", "engine ms, S=N", "N",
-                  "time ratio", "paths/s, S=N"]
-
-
-def _sample_cells(r: SampleRow) -> list[str]:
-    return [r.shape, str(r.batch), str(r.lookback), str(r.pred_len), f"{r.s1_s * 1e3:.0f}", f"{r.sn_s * 1e3:.0f}",
-            str(r.sample_count), f"{r.ratio:.2f}", f"{r.batch * r.sample_count / r.sn_s:.1f}"]
-
-
-def format_table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
-
-
-def evaluate_targets(rows: list[Row], threads: int) -> list[tuple[str, str, str]]:
-    """(target, measured, PASS/FAIL/not measured) for each shape at the target point on CPU."""
-    out = []
-    shape_names = list(dict.fromkeys(r.shape for r in rows))
-    for shape in shape_names:
-        at = [r for r in rows if r.shape == shape and r.device == "cpu" and r.batch == TARGET_POINT["batch"]
-              and r.lookback == TARGET_POINT["lookback"] and r.pred_len == TARGET_POINT["pred_len"]]
-        where = f"{shape}, batch 8, lookback 256, pred_len 24, CPU, {threads} threads"
-        t1 = f"{where}: engine >= {TARGET_SPEEDUP:g}x naive, identical greedy output"
-        t2 = f"{where}: engine <= {TARGET_FLOOR_RATIO:g}x floor"
-        if not at:
-            out += [(t1, "-", "not measured"), (t2, "-", "not measured")]
-            continue
-        r = at[0]
-        ok1 = r.speedup >= TARGET_SPEEDUP and r.identical
-        out.append((t1, f"{r.speedup:.1f}x, identical: {'yes' if r.identical else 'NO'}", "PASS" if ok1 else "FAIL"))
-        out.append((t2, f"{r.engine_floor:.2f}x", "PASS" if r.engine_floor <= TARGET_FLOOR_RATIO else "FAIL"))
-    return out
-
-
-def report(rows: list[Row], sample_rows: list[SampleRow], threads: int, markdown: bool) -> str:
-    parts = [format_table(COLUMNS, [_cells(r) for r in rows], markdown)]
-    if sample_rows:
-        parts.append("Sample paths share the prefix (engine, top-p 0.9 sampling; naive would cost N times S=1):")
-        parts.append(format_table(SAMPLE_COLUMNS, [_sample_cells(r) for r in sample_rows], markdown))
-    targets = evaluate_targets(rows, threads)
-    parts.append("Targets:")
-    parts.append(format_table(["target", "measured", "result"], [list(t) for t in targets], markdown))
-    return "\n\n".join(parts)
-
-
-# -- CLI ----------------------------------------------------------------------------------
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.replace(",", " ").split()]
-
-
-def configure(parser) -> None:
-    parser.add_argument("--shapes", default="mini,small",
-                        help="comma-separated model shapes (mini, small, base); default mini,small")
-    parser.add_argument("--batch", type=_ints, default=[1, 8], help="batch sizes, e.g. 1,8")
-    parser.add_argument("--lookback", type=_ints, default=[64, 256], help="lookbacks, e.g. 64,256")
-    parser.add_argument("--pred-len", type=_ints, default=[12, 24], help="forecast lengths, e.g. 12,24")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    parser.add_argument("--dtype", default="auto", help="model dtype: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of engine and floor, alternating (median)")
-    parser.add_argument("--naive-repeats", type=int, default=1, help="timed runs of naive (median)")
-    parser.add_argument("--sample-count", type=int, default=8,
-                        help="also time the engine with this many sample paths vs 1 (0 or 1: skip)")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="CSV tape the input windows are cut from")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.add_argument("--no-pack", action="store_true",
-                        help="plain MKL products on CPU instead of prepacked oneDNN weights (kronos_rt/packing.py)")
-    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
-
-
-def main(args) -> int:
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    for name in names:
-        if name not in shapes.PAIRS:
-            print(f"unknown shape {name!r}; choose from {sorted(shapes.PAIRS)}", file=sys.stderr)
-            return 2
-    if args.repeats < 1 or args.naive_repeats < 1:
-        print("--repeats and --naive-repeats must be >= 1", file=sys.stderr)
-        return 2
-    load_before = os.getloadavg()[0]
-    rows, sample_rows = run(names, args.batch, args.lookback, args.pred_len, device=device, dtype=args.dtype,
-                            repeats=args.repeats, naive_repeats=args.naive_repeats,
-                            sample_count=args.sample_count, data=args.data, seed=args.seed,
-                            progress=lambda m: print(m, file=sys.stderr, flush=True), pack_weights=not args.no_pack)
-    threads = torch.get_num_threads()
-    load = os.getloadavg()[0]  # other processes on the machine slow every column; say how busy it was
-    print(f"kronos-rt bench: torch {torch.__version__}, device {device}, {threads} threads, "
-          f"random weights (seed {args.seed}), greedy, median of {args.repeats} (naive: {args.naive_repeats}), "
-          f"{'plain' if args.no_pack or device.type != 'cpu' else 'prepacked'} weights; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}, load average {load_before:.1f} before, {load:.1f} after")
-    print()
-    print(report(rows, sample_rows, threads, args.markdown))
-    return 0

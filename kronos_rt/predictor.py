@@ -36,8 +36,10 @@ def _as_datetime_index(ts, what: str) -> pd.DatetimeIndex:
 
 
 class KronosPredictor:
-    def __init__(self, model, tokenizer, device=None, max_context: int = 512, clip: float = 5, dtype=None):
-        self.engine = Engine(model, tokenizer, device=device, dtype=dtype, max_context=max_context, clip=clip)
+    def __init__(self, model, tokenizer, device=None, max_context: int = 512, clip: float = 5, dtype=None,
+                 pack_weights: bool = True):
+        self.engine = Engine(model, tokenizer, device=device, dtype=dtype, max_context=max_context, clip=clip,
+                             pack_weights=pack_weights)
         self.model, self.tokenizer = self.engine.model, self.engine.tokenizer
         self.device, self.max_context, self.clip = self.engine.device, max_context, clip
         self.price_cols, self.vol_col, self.amt_vol = PRICE_COLS, VOL_COL, AMT_COL

@@ -1,4 +1,5 @@
-"""`kronos-rt bench` on a tiny grid, and benchmarks/gpu_check.py --smoke. Structure only: no timing asserts."""
+"""kronos_rt.bench on tiny sizes, and benchmarks/gpu_check.py --smoke. Structure only: no timing asserts.
+(The `kronos-rt bench` command: tests/worker/cli/test_bench.py.)"""
 from __future__ import annotations
 
 import os
@@ -8,21 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from kronos_rt import bench, shapes
+from kronos_rt import KronosPredictor, bench, shapes
 from kronos_rt.engine import Engine
-from worker import cli
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    # `kronos-rt bench` sets the torch thread count; leave other tests as they were.
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"
 
 
 def _markdown_tables(text: str) -> list[list[list[str]]]:
@@ -39,31 +31,10 @@ def _markdown_tables(text: str) -> list[list[list[str]]]:
     return tables
 
 
-def test_bench_cli_markdown_tiny_grid(capsys):
-    rc = cli.main(["bench", "--shapes", "mini", "--batch", "1,2", "--lookback", "16", "--pred-len", "3",
-                   "--repeats", "1", "--sample-count", "2", "--threads", "1", "--markdown"])
-    assert rc == 0
-    out = capsys.readouterr().out
-    tables = _markdown_tables(out)
-    assert len(tables) == 3  # results, sample paths, targets
-    results, samples, targets = tables
-    assert results[0] == bench.COLUMNS
-    assert len(results) == 1 + 2
-    for cells in results[1:]:
-        row = dict(zip(results[0], cells))
-        assert (row["shape"], row["lookback"], row["pred_len"]) == ("mini", "16", "3")
-        assert row["greedy identical"] == "yes"
-        assert float(row["engine fc/s"]) > 0 and float(row["naive fc/s"]) > 0
-        assert row["speedup"].endswith("x")
-    assert samples[0] == bench.SAMPLE_COLUMNS and samples[1][6] == "2"
-    # The target point is not in this grid: reported, not invented.
-    assert targets[0] == ["target", "measured", "result"]
-    assert [r[2] for r in targets[1:]] == ["not measured", "not measured"]
-
-
-def test_bench_rows_and_targets():
-    rows, sample_rows = bench.run(["mini"], batches=[2], lookbacks=[20], pred_lens=[4], repeats=2, sample_count=0)
-    assert sample_rows == []
+def test_bench_rows():
+    rows, sample_rows, predictor_rows = bench.run(TAPE, ["mini"], batches=[2], lookbacks=[20], pred_lens=[4],
+                                                  repeats=2, sample_count=0, predictor=False)
+    assert sample_rows == [] and predictor_rows == []
     (row,) = rows
     assert row.identical
     assert (row.batch, row.lookback, row.pred_len, row.device, row.dtype) == (2, 20, 4, "cpu", "float32")
@@ -71,17 +42,29 @@ def test_bench_rows_and_targets():
     assert row.engine_peak_mib >= 0 and row.naive_peak_mib >= 0
     assert row.speedup == pytest.approx(row.naive_s / row.engine_s)
 
-    # Targets are computed, not asserted: fabricate rows at the target point to see both verdicts.
-    good = bench.Row("mini", "cpu", "float32", 8, 256, 24, engine_s=1.0, naive_s=9.0, floor_s=0.9,
-                     engine_peak_mib=1, naive_peak_mib=1, identical=True)
-    bad = bench.Row("small", "cpu", "float32", 8, 256, 24, engine_s=1.0, naive_s=9.0, floor_s=0.5,
-                    engine_peak_mib=1, naive_peak_mib=1, identical=False)
-    verdicts = [t[2] for t in bench.evaluate_targets([good, bad], threads=2)]
-    assert verdicts == ["PASS", "PASS", "FAIL", "FAIL"]
+
+def test_predictor_against_engine():
+    """The predictor's frames are its engine's output de-normalized, bit for bit, on the
+    windows make_windows cuts (the same starts)."""
+    rows, sample_rows, (prow,) = bench.run(TAPE, ["mini"], batches=[3], lookbacks=[24], pred_lens=[5],
+                                           repeats=1, grid=False, sample_count=0)
+    assert rows == [] and sample_rows == []
+    assert prow.identical and (prow.shape, prow.batch, prow.lookback, prow.pred_len) == ("mini", 3, 24, 5)
+    assert prow.predictor_s > 0 and prow.ratio == pytest.approx(prow.predictor_s / prow.engine_s)
+
+    model, tokenizer, ctx = shapes.random_pair("mini")
+    predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=ctx)
+    bars, times = bench.load_tape(TAPE)
+    frames, x_ts, y_ts = bench.make_frames(bars, times, 2, 30, 4)
+    x, _, _ = bench.make_windows(bars, times, 2, 30, 4)
+    assert [len(f) for f in frames] == [30, 30] and [len(y) for y in y_ts] == [4, 4]
+    np.testing.assert_allclose(frames[1].to_numpy()[0], bars[len(bars) - 34])  # same starts as make_windows
+    assert x.shape == (2, 30, 6)
+    assert bench.compare_predictor(predictor, "mini", frames, x_ts, y_ts, 4, repeats=1).identical
 
 
 def test_windows_come_from_the_tape():
-    bars, times = bench.load_tape()
+    bars, times = bench.load_tape(TAPE)
     x, xs, ys = bench.make_windows(bars, times, 3, 50, 5)
     assert x.shape == (3, 50, 6) and xs.shape == (3, 50, 5) and ys.shape == (3, 5, 5)
     assert x.dtype == np.float32 and np.abs(x).max() <= 5.0
@@ -93,7 +76,7 @@ def test_windows_come_from_the_tape():
 def test_floor_pass_shape():
     model, tokenizer, ctx = shapes.random_pair("mini")
     engine = Engine(model, tokenizer, device="cpu", max_context=ctx)
-    bars, times = bench.load_tape()
+    bars, times = bench.load_tape(TAPE)
     x, xs, ys = bench.make_windows(bars, times, 2, 30, 6)
     assert bench.floor_pass(engine, x, xs, ys, 6).shape == (2, 6, 6)
 
@@ -111,14 +94,3 @@ def test_gpu_check_smoke(tmp_path):
     assert all(r[parity[0].index("fp32 ok")] == "yes" for r in parity[1:])
     assert tables[1][1][1:] == ["fp32", "1.000", "1.000"]  # the fp32 tokenizer reproduces the fixture's ids
     assert len(tables[3]) == 1 + 2  # two smoke batch sizes
-
-
-def test_bench_cli_no_pack(capsys):
-    """--no-pack runs the plain-MKL engine (the side-by-side comparison for packing) and says so."""
-    rc = cli.main(["bench", "--shapes", "mini", "--batch", "2", "--lookback", "16", "--pred-len", "2",
-                   "--repeats", "1", "--sample-count", "0", "--threads", "1", "--no-pack", "--markdown"])
-    assert rc == 0
-    out = capsys.readouterr().out
-    assert "plain weights" in out
-    results = _markdown_tables(out)[0]
-    assert dict(zip(results[0], results[1]))["greedy identical"] == "yes"

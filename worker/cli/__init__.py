@@ -11,7 +11,7 @@ from worker.allocator import retain_freed_memory
 COMMANDS = {
     "worker": ("worker.cli.worker", "run a streaming worker (Kafka bars -> forecasts)"),
     "replay": ("worker.tools.replay", "publish a CSV/Parquet tape as bar events"),
-    "bench": ("kronos_rt.bench", "benchmark the inference engine against full recompute"),
+    "bench": ("worker.cli.bench", "benchmark the inference engine against full recompute"),
     "bench-stream": ("worker.tools.bench_stream", "benchmark broker -> worker -> broker latency"),
     "models": ("worker.cli.models", "manage the local model registry"),
     "finetune": ("worker.cli.finetune", "fine-tune a model on your tapes into a new (unpromoted) registry version"),
