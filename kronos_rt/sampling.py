@@ -1,4 +1,4 @@
-"""Sampling of the next id from logits (KRONOS.md §5.6), vectorized over the batch."""
+"""Sampling of the next id from logits (docs/MODEL.md, 'Sampling'), vectorized over the batch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
