@@ -56,7 +56,7 @@ class Publisher:
         self.metrics = metrics
         self.forecast_doc = forecast_doc  # (item, forecast, model_ref, latency_ms) -> dict
         self.backoff = backoff
-        self._closed = closed
+        self.producer_closed = closed
         self.forecasts = 0
         self.dead_letters = 0
 
@@ -68,7 +68,7 @@ class Publisher:
 
         def done(f: asyncio.Future) -> None:
             if f.cancelled() or f.exception() is not None:
-                if self._closed(self.producer):
+                if self.producer_closed(self.producer):
                     return
                 if attempt == 0 or attempt % 10 == 9:
                     log.warning("publish to %s failed (%s); retry %d",
