@@ -40,6 +40,16 @@ async def fetch_committed(consumer: AIOKafkaConsumer, tps) -> dict:
     return {tp: (om.offset, om.metadata) for tp, om in got.items() if om is not None}
 
 
+async def answers(consumer: AIOKafkaConsumer, timeout_s: float = 3.0) -> bool:
+    """Does the cluster answer a metadata request within timeout_s? (A frozen broker keeps its
+    connections open and the consumer's fetches just return nothing: only a request tells.)"""
+    try:
+        await asyncio.wait_for(consumer._client.fetch_all_metadata(), timeout_s)
+        return True
+    except (KafkaError, asyncio.TimeoutError, OSError):
+        return False
+
+
 def producer_closed(producer: AIOKafkaProducer) -> bool:
     """True once stop() began: a failed send is then not retried."""
     return bool(producer._closed)
@@ -87,9 +97,15 @@ async def ensure_topics(brokers: str, topics: dict[str, int]) -> list[str]:
         if not missing:
             return []
         try:
-            await admin.create_topics(missing)
+            response = await admin.create_topics(missing)
         except TopicAlreadyExistsError:
-            pass  # another worker won the race
+            response = None  # another worker won the race
+        # Per-topic errors come back in the response rather than as exceptions.
+        for item in getattr(response, "topic_errors", ()):
+            name, code = item[0], item[1]
+            if code not in (0, TopicAlreadyExistsError.errno):
+                message = item[2] if len(item) > 2 else ""
+                raise RuntimeError(f"creating topic {name!r} failed: error {code} {message}")
     finally:
         await admin.close()
     # Metadata for a new topic reaches clients a moment later.
@@ -100,32 +116,45 @@ async def ensure_topics(brokers: str, topics: dict[str, int]) -> list[str]:
     return [t.name for t in missing]
 
 
-async def read_partition(brokers: str, tp: TopicPartition, start: int, end: int,
-                         timeout_s: float = 30.0) -> AsyncIterator:
-    """Messages of one partition with start <= offset < end, read by a consumer outside any
-    group (so the group's assignment and commits are untouched)."""
-    if end <= start:
+async def read_range(brokers: str, tps: list, *, start: dict | None = None, end: dict | None = None,
+                     timeout_s: float = 30.0, client_id: str = "kronos-rt-reader") -> AsyncIterator:
+    """The one bounded reader: messages of the partitions `tps` from `start` (tp -> offset,
+    default the log start) up to `end` (tp -> offset, exclusive; default the high-watermark
+    seen at the first fetch of each partition, so messages arriving meanwhile are left out).
+    Read outside any consumer group, so a group's assignment and commits are untouched; the
+    end comes from fetch high-watermarks, never ListOffsets (unreliable on some brokers)."""
+    start, end = dict(start or {}), dict(end or {})
+    tps = [tp for tp in tps if end.get(tp, 1) > start.get(tp, 0)]
+    if not tps:
         return
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=brokers, group_id=None, enable_auto_commit=False,
-        auto_offset_reset="earliest", client_id="kronos-rt-rebuild",
-    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", client_id=client_id)
     await consumer.start()
     try:
-        consumer.assign([tp])
-        consumer.seek(tp, start)
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, start.get(tp, 0))  # below the log start: reset to it (earliest)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            batch = await consumer.getmany(tp, timeout_ms=200, max_records=2000)
-            for msg in batch.get(tp, []):
-                if msg.offset >= end:
-                    return
-                if msg.offset >= start:
-                    yield msg
-            if await consumer.position(tp) >= end:
+            batch = await consumer.getmany(*tps, timeout_ms=200, max_records=5000)
+            for tp in tps:
+                if tp not in end and consumer.highwater(tp) is not None:
+                    end[tp] = consumer.highwater(tp)
+            for tp, msgs in batch.items():
+                for msg in msgs:
+                    if tp in end and msg.offset < end[tp] and msg.offset >= start.get(tp, 0):
+                        yield msg
+            if len(end) == len(tps) and all([await consumer.position(tp) >= end[tp] for tp in tps]):
                 return
             if loop.time() > deadline:
-                raise TimeoutError(f"re-reading {tp} from {start} to {end} did not finish in {timeout_s}s")
+                raise TimeoutError(f"reading {sorted(str(tp) for tp in tps)} did not reach its end in "
+                                   f"{timeout_s}s (ends known for {len(end)}/{len(tps)} partitions)")
     finally:
         await consumer.stop()
+
+
+def read_partition(brokers: str, tp: TopicPartition, start: int, end: int, timeout_s: float = 30.0) -> AsyncIterator:
+    """Messages of one partition with start <= offset < end (window rebuilds)."""
+    return read_range(brokers, [tp], start={tp: start}, end={tp: end}, timeout_s=timeout_s,
+                      client_id="kronos-rt-rebuild")

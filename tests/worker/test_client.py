@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from tests.conftest import unique_topic
 from worker.client import ForecastClient, parse_forecast
 from worker.events import build_forecast
-from worker.tools.services import create_topics
+from worker.kafka import ensure_topics
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 6, 18, 10, 0)
@@ -73,7 +73,7 @@ def test_feed_dedup_is_bounded():
 
 async def test_client_against_broker(broker):
     topic = unique_topic("forecasts")
-    await create_topics(broker, {topic: 2})
+    await ensure_topics(broker, {topic: 2})
     base = dt.datetime(2024, 6, 18, 2, 0, tzinfo=UTC)
     sent = [
         forecast("AAA", T0, base, offset=1),

@@ -115,7 +115,8 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
     from worker.app import Worker
     from worker.config import Settings
     from worker.tools.replay import replay
-    from worker.tools.services import EmbeddedBroker, RedisServer, create_topics
+    from worker.kafka import ensure_topics
+    from worker.tools.services import EmbeddedBroker, RedisServer
 
     t0 = time.monotonic()
     registry = Registry(Path(args.registry) if args.registry else default_root())
@@ -131,7 +132,7 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
     try:
         broker.start()
         print(f"demo: broker {broker.bootstrap}, redis {redis_server.url}, model {mv.name}@{mv.version}")
-        await create_topics(broker.bootstrap, {TOPICS["bars"]: 4, TOPICS["forecasts"]: 4, TOPICS["dlq"]: 1})
+        await ensure_topics(broker.bootstrap, {TOPICS["bars"]: 4, TOPICS["forecasts"]: 4, TOPICS["dlq"]: 1})
 
         settings = Settings(brokers=broker.bootstrap, group="kronos-rt-demo", bars_topic=TOPICS["bars"],
                             forecasts_topic=TOPICS["forecasts"], dlq_topic=TOPICS["dlq"], redis=redis_server.url,

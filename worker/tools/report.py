@@ -452,10 +452,10 @@ async def read_topic(brokers: str, topic: str, timeout_s: float = 60.0) -> tuple
 
     The end comes from the fetch high-watermark rather than ListOffsets, which the
     embedded broker does not answer reliably (see worker/kafka.py)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from worker.kafka import topic_partitions
+    from worker.kafka import read_range, topic_partitions
 
     # list_topics first: describing a missing topic auto-creates it on brokers that allow
     # that (Tansu does), and a typo would then read as an empty replay.
@@ -469,37 +469,13 @@ async def read_topic(brokers: str, topic: str, timeout_s: float = 60.0) -> tuple
     if not n_parts:
         raise RuntimeError(f"topic {topic!r} does not exist on {brokers}")
     tps = [TopicPartition(topic, p) for p in range(n_parts)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", client_id="kronos-rt-report")
-    await consumer.start()
     values, bad = [], 0
-    try:
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, 0)  # offsets below the log start are reset to it (earliest)
-        ends: dict = {}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for tp in tps:
-                if tp not in ends and consumer.highwater(tp) is not None:
-                    ends[tp] = consumer.highwater(tp)
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    if tp in ends and m.offset >= ends[tp]:
-                        continue  # arrived after we started: not part of this snapshot
-                    try:
-                        values.append(orjson.loads(m.value))
-                    except (orjson.JSONDecodeError, TypeError):
-                        bad += 1
-            if len(ends) == len(tps) and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
-                return values, bad
-            if loop.time() > deadline:
-                raise TimeoutError(f"reading {topic} did not reach its high-watermark in {timeout_s}s "
-                                   f"(ends known for {len(ends)}/{len(tps)} partitions)")
-    finally:
-        await consumer.stop()
+    async for m in read_range(brokers, tps, timeout_s=timeout_s, client_id="kronos-rt-report"):
+        try:
+            values.append(orjson.loads(m.value))
+        except (orjson.JSONDecodeError, TypeError):
+            bad += 1
+    return values, bad
 
 
 async def fetch_replay(brokers: str, forecasts_topic: str, bars_topic: str,

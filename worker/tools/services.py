@@ -200,31 +200,3 @@ def _redis_ping(port: int, host: str = "127.0.0.1") -> bool:
             return s.recv(64).startswith(b"+PONG")
     except OSError:
         return False
-
-
-async def create_topics(bootstrap: str, topics: dict[str, int], replication_factor: int = 1,
-                        timeout_s: float = 30.0) -> None:
-    """Create topics {name: partitions}; ones that already exist are left alone."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    if not topics:
-        return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
-    await admin.start()
-    try:
-        new = [NewTopic(name, num_partitions=int(n), replication_factor=replication_factor)
-               for name, n in topics.items()]
-        try:
-            response = await admin.create_topics(new)
-        except TopicAlreadyExistsError:
-            return
-        # Per-topic errors come back in the response rather than as exceptions.
-        for item in getattr(response, "topic_errors", ()):
-            name, code = item[0], item[1]
-            if code not in (0, TopicAlreadyExistsError.errno):
-                message = item[2] if len(item) > 2 else ""
-                raise RuntimeError(f"creating topic {name!r} failed: error {code} {message}")
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()

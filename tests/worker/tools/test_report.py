@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from tests.conftest import unique_topic
 from worker.cli import main as cli_main
 from worker.tools.report import build_report
-from worker.tools.services import create_topics
+from worker.kafka import ensure_topics
 
 T0 = dt.datetime(2024, 6, 18, 9, 0)
 P0 = dt.datetime(2024, 6, 18, 1, 0, tzinfo=dt.timezone.utc)
@@ -143,7 +143,7 @@ def test_report_command_reads_the_topics(broker, tmp_path, capsys):
     ftopic, btopic = unique_topic("forecasts"), unique_topic("bars")
 
     async def publish():
-        await create_topics(broker, {ftopic: 3, btopic: 2})
+        await ensure_topics(broker, {ftopic: 3, btopic: 2})
         producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=False)
         await producer.start()
         try:

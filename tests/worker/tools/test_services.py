@@ -7,7 +7,8 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.conftest import unique_topic
-from worker.tools.services import EmbeddedBroker, RedisServer, create_topics, free_port
+from worker.kafka import ensure_topics
+from worker.tools.services import EmbeddedBroker, RedisServer, free_port
 
 
 def test_free_port_is_bindable():
@@ -18,8 +19,8 @@ def test_free_port_is_bindable():
 
 async def test_broker_produce_consume_commit(broker):
     topic = unique_topic("svc")
-    await create_topics(broker, {topic: 2})
-    await create_topics(broker, {topic: 2})  # already exists: tolerated
+    await ensure_topics(broker, {topic: 2})
+    await ensure_topics(broker, {topic: 2})  # already exists: tolerated
 
     producer = AIOKafkaProducer(bootstrap_servers=broker, enable_idempotence=False)
     await producer.start()
