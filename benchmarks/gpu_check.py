@@ -43,7 +43,7 @@ from kronos_rt import engine as engine_module  # noqa: E402
 from kronos_rt import shapes  # noqa: E402
 from kronos_rt.bench import GREEDY, PeakMemory, floor_pass, load_tape, make_windows  # noqa: E402
 from kronos_rt.engine import Engine  # noqa: E402
-from kronos_rt.features import fill_missing, normalize  # noqa: E402
+from kronos_rt.features import COLUMNS, fill_missing, normalize  # noqa: E402
 from kronos_rt.model import Kronos  # noqa: E402
 from kronos_rt.naive import naive_forecast_arrays  # noqa: E402
 from kronos_rt.tokenizer import KronosTokenizer  # noqa: E402
@@ -51,7 +51,6 @@ from worker.tools.tables import format_table  # noqa: E402
 
 PARITY = ROOT / "tests" / "fixtures" / "parity"
 TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"  # = shared/data/a_share_5min.csv, which cases.json names
-COLUMNS = ("open", "high", "low", "close", "volume", "amount")
 
 FULL = dict(agree_batch=64, agree_lookback=500, agree_pred_len=12, batches=(64, 256, 1024), lookback=500,
             pred_len=12, naive_batch=64, repeats=3)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-COLUMNS = ("open", "high", "low", "close", "volume", "amount")
-PRICE_FIELDS = ("open", "high", "low", "close")
+from kronos_rt.features import COLUMNS, PRICE_COLUMNS  # numpy only: no torch import
+
 SIZE_FIELDS = ("volume", "amount")
 
 # Same patterns as schemas/bar.v1.json (fullmatch here, so no anchors).
@@ -24,6 +24,12 @@ SYMBOL_RE = re.compile(r"[A-Za-z0-9._:\-]{1,64}")
 TS_RE = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:?[0-9]{2})?"
 )
+# Largest |value| accepted in any OHLCVA field. The engine normalizes a window in float32
+# (kronos_rt/features.py: per-column mean and population std over up to max_context rows);
+# the squared deviations summed for the std must stay far below float32's 3.4e38 even for
+# windows of thousands of rows: (2 * 1e15)^2 * 8192 = 3.3e34. A 1e300 price would make
+# every later forecast of its symbol non-finite for as long as it stays in the window.
+MAX_MAGNITUDE = 1e15
 _NON_FINITE_STRINGS = frozenset({"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"})
 
 
@@ -65,6 +71,9 @@ def _number(obj: dict, name: str) -> float:
         f = float(v)
         if not math.isfinite(f):
             raise InvalidEvent("non_finite", f"{name} is not finite")
+        if abs(f) > MAX_MAGNITUDE:
+            raise InvalidEvent("out_of_range", f"{name} is {f:g}; |values| above {MAX_MAGNITUDE:g} "
+                                               "cannot be normalized in float32")
         return f
     if t is str and v.strip().lower() in _NON_FINITE_STRINGS:
         raise InvalidEvent("non_finite", f"{name} is {v!r}")
@@ -92,10 +101,12 @@ def _decode_error(value: bytes, err: Exception) -> InvalidEvent:
 
     try:
         doc = json.loads(value, parse_constant=constant)
-    except (ValueError, UnicodeDecodeError):
-        return InvalidEvent("bad_json", str(err))
-    if found or _has_non_finite(doc):
-        return InvalidEvent("non_finite", "payload contains NaN or Infinity")
+        if found or _has_non_finite(doc):
+            return InvalidEvent("non_finite", "payload contains NaN or Infinity")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: nesting deeper than Python's stack (orjson stops at 1024 levels
+        # first, so such a payload is not JSON this worker accepts anyway).
+        pass
     return InvalidEvent("bad_json", str(err))
 
 
@@ -120,8 +131,11 @@ def parse_time(ts: str) -> _dt.datetime:
     return t.replace(tzinfo=None) if t.tzinfo is not None else t
 
 
-def parse_bar(value: bytes | None, key: bytes | None = None, max_bytes: int = 4096) -> Bar:
-    """Validate one bar.v1 message value (and its Kafka key, if any) into a Bar."""
+def parse_bar(value: bytes | None, key: bytes | None = None, max_bytes: int = 4096, *,
+              policy: "BarPolicy | None" = None, timestamp_ms: int | None = None) -> Bar:
+    """Validate one bar.v1 message value (and its Kafka key, if any) into a Bar; with a
+    policy, also its place on the interval grid and its distance from the message's
+    Kafka timestamp (`timestamp_ms`)."""
     if value is None or len(value) == 0:
         raise InvalidEvent("bad_json", "empty message value")
     if len(value) > max_bytes:
@@ -146,18 +160,98 @@ def parse_bar(value: bytes | None, key: bytes | None = None, max_bytes: int = 40
         raise InvalidEvent("schema", "missing ts")
     time = parse_time(ts)
 
-    for name in PRICE_FIELDS:
+    for name in PRICE_COLUMNS:
         if name not in obj:
             raise InvalidEvent("schema", f"missing {name}")
+    if time.microsecond:
+        # Stored bars are keyed by whole seconds: a fraction would be cut and the bar would
+        # overwrite another one's slot.
+        raise InvalidEvent("sub_second", f"ts {ts!r} has a fraction of a second")
     o = _number(obj, "open")
     h = _number(obj, "high")
     lo = _number(obj, "low")
     c = _number(obj, "close")
     vol = _size(obj, "volume")
     amt = _size(obj, "amount")
+    if min(o, h, lo, c) <= 0:
+        raise InvalidEvent("non_positive_price", f"prices must be > 0, got o={o} h={h} l={lo} c={c}")
     if h < lo or h < o or h < c or lo > o or lo > c:
         raise InvalidEvent("high_low", f"inconsistent bar o={o} h={h} l={lo} c={c}")
-    return Bar(symbol, ts, time, o, h, lo, c, vol, amt)
+    bar = Bar(symbol, ts, time, o, h, lo, c, vol, amt)
+    if policy is not None:
+        policy.check(bar, timestamp_ms)
+    return bar
+
+
+@dataclass(frozen=True)
+class BarPolicy:
+    """The checks a bar's value alone cannot settle, applied before anything reaches Redis
+    (a bar stored there shapes every later forecast of its symbol):
+
+    - off_grid: the bar time must lie on the interval grid. Intraday intervals count from
+      midnight, from the Unix epoch (intervals that do not divide a day) or from any session
+      open of the symbol's calendar (1h bars of a 09:30 open end at 10:30). Intervals of a
+      day or more are not checked (daily bars carry whatever time of day the feed uses).
+    - future_ts: the bar time may be at most `max_future_skew` after the message's Kafka
+      timestamp. A ts with an offset is compared in UTC; a ts without one is compared as if
+      it were UTC, so the default (1 day) leaves room for any zone's offset. A bar dated 2099
+      would otherwise be published, then make every real bar of its symbol "out of order".
+    - stale_ts: with `max_past_age`, the bar time may be at most that long before the Kafka
+      timestamp (off by default: replays of history legitimately carry old bars).
+    """
+    interval: _dt.timedelta
+    max_future_skew: _dt.timedelta = _dt.timedelta(days=1)
+    max_past_age: _dt.timedelta | None = None
+    calendar_for: object = None   # symbol -> SessionCalendar (worker/sessions.py); None: midnight/epoch grid
+
+    def check(self, bar: Bar, timestamp_ms: int | None) -> None:
+        if not self._on_grid(bar):
+            raise InvalidEvent("off_grid", f"ts {bar.ts!r} is not on the {self.interval} grid")
+        if timestamp_ms is None or timestamp_ms < 0:
+            return  # no broker time to compare with (Kafka gives -1 when none was set)
+        try:
+            broker = _EPOCH + _dt.timedelta(milliseconds=timestamp_ms)
+        except OverflowError:
+            return  # a producer-set timestamp past year 9999: nothing to compare with
+        try:
+            utc = _as_utc(bar)
+        except OverflowError:  # e.g. 9999-12-31T23:00-05:00 has no UTC datetime
+            raise InvalidEvent("future_ts", f"ts {bar.ts!r} is beyond the datetime range") from None
+        if utc - broker > self.max_future_skew:
+            raise InvalidEvent("future_ts", f"ts {bar.ts!r} is more than {self.max_future_skew} after the "
+                                            f"message timestamp {broker.isoformat()}Z")
+        if self.max_past_age is not None and broker - utc > self.max_past_age:
+            raise InvalidEvent("stale_ts", f"ts {bar.ts!r} is more than {self.max_past_age} before the "
+                                           f"message timestamp {broker.isoformat()}Z")
+
+    def _on_grid(self, bar: Bar) -> bool:
+        step = self.interval
+        if step >= _dt.timedelta(days=1):
+            return True
+        t = bar.time
+        if (t - _EPOCH) % step == _ZERO:
+            return True
+        midnight = t.replace(hour=0, minute=0, second=0)
+        if (t - midnight) % step == _ZERO:
+            return True
+        if self.calendar_for is not None:
+            for opens, _ in self.calendar_for(bar.symbol).sessions:
+                if (t - _dt.datetime.combine(t.date(), opens)) % step == _ZERO:
+                    return True
+        return False
+
+
+_EPOCH = _dt.datetime(1970, 1, 1)
+_ZERO = _dt.timedelta(0)
+
+
+def _as_utc(bar: Bar) -> _dt.datetime:
+    """The bar time as naive UTC: converted when its ts carries an offset, as written when not."""
+    if bar.ts.endswith("Z") or "+" in bar.ts or bar.ts.count("-") > 2:
+        aware = _dt.datetime.fromisoformat(bar.ts)
+        if aware.tzinfo is not None:
+            return aware.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+    return bar.time
 
 
 def dumps(obj) -> bytes:

@@ -13,14 +13,10 @@ SOURCES = sorted(PKG.rglob("*.py"))
 # torch itself imports it, so it is checked in the sources only, not in sys.modules.
 SERVICE = ("aiokafka", "redis", "worker", "prometheus_client")
 FORBIDDEN_IMPORTS = SERVICE + ("argparse",)
-# Still reads its default data from worker/tools/data; another change moves that out.
-PENDING = {"bench.py": "bench.py's DEFAULT_DATA still points into worker/tools/data (being moved)"}
 
 
 def _source_param(path: Path):
-    why = PENDING.get(path.name)
-    marks = [pytest.mark.xfail(reason=why, strict=False)] if why else []
-    return pytest.param(path, id=path.name, marks=marks)
+    return pytest.param(path, id=path.name)
 
 
 def test_importing_kronos_rt_pulls_no_service_code():

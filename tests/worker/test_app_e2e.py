@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from kronos_rt.features import COLUMNS as FEATURE_COLUMNS
 from worker.app import Worker
 from worker.inference import build_engine
 from worker.config import Settings
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"
 MODEL = ROOT / "tests" / "fixtures" / "parity" / "model"
 TOKENIZER = ROOT / "tests" / "fixtures" / "parity" / "tokenizer"
-COLUMNS = ["open", "high", "low", "close", "volume", "amount"]
+COLUMNS = list(FEATURE_COLUMNS)
 LOOKBACK, MIN_HISTORY, PRED_LEN, MAX_CONTEXT = 64, 32, 4, 128
 
 pytestmark = pytest.mark.slow

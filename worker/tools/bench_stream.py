@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from kronos_rt.features import COLUMNS
 from worker import events
 from worker.config import ModelRef, Settings
 from worker.kafka import ensure_topics, make_producer
@@ -254,7 +255,7 @@ def _time_engine(engine, synthetic, history, args, sizes, worker) -> dict[int, f
     from kronos_rt import SamplingParams
 
     sampling = SamplingParams(temperature=1.0, top_k=1, top_p=1.0, sample_count=1)
-    cols = ["open", "high", "low", "close", "volume", "amount"]
+    cols = list(COLUMNS)
     windows = []
     for sym, g in synthetic.groupby("symbol", sort=True):
         last = args.warmup_bursts + args.bursts

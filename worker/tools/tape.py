@@ -13,8 +13,9 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from kronos_rt.features import COLUMNS, PRICE_COLUMNS
+
 TIME_COLUMNS = ("timestamps", "timestamp", "ts", "time", "date", "datetime")
-PRICE_COLUMNS = ("open", "high", "low", "close")
 
 
 def read_tape(path: str | Path, symbol: str | None = None) -> pd.DataFrame:
@@ -86,13 +87,13 @@ def interleave(tape: pd.DataFrame) -> pd.DataFrame:
 
 def bar_events(tape: pd.DataFrame) -> Iterator[tuple[str, dict, pd.Timestamp]]:
     """(symbol, bar.v1 dict, time) per row, in the tape's order."""
-    cols = {c: tape[c].to_numpy() for c in ("open", "high", "low", "close", "volume", "amount")}
+    cols = {c: tape[c].to_numpy() for c in COLUMNS}
     times = tape["time"]
     symbols = tape["symbol"].to_numpy()
     for i in range(len(tape)):
         t = times.iloc[i]
         bar = {"symbol": symbols[i], "ts": t.strftime("%Y-%m-%dT%H:%M:%S")}
-        for c in ("open", "high", "low", "close"):
+        for c in PRICE_COLUMNS:
             bar[c] = float(cols[c][i])
         for c in ("volume", "amount"):
             v = float(cols[c][i])
