@@ -37,7 +37,7 @@ from typing import Iterable
 
 import orjson
 
-from worker.events import COLUMNS, InvalidEvent, parse_time
+from worker.events import COLUMNS, InvalidEvent, forecast_identity, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ class HorizonStep:
     volume: float
     amount: float
     quantiles: dict[str, tuple[float, ...]] | None = None  # column -> one value per quantile level
+
+    def __repr__(self) -> str:
+        return f"HorizonStep({self.ts:%Y-%m-%d %H:%M} close={self.close:.6g})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +79,27 @@ class ForecastView:
     source_topic: str          # the bar that triggered it
     source_partition: int
     source_offset: int
+    random_weights: bool = False  # made by a random-weight model: the numbers mean nothing
+
+    def __repr__(self) -> str:
+        nxt = self.horizon[0]
+        band = self.close_band()
+        return (f"<Forecast {self.symbol} as_of={self.as_of:%Y-%m-%d %H:%M} next_close={nxt.close:.6g}"
+                + (f" band=[{band[0]:.6g}, {band[1]:.6g}]" if band else "")
+                + f" steps={len(self.horizon)} model={self.model_name}@{self.model_version}"
+                + (" RANDOM-WEIGHTS" if self.random_weights else "")
+                + f" latency={self.latency_ms.get('total', float('nan')):.0f}ms>")
+
+    def close_band(self, step: int = 0) -> tuple[float, float] | None:
+        """(lowest, highest) close quantile at `step`, None when the forecast has no quantiles."""
+        q = self.horizon[step].quantiles
+        if not q or "close" not in q or len(self.quantile_levels) < 2:
+            return None
+        return q["close"][0], q["close"][-1]
 
     @property
     def dedup_key(self) -> tuple:
-        return (self.symbol, self.as_of, self.model_name, self.model_version)
+        return forecast_identity(self.symbol, self.as_of, self.model_name, self.model_version)
 
     def quantile(self, level: float, column: str = "close") -> list[float]:
         """The `level` quantile of `column` along the horizon."""
@@ -140,7 +160,7 @@ def parse_forecast(value: bytes | str, *, topic: str = "", partition: int = -1, 
             produced_at=_utc(produced), received_at=received_at or _dt.datetime.now(_UTC),
             worker_id=str(doc.get("worker_id", "")), topic=topic, partition=partition, offset=offset,
             source_topic=str(src["topic"]), source_partition=int(src["partition"]),
-            source_offset=int(src["offset"]),
+            source_offset=int(src["offset"]), random_weights=bool(doc.get("random_weights", False)),
         )
     except InvalidEvent as exc:
         raise ValueError(f"bad timestamp: {exc.detail}") from None

@@ -131,6 +131,19 @@ def parse_time(ts: str) -> _dt.datetime:
     return t.replace(tzinfo=None) if t.tzinfo is not None else t
 
 
+def forecast_identity(symbol: str, as_of: _dt.datetime, model_name, model_version) -> tuple:
+    """What makes two forecast.v1 messages copies of one forecast (a redelivery after a
+    failover): symbol, as_of (parsed, so equal times written differently match), model name
+    and version. The subscriber client, the report and the demo all deduplicate by it."""
+    return (symbol, as_of, str(model_name), str(model_version))
+
+
+def identity_of(doc: dict) -> tuple:
+    """forecast_identity of a forecast.v1 dict."""
+    model = doc.get("model") or {}
+    return forecast_identity(doc["symbol"], parse_time(doc["as_of"]), model.get("name"), model.get("version"))
+
+
 def parse_bar(value: bytes | None, key: bytes | None = None, max_bytes: int = 4096, *,
               policy: "BarPolicy | None" = None, timestamp_ms: int | None = None) -> Bar:
     """Validate one bar.v1 message value (and its Kafka key, if any) into a Bar; with a

@@ -43,7 +43,9 @@ GOOD = [
     bar(ts="2024-06-18T11:15:00"),
     bar(ts="2024-06-18T11:15:00+08:00"),
     bar(ts="2024-06-18T11:15:00Z"),
-    bar(ts="2024-06-18T11:15:00.250-05:00"),
+    bar(ts="2024-06-18T11:15:00.000-05:00"),  # a zero fraction is whole seconds
+    bar(open=1e15, high=1e15, low=1e15, close=1e15, volume=1e15, amount=1e15),  # MAX_MAGNITUDE itself
+    bar(open=1e-8, high=1e-8, low=1e-8, close=1e-8),  # tiny but positive
     bar(volume=None, amount=None),
     bar(volume=_DROP, amount=_DROP),
     bar(volume=0, amount=0),
@@ -81,6 +83,15 @@ BAD = [
     (bar(high=11.0), "high_low", False),          # high < open/close
     (bar(low=11.5, high=11.6), "high_low", False),  # low > min(open, close)
     (bar(high=11.0, low=12.0), "high_low", False),
+    # values that would poison a symbol's window (issue 10, item 5)
+    (bar(open=0, low=0), "non_positive_price", True),
+    (bar(open=-1.0, high=1.0, low=-1.0, close=1.0), "non_positive_price", True),
+    (bar(open=1e300, high=1e300, low=1e300, close=1e300), "out_of_range", True),
+    (bar(close=-1e300), "out_of_range", True),
+    (bar(volume=1e300), "out_of_range", True),
+    (bar(amount=2e15), "out_of_range", True),
+    (bar(ts="2024-06-18T11:15:00.250-05:00"), "sub_second", True),
+    (bar(ts="2024-06-18 11:15:00.000001"), "sub_second", True),
 ]
 
 
@@ -196,3 +207,79 @@ def test_build_forecast_rejects_wrong_shape():
         build_forecast(symbol="A", as_of="x", interval_s=60, horizon_times=[datetime(2024, 1, 1)],
                        mean=np.zeros((2, 6)), quantiles={}, model_name="m", model_version="v",
                        sampling={}, latency_ms={}, topic="t", partition=0, offset=0, worker_id="w")
+
+
+def test_deeply_nested_arrays_are_bad_json_not_a_crash():
+    # 3.9 kB of nesting: deeper than orjson's limit and than the stdlib decoder's recursion.
+    for payload in (b"[" * 3900, b"[" * 1950 + b"]" * 1950):
+        with pytest.raises(InvalidEvent) as exc:
+            parse_bar(payload)
+        assert exc.value.reason == "bad_json"
+
+
+# --------------------------------------------------------------------- BarPolicy
+from datetime import timedelta  # noqa: E402
+
+from worker.events import BarPolicy  # noqa: E402
+from worker.sessions import parse_session_map  # noqa: E402
+
+def utc_ms(*args) -> int:
+    return int((datetime(*args) - datetime(1970, 1, 1)).total_seconds() * 1000)
+
+
+def policy_reason(doc, ts_ms, **kw):
+    kw.setdefault("interval", timedelta(minutes=5))
+    try:
+        parse_bar(dumps(doc), policy=BarPolicy(**kw), timestamp_ms=ts_ms)
+    except InvalidEvent as e:
+        assert e.detail
+        return e.reason
+    return None
+
+
+def test_policy_grid():
+    now = utc_ms(2024, 6, 18, 12, 0)
+    assert policy_reason(bar(ts="2024-06-18 11:15:00"), now) is None
+    assert policy_reason(bar(ts="2024-06-18 11:16:00"), now) == "off_grid"
+    assert policy_reason(bar(ts="2024-06-18 11:15:30"), now) == "off_grid"
+    # 1h bars of a session opening at 09:30 end at hh:30; a continuous feed's at hh:00.
+    hourly = dict(interval=timedelta(hours=1))
+    assert policy_reason(bar(ts="2024-06-18 10:30:00"), now, **hourly) == "off_grid"
+    assert policy_reason(bar(ts="2024-06-18 10:30:00"), now, calendar_for=parse_session_map("ashare"),
+                         **hourly) is None
+    assert policy_reason(bar(ts="2024-06-18 14:00:00"), now, calendar_for=parse_session_map("ashare"),
+                         **hourly) is None
+    assert policy_reason(bar(ts="2024-06-18 10:45:00"), now, calendar_for=parse_session_map("ashare"),
+                         **hourly) == "off_grid"
+    # Intervals that do not divide a day count from the epoch; daily bars are not checked.
+    assert policy_reason(bar(ts="1970-01-01T00:07:00"), now, interval=timedelta(minutes=7)) is None
+    assert policy_reason(bar(ts="2024-06-18 15:00:00"), now, interval=timedelta(days=1)) is None
+
+
+def test_policy_future_skew_and_past_age():
+    at = utc_ms(2024, 6, 18, 11, 20)
+    assert policy_reason(bar(ts="2099-06-18 11:15:00"), at) == "future_ts"
+    assert policy_reason(bar(ts="9999-12-31 23:55:00"), at) == "future_ts"
+    assert policy_reason(bar(ts="9999-12-31T23:55:00-05:00"), at) == "future_ts"  # no UTC datetime
+    # A wall-clock ts without offset compares as UTC: +08:00 local time passes the 1-day default ...
+    assert policy_reason(bar(ts="2024-06-18 19:15:00"), at) is None
+    # ... and with an offset the comparison is exact.
+    assert policy_reason(bar(ts="2024-06-18T19:15:00+08:00"), at, max_future_skew=timedelta(minutes=1)) is None
+    assert policy_reason(bar(ts="2024-06-18T19:25:00+08:00"), at, max_future_skew=timedelta(minutes=1)) == "future_ts"
+    # Old bars pass unless --max-past-age is set.
+    assert policy_reason(bar(ts="2001-06-18 11:15:00"), at) is None
+    assert policy_reason(bar(ts="2001-06-18 11:15:00"), at, max_past_age=timedelta(days=30)) == "stale_ts"
+    assert policy_reason(bar(ts="2024-06-18 11:15:00"), at, max_past_age=timedelta(days=30)) is None
+    # No usable message timestamp: only the grid is checked.
+    assert policy_reason(bar(ts="2099-06-18 11:15:00"), None) is None
+    assert policy_reason(bar(ts="2099-06-18 11:15:00"), -1) is None
+
+
+def test_forecast_identity_is_symbol_as_of_and_model_version():
+    from worker.events import identity_of
+
+    doc = {"symbol": "AAA", "as_of": "2024-06-18T09:35:00", "model": {"name": "m", "version": "1.0.0"}}
+    same = dict(doc, as_of="2024-06-18 09:35")  # the same time written differently
+    other = dict(doc, model={"name": "m", "version": "1.0.1"})
+    assert identity_of(doc) == identity_of(same)
+    assert identity_of(doc) != identity_of(other)

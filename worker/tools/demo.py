@@ -54,11 +54,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="shape of the random demo model (default mini: fast on a CPU)")
     parser.add_argument("--registry", default=None, help="model registry root (default $KRONOS_RT_REGISTRY or ~/.kronos-rt/registry)")
     parser.add_argument("--out", default=None, help="where the report goes (default: a new folder under ./kronos-rt-demo)")
-    parser.add_argument("--lookback", type=int, default=96)
-    parser.add_argument("--min-history", type=int, default=48)
-    parser.add_argument("--pred-len", type=int, default=12)
+    parser.add_argument("--lookback", type=int, default=96, help="bars kept per symbol and fed to the model")
+    parser.add_argument("--min-history", type=int, default=48,
+                        help="bars a symbol needs before its first forecast (the demo waits for them)")
+    parser.add_argument("--pred-len", type=int, default=12, help="future bars forecast each time")
     parser.add_argument("--sample-count", type=int, default=2, help="sample paths per forecast (quantile bands)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="torch device: auto (GPU if any), cpu, cuda:N")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -177,7 +178,7 @@ async def _collect(bootstrap: str, expected: int, quiet: bool, timeout: float) -
     """Read forecasts as they are published until all expected ones are in (or timeout)."""
     from aiokafka import AIOKafkaConsumer
 
-    from worker.events import loads
+    from worker.events import identity_of, loads
 
     consumer = AIOKafkaConsumer(TOPICS["forecasts"], bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
@@ -195,7 +196,7 @@ async def _collect(bootstrap: str, expected: int, quiet: bool, timeout: float) -
             for msgs in batch.values():
                 for m in msgs:
                     f = loads(m.value)
-                    key = (f["symbol"], f["as_of"])
+                    key = identity_of(f)
                     if key not in seen and bar is not None:
                         bar.update(1)
                     seen[key] = f  # a redelivered duplicate replaces its identical twin

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from worker.events import InvalidEvent, parse_time
+from worker.events import InvalidEvent, identity_of, parse_time
 
 LATENCY_ORDER = ("broker_to_received", "queue_wait", "inference", "total")
 PERCENTILES = (50, 90, 99)
@@ -119,7 +119,7 @@ def _dedup(forecasts: list[dict]) -> tuple[list[dict], int, int]:
         if not _valid_forecast(fc):
             bad += 1
             continue
-        key = (fc["symbol"], parse_time(fc["as_of"]), fc["model"].get("name"), fc["model"].get("version"))
+        key = identity_of(fc)
         if key in seen:
             dup += 1
             continue
