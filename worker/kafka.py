@@ -12,6 +12,7 @@ import logging
 from typing import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import errors as aiokafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import OffsetAndMetadata
@@ -70,6 +71,49 @@ def dlq_headers(reason: str, detail: str, topic: str, partition: int, offset: in
         ("source.partition", str(partition).encode()),
         ("source.offset", str(offset).encode()),
     ]
+
+
+# Largest dead-letter record sent whole: Kafka's default message.max.bytes (1 MiB) less room
+# for the record's framing. A bigger poison message (10 MB of garbage) goes as a truncated copy.
+DLQ_MAX_BYTES = 1_000_000
+DLQ_MAX_KEY_BYTES = 1024
+
+
+def dlq_record(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]],
+               max_bytes: int = DLQ_MAX_BYTES) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """(key, value, headers) of a dead-letter copy that fits in max_bytes. A copy too large
+    keeps its first bytes and says so: source.truncated, and the original's size and sha256
+    (source.value_size/value_sha256, source.key_size/key_sha256) to find it by."""
+    import hashlib
+
+    def size(k, v, h):
+        return len(k or b"") + len(v or b"") + sum(len(n) + len(b) + 8 for n, b in h)
+
+    if size(key, value, headers) <= max_bytes:
+        return key, value, headers
+    headers = list(headers) + [("source.truncated", b"1")]
+    if key is not None and len(key) > DLQ_MAX_KEY_BYTES:
+        headers += [("source.key_size", str(len(key)).encode()),
+                    ("source.key_sha256", hashlib.sha256(key).hexdigest().encode())]
+        key = key[:DLQ_MAX_KEY_BYTES]
+    if value is not None:
+        headers += [("source.value_size", str(len(value)).encode()),
+                    ("source.value_sha256", hashlib.sha256(value).hexdigest().encode())]
+        value = value[:max(0, max_bytes - size(key, b"", headers))]
+    return key, value, headers
+
+
+# Send errors that no retry can fix: the record itself is refused (too large for the producer
+# or the broker, or not bytes). Everything else (timeouts, lost leaders, a broker away) is retried.
+REJECTED_SEND_ERRORS = (
+    aiokafka_errors.MessageSizeTooLargeError, aiokafka_errors.RecordTooLargeError,
+    aiokafka_errors.RecordListTooLargeError, aiokafka_errors.CorruptRecordException,
+    aiokafka_errors.UnsupportedForMessageFormatError, AssertionError, TypeError, ValueError,
+)
+
+
+def send_rejected(exc: BaseException) -> bool:
+    return isinstance(exc, REJECTED_SEND_ERRORS)
 
 
 async def topic_partitions(brokers: str, topics: list[str] | None = None) -> dict[str, int]:

@@ -2,7 +2,10 @@
 
 A source offset counts as done only when the broker acknowledged every copy it caused:
 each send's ack calls `PartitionState.offsets.done(offset)`. A failed send is retried,
-never dropped, so commits cannot skip past it; the delays grow as `Backoff` says.
+never dropped, so commits cannot skip past it; the delays grow as `Backoff` says. A send
+refused for good (kafka.send_rejected: too large, not bytes) is not retried: a forecast
+then goes to the DLQ instead (reason publish_rejected), a dead-letter copy is cut down
+to a few kB, and only if even that is refused is it logged and given up.
 """
 from __future__ import annotations
 
@@ -10,14 +13,16 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
-from worker import events, kafka
+from worker import events, kafka, poison
 from worker.batcher import Batch
 from worker.ingest import DeadLetter, Ready
 from worker.partition import PartitionState
 
 log = logging.getLogger(__name__)
+
+SMALL_DLQ_BYTES = 4096  # a dead-letter copy the broker refused is sent again cut down to this
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,8 @@ class ForecastDoc:
 
 class Publisher:
     def __init__(self, producer, *, metrics, forecast_doc: Callable | None = None, backoff: Backoff = Backoff(),
-                 closed: Callable[[object], bool] = kafka.producer_closed):
+                 closed: Callable[[object], bool] = kafka.producer_closed, dlq_topic: str = "bars.dlq",
+                 dlq_max_bytes: int = kafka.DLQ_MAX_BYTES):
         self.producer = producer
         self.metrics = metrics
         self.forecast_doc = forecast_doc  # (item, forecast, model_ref, latency_ms) -> dict
@@ -59,25 +65,42 @@ class Publisher:
         self.producer_closed = closed
         self.forecasts = 0
         self.dead_letters = 0
+        self.dlq_topic = dlq_topic              # where forecasts the broker refuses send their bar
+        self.dlq_max_bytes = dlq_max_bytes
 
     async def send(self, topic: str, key, value, headers, state: PartitionState, offset: int,
-                   on_ack: Callable[[], None] | None = None, attempt: int = 0) -> None:
+                   on_ack: Callable[[], None] | None = None, attempt: int = 0,
+                   on_reject: Callable[[BaseException], Awaitable[None]] | None = None) -> None:
         """Produce; on the broker's ack run on_ack and mark the source offset done. The caller
-        has added the offset to the partition's offsets (state.offsets.add) beforehand."""
-        fut = await self.producer.send(topic, key=key, value=value, headers=headers)
+        has added the offset to the partition's offsets (state.offsets.add) beforehand.
+        A record refused for good goes to on_reject (which adds its own work for the offset)
+        instead of being retried."""
+        def retry(err) -> None:
+            if attempt == 0 or attempt % 10 == 9:
+                log.warning("publish to %s failed (%s); retry %d", topic, err, attempt + 1)
+            self.metrics.publish_retries.labels(topic=topic).inc()
+            asyncio.get_running_loop().call_later(
+                self.backoff.delay(attempt),
+                lambda: asyncio.ensure_future(self.send(topic, key, value, headers, state, offset,
+                                                        on_ack, attempt + 1, on_reject)))
+
+        def failed(err) -> None:
+            if self.producer_closed(self.producer):
+                return
+            if err is not None and kafka.send_rejected(err):
+                asyncio.ensure_future(self._rejected(topic, err, state, offset, on_reject))
+            else:
+                retry(err)
+
+        try:
+            fut = await self.producer.send(topic, key=key, value=value, headers=headers)
+        except Exception as exc:  # noqa: BLE001 - refused before it left (too large, no metadata yet)
+            failed(exc)
+            return
 
         def done(f: asyncio.Future) -> None:
             if f.cancelled() or f.exception() is not None:
-                if self.producer_closed(self.producer):
-                    return
-                if attempt == 0 or attempt % 10 == 9:
-                    log.warning("publish to %s failed (%s); retry %d",
-                                topic, None if f.cancelled() else f.exception(), attempt + 1)
-                self.metrics.publish_retries.labels(topic=topic).inc()
-                asyncio.get_running_loop().call_later(
-                    self.backoff.delay(attempt),
-                    lambda: asyncio.ensure_future(self.send(topic, key, value, headers, state, offset,
-                                                            on_ack, attempt + 1)))
+                failed(None if f.cancelled() else f.exception())
                 return
             if on_ack is not None:
                 on_ack()
@@ -85,14 +108,34 @@ class Publisher:
 
         fut.add_done_callback(done)
 
+    async def _rejected(self, topic: str, err: BaseException, state: PartitionState, offset: int,
+                        on_reject) -> None:
+        try:
+            if on_reject is not None:
+                await on_reject(err)  # adds its own work for the offset first: commits never skip it
+            else:
+                log.error("%s refused a record from offset %s for good (%r): given up", topic, offset, err)
+                self.metrics.dlq.labels(reason="dlq_rejected").inc()
+        finally:
+            state.offsets.done(offset)
+
     async def dead_letter(self, topic: str, item: DeadLetter) -> None:
         self.metrics.dlq.labels(reason=item.reason).inc()
         self.metrics.events.labels(outcome="dlq").inc()
         self.dead_letters += 1
         tp = item.partition.tp
-        await self.send(topic, item.key, item.value,
-                        kafka.dlq_headers(item.reason, item.detail, tp.topic, tp.partition, item.offset),
-                        item.partition, item.offset)
+        headers = kafka.dlq_headers(item.reason, item.detail, tp.topic, tp.partition, item.offset)
+        key, value, headers = kafka.dlq_record(item.key, item.value, headers, self.dlq_max_bytes)
+
+        async def smaller(err: BaseException) -> None:
+            # The broker's limit is below ours: a few kB are enough to recognize the message.
+            item.partition.offsets.add(item.offset)
+            refused = [("error.dlq_refused", repr(err)[:200].encode())]
+            k, v, h = kafka.dlq_record(item.key, item.value, headers[:5] + refused, SMALL_DLQ_BYTES)
+            await self.send(topic, k, v, h, item.partition, item.offset)
+
+        await self.send(topic, key, value, headers, item.partition, item.offset,
+                        on_reject=smaller if self.dlq_max_bytes > SMALL_DLQ_BYTES else None)
 
     async def forecasts_of(self, topic: str, batch: Batch) -> None:
         """Publish each item's forecast (built by forecast_doc) with its latency figures."""
@@ -109,7 +152,15 @@ class Publisher:
             doc = self.forecast_doc(it, fc, ref, latency)
             doc["batch_size"] = len(batch.items)
             await self.send(topic, it.bar.symbol.encode(), events.dumps(doc), None, it.partition, it.offset,
-                            on_ack=self._forecast_acked(it, batch.finished))
+                            on_ack=self._forecast_acked(it, batch.finished), on_reject=self._forecast_refused(it))
+
+    def _forecast_refused(self, it: Ready):
+        async def refused(err: BaseException) -> None:
+            # Never lost silently: the bar goes to the DLQ, where it can be replayed.
+            it.partition.offsets.add(it.offset)
+            await self.dead_letter(self.dlq_topic, DeadLetter(it.partition, it.offset, it.key, it.value,
+                                                              "publish_rejected", poison.describe(err)))
+        return refused
 
     def _forecast_acked(self, it: Ready, inference_end: float):
         def acked() -> None:

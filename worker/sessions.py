@@ -58,9 +58,12 @@ class SessionCalendar:
                 raise ValueError(f"interval {interval} is longer than any session of {self.name!r}")
         out = []
         t = last
-        for _ in range(n):
-            t = self._next(t, interval)
-            out.append(t)
+        try:
+            for _ in range(n):
+                t = self._next(t, interval)
+                out.append(t)
+        except OverflowError:  # a bar dated near year 9999
+            raise ValueError(f"no bar times after {last}: beyond the datetime range") from None
         return out
 
     def _next(self, t: _dt.datetime, interval: _dt.timedelta) -> _dt.datetime:

@@ -82,3 +82,100 @@ async def test_dead_letter_carries_reason_headers_and_counts():
     h = dict(headers)
     assert h["error.reason"] == b"bad_json" and h["source.partition"] == b"2" and h["source.offset"] == b"9"
     assert pub.dead_letters == 1 and pub.metrics.dlq.labels(reason="bad_json")._value.get() == 1
+
+
+# ------------------------------------------------------- records refused for good (issue 10, item 4)
+import hashlib  # noqa: E402
+
+from aiokafka.errors import MessageSizeTooLargeError  # noqa: E402
+
+from worker import kafka  # noqa: E402
+
+
+class SizeLimitedProducer:
+    """Raises like aiokafka's send() (synchronously) for records over `limit` bytes, or fails
+    their future like a broker with a smaller message.max.bytes would (`async_refusal`)."""
+
+    def __init__(self, limit: int, async_refusal: bool = False):
+        self.limit, self.async_refusal = limit, async_refusal
+        self.sent, self.refused, self.closed = [], 0, False
+
+    async def send(self, topic, key=None, value=None, headers=None):
+        size = len(key or b"") + len(value or b"") + sum(len(n) + len(v) for n, v in headers or [])
+        fut = asyncio.get_running_loop().create_future()
+        if size > self.limit:
+            self.refused += 1
+            if not self.async_refusal:
+                raise MessageSizeTooLargeError(f"{size} bytes")
+            fut.set_exception(MessageSizeTooLargeError(f"{size} bytes"))
+            return fut
+        self.sent.append((topic, key, value, headers))
+        fut.set_result(None)
+        return fut
+
+
+def _state():
+    return PartitionState(type("TP", (), {"topic": "bars", "partition": 0})())
+
+
+async def test_a_dead_letter_copy_too_large_goes_truncated_with_size_and_sha256():
+    producer = SizeLimitedProducer(limit=kafka.DLQ_MAX_BYTES + 100)
+    pub = publisher(producer)
+    st = _state()
+    st.offsets.add(5)
+    big = b"x" * 10_000_000
+    await pub.dead_letter("dlq", DeadLetter(st, 5, b"AAA", big, "oversized", "10000000 bytes > 4096"))
+    await until(lambda: st.offsets.outstanding() == 0)
+    assert producer.refused == 0 and len(producer.sent) == 1
+    _, key, value, headers = producer.sent[0]
+    h = dict(headers)
+    assert key == b"AAA" and big.startswith(value) and 0 < len(value) < kafka.DLQ_MAX_BYTES
+    assert h["source.truncated"] == b"1" and h["source.value_size"] == b"10000000"
+    assert h["source.value_sha256"] == hashlib.sha256(big).hexdigest().encode()
+    assert h["error.reason"] == b"oversized" and st.offsets.committable() == 6
+
+
+async def test_a_broker_refusing_the_copy_gets_a_smaller_one_and_the_partition_moves_on():
+    producer = SizeLimitedProducer(limit=50_000, async_refusal=True)  # broker limit below ours
+    pub = publisher(producer)
+    st = _state()
+    st.offsets.add(7)
+    await pub.dead_letter("dlq", DeadLetter(st, 7, b"AAA", b"y" * 200_000, "oversized", "big"))
+    await until(lambda: st.offsets.outstanding() == 0)
+    assert producer.refused == 1 and len(producer.sent) == 1
+    _, _, value, headers = producer.sent[0]
+    h = dict(headers)
+    assert len(value) < 4096 and h["source.value_size"] == b"200000" and b"MessageSizeTooLarge" in h["error.dlq_refused"]
+    assert st.offsets.committable() == 8
+    assert pub.metrics.publish_retries.labels(topic="dlq")._value.get() == 0  # refused, not retried
+
+
+async def test_a_refused_forecast_sends_its_bar_to_the_dlq_instead():
+    producer = SizeLimitedProducer(limit=400)
+    pub = publisher(producer)
+    st = _state()
+    st.offsets.add(11)
+
+    async def refused_forecast():
+        it = type("It", (), {"partition": st, "offset": 11, "key": b"AAA", "value": b'{"bar":1}'})()
+        await pub.send("fc", b"AAA", b"z" * 1000, None, st, 11, on_reject=pub._forecast_refused(it))
+
+    await refused_forecast()
+    await until(lambda: st.offsets.outstanding() == 0)
+    assert [s[0] for s in producer.sent] == ["bars.dlq"]
+    h = dict(producer.sent[0][3])
+    assert h["error.reason"] == b"publish_rejected" and h["error.detail"].startswith(b"MessageSizeTooLargeError")
+    assert st.offsets.committable() == 12
+
+
+async def test_a_refused_copy_that_cannot_shrink_is_given_up_not_retried_forever():
+    producer = SizeLimitedProducer(limit=10)
+    pub = Publisher(producer, metrics=WorkerMetrics(), backoff=Backoff(0.001, 0.004), closed=lambda p: p.closed)
+    st = _state()
+    st.offsets.add(1)
+    await pub.dead_letter("dlq", DeadLetter(st, 1, b"AAA", b"{bad", "bad_json", "no"))
+    await until(lambda: st.offsets.outstanding() == 0)
+    await asyncio.sleep(0.02)
+    assert producer.refused == 2 and producer.sent == []  # the copy, then the cut-down copy
+    assert pub.metrics.dlq.labels(reason="dlq_rejected")._value.get() == 1
+    assert st.offsets.committable() == 2
