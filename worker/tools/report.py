@@ -35,6 +35,7 @@ import numpy as np
 import orjson
 
 from worker.events import InvalidEvent, identity_of, parse_time
+from worker.tools.tables import format_table
 
 LATENCY_ORDER = ("broker_to_received", "queue_wait", "inference", "total")
 PERCENTILES = (50, 90, 99)
@@ -329,8 +330,7 @@ def _pct(x) -> str:
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(str(c) for c in r) + " |" for r in rows)]
+    return format_table(header, rows).split("\n")
 
 
 def _markdown(s: ReportSummary, lookback: int, title: str, context: dict[str, str] | None,
