@@ -19,6 +19,7 @@ import sys
 
 from kronos_rt.checkpoint import CheckpointError
 from kronos_rt.registry import ModelVersion, Registry, RegistryError, VerifyReport
+from worker.tools.tables import format_columns
 
 
 def _add_registry_flag(parser: argparse.ArgumentParser, default) -> None:
@@ -64,8 +65,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _add_promote_flags(p)
 
     p = action("init", "create a pair with random weights in a public shape (for load tests and demos)")
-    p.add_argument("--shape", required=True, choices=["mini", "small", "base"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", required=True, choices=["mini", "small", "base"],
+                   help="public Kronos shape to copy: mini (4M params, fast on CPU), small (25M) or base (102M)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--name", help="registry name (default: kronos-SHAPE-random)")
     p.add_argument("--version", help="semantic version (default: next patch)")
     _add_promote_flags(p)
@@ -90,9 +92,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    return "\n".join(lines)
+    return format_columns(rows, header)
 
 
 def _source_text(meta: dict) -> str:
@@ -123,8 +123,9 @@ def _bytes(n: int | None) -> str:
     return str(n)
 
 
-def _print_verify(report: VerifyReport) -> None:
-    print(f"verify {report.name}@{report.version}: {'OK' if report.ok else 'FAILED'}")
+def _print_verify(report: VerifyReport, random_weights: bool = False) -> None:
+    print(f"verify {report.name}@{report.version}: {'OK' if report.ok else 'FAILED'}"
+          + ("  (RANDOM WEIGHTS: loads and runs, but its forecasts are meaningless)" if random_weights else ""))
     print(_table([[c.name, "ok" if c.ok else "FAIL", c.detail] for c in report.checks], ["CHECK", "RESULT", "DETAIL"]))
     canary = f"{report.canary_ms:.1f} ms" if report.canary_ms is not None else "n/a"
     print(f"canary: {canary} on {report.device}; params+buffers: {_bytes(report.param_bytes)}; "
@@ -177,9 +178,10 @@ def _run(args: argparse.Namespace, reg: Registry) -> int:
             print(json.dumps({"name": report.name, "version": report.version, "ok": report.ok,
                               "checks": [vars(c) for c in report.checks], "canary_ms": report.canary_ms,
                               "param_bytes": report.param_bytes, "peak_rss_bytes": report.peak_rss_bytes,
-                              "peak_gpu_bytes": report.peak_gpu_bytes, "device": report.device}, indent=2))
+                              "peak_gpu_bytes": report.peak_gpu_bytes, "device": report.device,
+                              "random_weights": mv.random_weights}, indent=2))
         else:
-            _print_verify(report)
+            _print_verify(report, mv.random_weights)
         return 0 if report.ok else 1
     latest = reg.latest(mv.name)
     print(f"{mv.name}: latest -> {latest}" if latest else

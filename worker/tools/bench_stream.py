@@ -32,6 +32,7 @@ import orjson
 
 from kronos_rt.features import COLUMNS
 from worker import events
+from worker.tools.tables import format_columns
 from worker.config import ModelRef, Settings
 from worker.kafka import ensure_topics, make_producer
 from worker.tools.tape import fan_out, read_tape
@@ -92,8 +93,7 @@ class BenchResult:
              f"{statistics.median(ratios):.3f}, {ratios[worst]:.3f} (burst {worst + 1})"),
             (f"target: median <= {TARGET_RATIO:.1f}", "PASS" if self.passed else "FAIL"),
         ]
-        width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        return format_columns(rows)
 
 
 def _engine_and_ref(args):
