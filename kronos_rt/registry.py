@@ -324,10 +324,13 @@ class Registry:
         return self.get(name, version)
 
     def import_dirs(self, name: str, model_dir, tokenizer_dir, version: str | None = None,
-                    source: dict | None = None, promote: bool | None = None) -> ModelVersion:
+                    source: dict | None = None, promote: bool | None = None, *,
+                    random_weights: bool = False, extra: dict | None = None) -> ModelVersion:
         """Copy a model and a tokenizer checkpoint (save_pretrained layout) in as a new version.
         version=None takes the next patch after the newest (0.1.0 for a new name).
-        promote=None moves `latest` to it if it is the newest version."""
+        promote=None moves `latest` to it if it is the newest version. `extra` adds metadata
+        fields (e.g. a fine-tune's data and loss curve); random_weights marks a pair whose
+        weights mean nothing (a fine-tune of random weights is still random)."""
         model_dir = _check_checkpoint_dir(model_dir, "model")
         tokenizer_dir = _check_checkpoint_dir(tokenizer_dir, "tokenizer")
         if source is None:
@@ -338,7 +341,7 @@ class Registry:
             _copy_checkpoint(model_dir, model_dst)
             _copy_checkpoint(tokenizer_dir, tokenizer_dst)
 
-        return self._add(name, version, fill, source, random_weights=False, promote=promote)
+        return self._add(name, version, fill, source, random_weights=random_weights, promote=promote, extra=extra)
 
     def pull(self, hub_id: str, tokenizer_hub_id: str, name: str | None = None, revision: str | None = None,
              tokenizer_revision: str | None = None, version: str | None = None, promote: bool | None = None,

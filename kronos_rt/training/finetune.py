@@ -79,17 +79,9 @@ def library_versions() -> dict:
 
 def import_version(registry: Registry, name: str, model_dir, tokenizer_dir, source: dict, extra: dict,
                    random_weights: bool, version: str | None = None) -> ModelVersion:
-    """Import a checkpoint pair with extra metadata, never promoting it.
-
-    Registry.import_dirs takes no extra metadata; Registry._add does, so this goes
-    through it (see the report of issue 14: a public `extra=` on import_dirs would do)."""
-    model_dir, tokenizer_dir = Path(model_dir), Path(tokenizer_dir)
-
-    def fill(model_dst: Path, tokenizer_dst: Path) -> None:
-        shutil.copytree(model_dir, model_dst, ignore=lambda _d, names: [n for n in names if n.startswith(".")])
-        shutil.copytree(tokenizer_dir, tokenizer_dst, ignore=lambda _d, names: [n for n in names if n.startswith(".")])
-
-    return registry._add(name, version, fill, source, random_weights=random_weights, promote=False, extra=extra)
+    """Import a checkpoint pair with extra metadata, never promoting it."""
+    return registry.import_dirs(name, model_dir, tokenizer_dir, version=version, source=source, promote=False,
+                                random_weights=random_weights, extra=extra)
 
 
 def _num(v, fmt: str = ".4f") -> str:

@@ -105,6 +105,8 @@ def _source_text(meta: dict) -> str:
         return f"dir {src.get('model_dir')}"
     if kind == "random-init":
         return f"random-init {src.get('shape')} seed={src.get('seed')}"
+    if kind == "finetune":
+        return f"finetune {src.get('base')}"
     return str(kind or "?")
 
 
