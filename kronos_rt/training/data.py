@@ -1,4 +1,4 @@
-"""Training and evaluation data from bar tapes (KRONOS.md §7, "Data").
+"""Training and evaluation data from bar tapes (docs/MODEL.md, "Training", "Data windows").
 
 A tape is a CSV or Parquet file with a time column, open, high, low, close and
 optionally volume, amount and symbol (one symbol per file, or a symbol column). Tapes

@@ -1,4 +1,4 @@
-"""The reference's training losses (KRONOS.md §7), on our plain modules.
+"""The reference's training losses (docs/MODEL.md, "Training"), on our plain modules.
 
 The inference modules (kronos_rt/modules.py, model.py, tokenizer.py) carry no dropout and
 no training-only paths; the forwards here reuse their parameters and add what training

@@ -1,4 +1,4 @@
-"""Fine-tuning with `transformers.Trainer` around our plain modules (KRONOS.md §7).
+"""Fine-tuning with `transformers.Trainer` around our plain modules (docs/MODEL.md, "Training").
 
 The Trainer brings AdamW, schedules, gradient accumulation and clipping, autocast,
 checkpoints (with optimizer, scheduler and RNG state, so a stopped run resumes exactly),

@@ -1,4 +1,4 @@
-"""tokenizer_loss / predictor_loss against KRONOS.md §7, worked out independently."""
+"""tokenizer_loss / predictor_loss against docs/MODEL.md, "Training", worked out independently."""
 from __future__ import annotations
 
 import math
