@@ -6,6 +6,13 @@ items that piled up while the previous batch was computing form the next batch a
 once if their wait is already over. The compute function runs in ONE dedicated
 thread so the event loop keeps consuming, and so the model is never entered
 concurrently. Results go to an async handler, batch by batch, in submit order.
+
+A second, lower-priority lane (`submit_low`, used by the HTTP API when it shares the
+worker's engine) has its own bound and answers through futures instead of the handler.
+Its items are only batched when no stream item waits, and never share a batch with
+stream items: stream batches always go first, so ad-hoc requests cannot delay the
+stream by more than the one low-priority batch already computing. A cancelled future
+(a client that went away) leaves the queue at once and is never computed.
 """
 from __future__ import annotations
 
@@ -18,6 +25,21 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Sequence
 
 log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """submit_low() with the lower-priority lane at its bound."""
+
+
+class _Entry:
+    # Identity equality on purpose: removing a cancelled entry must not compare items.
+    __slots__ = ("mono", "wall", "item", "fut")
+
+    def __init__(self, item: Any, fut: asyncio.Future | None = None):
+        self.mono = time.monotonic()
+        self.wall = time.time()
+        self.item = item
+        self.fut = fut
 
 
 @dataclass
@@ -36,18 +58,27 @@ class MicroBatcher:
     If compute raises for a batch of several items, each item is retried alone so one
     bad window cannot sink its neighbours; an item that fails alone reaches handle()
     with `error` set and `results` None.
+
+    Lower-priority items (`submit_low`) resolve their future with `(result, batch)` or
+    the error instead; `on_low_batch(batch)`, when set, sees each such batch (metrics).
     """
 
     def __init__(self, compute: Callable[[Sequence[Any]], Sequence[Any]],
                  handle: Callable[[Batch], Awaitable[None]],
-                 max_batch: int = 64, max_wait_s: float = 0.005):
+                 max_batch: int = 64, max_wait_s: float = 0.005, low_max_queue: int = 256):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if low_max_queue < 1:
+            raise ValueError("low_max_queue must be >= 1")
         self._compute = compute
         self._handle = handle
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self._queue: deque[tuple[float, float, Any]] = deque()  # (monotonic, wall, item)
+        self._queue: deque[_Entry] = deque()
+        self._low: deque[_Entry] = deque()   # lower-priority lane, each entry with a future
+        self.low_max_queue = low_max_queue
+        self.on_low_batch: Callable[[Batch], None] | None = None
+        self._low_in_batch: list[_Entry] = []
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -66,6 +97,15 @@ class MicroBatcher:
         """Items submitted and not yet handed to handle()."""
         return len(self._queue) + self._in_batch
 
+    @property
+    def low_queued(self) -> int:
+        """Lower-priority items waiting (cancelled ones have left already)."""
+        return len(self._low)
+
+    @property
+    def low_pending(self) -> int:
+        return len(self._low) + len(self._low_in_batch)
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
@@ -73,8 +113,32 @@ class MicroBatcher:
     def submit(self, item: Any) -> None:
         if self._closing:
             raise RuntimeError("batcher is closed")
-        self._queue.append((time.monotonic(), time.time(), item))
+        self._queue.append(_Entry(item))
         self._idle.clear()
+        self._wakeup.set()
+
+    def submit_low(self, item: Any) -> asyncio.Future:
+        """Queue `item` behind every stream item; the future gets `(result, batch)` or the
+        compute error. Cancel it to withdraw the item. QueueFull at `low_max_queue`."""
+        if self._closing:
+            raise RuntimeError("batcher is closed")
+        if len(self._low) >= self.low_max_queue:
+            raise QueueFull(f"{len(self._low)} requests queued")
+        fut = asyncio.get_running_loop().create_future()
+        entry = _Entry(item, fut)
+        self._low.append(entry)
+        fut.add_done_callback(lambda f: self._withdraw(entry) if f.cancelled() else None)
+        self._idle.clear()
+        self._wakeup.set()
+        return fut
+
+    def _withdraw(self, entry: _Entry) -> None:
+        try:
+            self._low.remove(entry)  # frees its slot now; no-op once it is in a batch
+        except ValueError:
+            pass
+        if not self._queue and not self._low and not self._in_batch and not self._low_in_batch:
+            self._idle.set()
         self._wakeup.set()
 
     def run_in_thread(self, fn: Callable, *args) -> Awaitable:
@@ -98,42 +162,84 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        for e in self._low:  # nobody waits forever on a closed batcher
+            if not e.fut.done():
+                e.fut.set_exception(RuntimeError("batcher is closed"))
+        self._low.clear()
         self._executor.shutdown(wait=True)
 
-    async def _next_batch(self) -> list[tuple[float, float, Any]]:
-        while not self._queue:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        deadline = self._queue[0][0] + self.max_wait_s
-        while len(self._queue) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
-                break
-        n = min(self.max_batch, len(self._queue))
-        return [self._queue.popleft() for _ in range(n)]
+    async def _next_batch(self) -> tuple[list[_Entry], bool]:
+        """The next batch and whether it is from the lower-priority lane."""
+        while True:
+            while not self._queue and not self._low:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            low = not self._queue
+            lane = self._low if low else self._queue
+            while lane and len(lane) < self.max_batch and not (low and self._queue):
+                remaining = lane[0].mono + self.max_wait_s - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if low and self._queue:
+                continue  # a stream item arrived while low-priority items gathered: it goes first
+            n = min(self.max_batch, len(lane))
+            if n:
+                return [lane.popleft() for _ in range(n)], low
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            entries = await self._next_batch()
-            self._in_batch = len(entries)
-            items = [e[2] for e in entries]
-            enqueued = [e[1] for e in entries]
+            entries, low = await self._next_batch()
+            if low:
+                self._low_in_batch = entries
+            else:
+                self._in_batch = len(entries)
+            items = [e.item for e in entries]
+            enqueued = [e.wall for e in entries]
             try:
-                for batch in await self._compute_batch(loop, items, enqueued):
+                batches = await self._compute_batch(loop, items, enqueued)
+                if low:
+                    self._resolve(entries, batches)
+                    continue
+                for batch in batches:
                     try:
                         await self._handle(batch)
                     except Exception:
                         log.exception("batch handler failed")
+            except asyncio.CancelledError:
+                if low:  # closed mid-batch: its requests get an answer, not silence
+                    for e in entries:
+                        if not e.fut.done():
+                            e.fut.set_exception(RuntimeError("batcher is closed"))
+                raise
             finally:
                 self._in_batch = 0
-                if not self._queue:
+                self._low_in_batch = []
+                if not self._queue and not self._low:
                     self._idle.set()
+
+    def _resolve(self, entries: list[_Entry], batches: list[Batch]) -> None:
+        """Lower-priority results to their futures (batches cover entries in order)."""
+        it = iter(entries)
+        for batch in batches:
+            if self.on_low_batch is not None:
+                try:
+                    self.on_low_batch(batch)
+                except Exception:
+                    log.exception("low-priority batch observer failed")
+            for i in range(len(batch.items)):
+                fut = next(it).fut
+                if fut.done():  # cancelled while computing: nobody is listening
+                    continue
+                if batch.error is not None:
+                    fut.set_exception(batch.error)
+                else:
+                    fut.set_result((batch.results[i], batch))
 
     async def _compute_batch(self, loop, items, enqueued) -> list[Batch]:
         started = time.time()

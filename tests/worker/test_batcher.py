@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from worker.batcher import MicroBatcher
+from worker.batcher import MicroBatcher, QueueFull
 
 
 class Recorder:
@@ -142,3 +142,104 @@ async def test_drain_times_out_while_compute_is_stuck():
     await b.close()
     with pytest.raises(RuntimeError):
         b.submit(2)
+
+
+# -- the lower-priority lane (HTTP requests sharing the stream's engine)
+
+def _gated():
+    """compute() that blocks until released, recording each batch it is given."""
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    def compute(items):
+        seen.append(list(items))
+        started.set()
+        release.wait(5)
+        return [x * 10 for x in items]
+    return compute, started, release, seen
+
+
+async def test_low_priority_items_wait_behind_stream_items_and_never_share_their_batch():
+    compute, started, release, seen = _gated()
+    rec = Recorder()
+    b = MicroBatcher(compute, rec, max_batch=8, max_wait_s=0.0)
+    b.start()
+    b.submit(1)  # occupies the thread while the rest piles up
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+    lows = [b.submit_low(100 + i) for i in range(3)]
+    for x in (2, 3):
+        b.submit(x)
+    assert b.low_queued == 3 and b.pending == 3
+    release.set()
+    got = await asyncio.gather(*lows)
+    assert await b.drain(timeout=5)
+    await b.close()
+    assert seen == [[1], [2, 3], [100, 101, 102]]
+    assert [r for r, _ in got] == [1000, 1010, 1020]
+    assert all(batch.items == [100, 101, 102] for _, batch in got)
+    assert [x.items for x in rec.batches] == [[1], [2, 3]]  # handle() sees stream batches only
+
+
+async def test_stream_item_arriving_while_a_low_batch_gathers_goes_first():
+    seen = []
+
+    def compute(items):
+        seen.append(list(items))
+        return items
+
+    b = MicroBatcher(compute, Recorder(), max_batch=8, max_wait_s=0.1)
+    b.start()
+    low = b.submit_low("http")
+    await asyncio.sleep(0.02)  # the low batch is waiting for company
+    b.submit("bar")
+    await low
+    assert await b.drain(timeout=5)
+    await b.close()
+    assert seen == [["bar"], ["http"]]
+
+
+async def test_low_lane_bound_and_cancelled_items_free_their_slot_and_are_skipped():
+    compute, started, release, seen = _gated()
+    b = MicroBatcher(compute, Recorder(), max_batch=8, max_wait_s=0.0, low_max_queue=2)
+    b.start()
+    b.submit(1)
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+    keep, gone = b.submit_low(5), b.submit_low(6)
+    with pytest.raises(QueueFull):
+        b.submit_low(7)
+    gone.cancel()
+    await asyncio.sleep(0)
+    assert b.low_queued == 1  # the cancelled request left the queue at once
+    again = b.submit_low(8)
+    release.set()
+    assert [(await keep)[0], (await again)[0]] == [50, 80]
+    assert await b.drain(timeout=5)
+    await b.close()
+    assert [6] not in seen and all(6 not in batch for batch in seen)
+
+
+async def test_low_priority_failure_reaches_only_its_future_and_close_fails_the_rest():
+    def compute(items):
+        if "bad" in items:
+            raise ValueError("boom")
+        return items
+
+    batches = []
+    b = MicroBatcher(compute, Recorder(), max_batch=8, max_wait_s=0.01)
+    b.on_low_batch = batches.append
+    b.start()
+    ok, bad = b.submit_low("ok"), b.submit_low("bad")
+    assert (await ok)[0] == "ok"
+    with pytest.raises(ValueError, match="boom"):
+        await bad
+    assert sorted(len(x.items) for x in batches) == [1, 1]  # retried alone after the shared failure
+    release = threading.Event()
+    b2 = MicroBatcher(lambda items: release.wait(5) and items, Recorder(), max_batch=1, max_wait_s=0.0)
+    b2.start()
+    first, waiting = b2.submit_low(1), b2.submit_low(2)
+    await asyncio.sleep(0.02)
+    threading.Timer(0.05, release.set).start()  # close() joins the inference thread
+    await b2.close()
+    for fut in (first, waiting):
+        with pytest.raises(RuntimeError, match="closed"):
+            await fut
+    await b.close()
