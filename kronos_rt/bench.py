@@ -156,21 +156,22 @@ def floor_pass(engine: Engine, x: np.ndarray, x_stamp: np.ndarray, y_stamp: np.n
     s2 heads at the pred_len forecast positions only (each s2 query sees the keys up to its
     own position, as in generation); decode lookback + pred_len tokens (windows capped at
     max_context). The ids of the future positions are copies of encoded ones: the cost
-    does not depend on them."""
+    does not depend on them. Full passes run as the engine runs its own (Engine.encode,
+    forward_hidden, decode: in groups of series on CPU)."""
     C, model = engine.max_context, engine.model
     xb = engine._to_device(np.ascontiguousarray(x))
     stamps = engine._to_device(np.ascontiguousarray(np.concatenate([x_stamp, y_stamp], axis=1)))
-    s1, s2 = engine.tokenizer.encode(xb.to(engine.tokenizer_dtype))
+    s1, s2 = engine.encode(xb.to(engine.tokenizer_dtype))
     W = min(x.shape[1] + pred_len, C)
     s1 = torch.cat([s1, s1[:, -pred_len:]], 1)[:, -W:]
     s2 = torch.cat([s2, s2[:, -pred_len:]], 1)[:, -W:]
-    h = model.forward_hidden(s1, s2, stamps[:, -W:])
+    h = engine.forward_hidden(s1, s2, stamps[:, -W:])
     dep_k, dep_v = model.dep_kv(h)
     h_p = h[:, -pred_len:]
     model.s1_logits(h_p)
     pos = torch.arange(W, device=h.device)
     model.s2_logits(s1[:, -pred_len:], h_p, dep_k, dep_v, pos[None, :] <= pos[-pred_len:, None])
-    z = engine.tokenizer.decode(s1, s2)[:, -pred_len:].float()
+    z = engine.decode(s1, s2)[:, -pred_len:].float()
     return z.cpu().numpy()
 
 

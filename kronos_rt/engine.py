@@ -16,10 +16,16 @@ The s2 head runs for the last position only, against cached dependency keys/valu
 Windows of different lengths share one call: rows are right-padded (causal attention
 never looks right) and each row keeps its own positions and mask.
 
-The engine keeps its big buffers (key/value caches, dependency keys/values) between calls,
-each grown to the largest call seen (`Workspaces`): a call of the same or a smaller size
-writes into memory that is already mapped instead of asking the allocator for it again.
-`release_workspaces()` hands it back.
+The engine owns its memory, so that repeated calls do not page-fault it in again whatever
+the process's allocator settings:
+- its big buffers (key/value caches, dependency keys/values) are kept between calls, each
+  grown to the largest call seen (`Workspaces`); `release_workspaces()` hands them back;
+- on CPU, full passes (encode, prefill, windowed steps, decode) run over at most
+  `PASS_ROWS` rows (series x positions) at a time: their activations stay a few MiB, which
+  the C allocator keeps and reuses, where activations of a whole batch (tens of MiB each)
+  went back to the OS after every layer (glibc's defaults), to be faulted in again. Rows
+  do not interact in a pass, and oneDNN computes a row alike whatever the row count: the
+  same bits. Without the faults, the smaller passes are also faster (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -48,7 +54,9 @@ def resolve_device(device=None) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device} requested but CUDA is not available")
+            raise RuntimeError(f"device {device} requested but CUDA is not available on this machine "
+                               f"(torch {torch.__version__}); use --device cpu (or device=\"cpu\"), or install a "
+                               "CUDA build of torch on a machine with an NVIDIA GPU")
         if device.index is None:  # pin to one GPU: `cuda` means the current one
             device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -70,6 +78,12 @@ class Forecast:
     mean: np.ndarray  # [pred_len, 6] de-normalized (open, high, low, close, volume, amount)
     quantiles: dict[float, np.ndarray] = field(default_factory=dict)  # level -> [pred_len, 6]
     paths: np.ndarray | None = None  # [sample_count, pred_len, 6] when asked
+
+    def __repr__(self) -> str:  # the arrays' full text is rarely what a notebook wants
+        close = self.mean[:, 3] if self.mean.ndim == 2 and self.mean.shape[1] > 3 else self.mean.ravel()
+        head = ", ".join(f"{c:.6g}" for c in close[:3]) + (", ..." if len(close) > 3 else "")
+        return (f"Forecast(steps={len(close)}, close=[{head}], quantiles={sorted(self.quantiles)}"
+                + (f", paths={self.paths.shape[0]}" if self.paths is not None else "") + ")")
 
 
 class Workspaces:
@@ -145,6 +159,8 @@ class Engine:
     It also owns its big per-call buffers (`workspaces`), kept for the next call; calls
     on one engine are serialized.
     """
+
+    PASS_ROWS = 512  # rows (series x positions) per full pass on CPU; see the module docstring
 
     def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device=None, dtype=None,
                  max_context: int = 512, clip: float = 5.0, tokenizer_dtype=torch.float32,
@@ -276,11 +292,11 @@ class Engine:
         """Step 0: encode each series, one pass over its window; in cached mode its
         keys/values are written once into each of its S paths' rows."""
         B, S, L, P, dev = g.B, g.S, g.L, g.P, self.device
-        s1, s2 = self.tokenizer.encode(xb.to(self.tokenizer_dtype))
+        s1, s2 = self.encode(xb.to(self.tokenizer_dtype))
         g.seq1[:, :L], g.seq2[:, :L] = s1, s2
         if g.cached:
             g.cache = self._kv_cache(B * S, L + P)
-            h = self.model.forward_hidden(g.seq1[:, :L], g.seq2[:, :L], g.stamps[:, :L], cache=g.cache)
+            h = self.forward_hidden(g.seq1[:, :L], g.seq2[:, :L], g.stamps[:, :L], cache=g.cache)
             wlen0 = g.len_t
         else:
             h, wlen0 = self._window_pass(g.seq1, g.seq2, g.stamps, np.maximum(g.lengths - self.max_context, 0),
@@ -360,10 +376,44 @@ class Engine:
         P = g.P
         total = g.lengths + P
         idx, wlen = self._window_index(np.maximum(total - self.max_context, 0), total)
-        z = self.tokenizer.decode(g.seq1.gather(1, idx), g.seq2.gather(1, idx))
+        z = self.decode(g.seq1.gather(1, idx), g.seq2.gather(1, idx))
         take = (wlen - P)[:, None] + torch.arange(P, device=self.device)[None, :]
         out = z.gather(1, take[..., None].expand(-1, -1, z.shape[-1])).float()
         return out.reshape(g.B, g.S, P, -1).cpu().numpy()
+
+    # -- full passes, in groups of series on CPU -----------------------------------------
+    def _groups(self, n: int, T: int) -> list[tuple[int, int]]:
+        """Series ranges [a, b) of at most PASS_ROWS rows of T positions (at least one series).
+        One range on GPU, where the caching allocator keeps memory and big passes pay."""
+        per = n if self.device.type != "cpu" else max(1, self.PASS_ROWS // max(T, 1))
+        return [(a, min(a + per, n)) for a in range(0, n, per)]
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokenizer.encode of x [B, T, 6], in groups of series."""
+        parts = [self.tokenizer.encode(x[a:b]) for a, b in self._groups(*x.shape[:2])]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def decode(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        """tokenizer.decode of ids [B, T], in groups of series."""
+        parts = [self.tokenizer.decode(s1[a:b], s2[a:b]) for a, b in self._groups(*s1.shape)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def forward_hidden(self, s1: torch.Tensor, s2: torch.Tensor, stamps: torch.Tensor,
+                       cache: KVCache | None = None) -> torch.Tensor:
+        """model.forward_hidden over [B, T] ids, in groups of series; `cache` may hold S rows
+        per series (rows b * S .. b * S + S - 1 for series b, see fill_rows)."""
+        groups = self._groups(*s1.shape)
+        if len(groups) == 1:
+            return self.model.forward_hidden(s1, s2, stamps, cache=cache)
+        S = 0 if cache is None else cache.k[0].shape[0] // s1.shape[0]
+        parts = []
+        for a, b in groups:
+            part = None if cache is None else _WorkspaceCache([t[a * S:b * S] for t in cache.k],
+                                                              [t[a * S:b * S] for t in cache.v])
+            parts.append(self.model.forward_hidden(s1[a:b], s2[a:b], stamps[a:b], cache=part))
+        return torch.cat(parts)
 
     # -- helpers --------------------------------------------------------------------------
     def _kv_cache(self, rows: int, T: int) -> KVCache:
@@ -391,7 +441,7 @@ class Engine:
         """Full pass over each row's window [start, end) (positions restart at 0, as in the reference)."""
         idx, wlen = self._window_index(starts, ends)
         st = stamps.gather(1, idx[..., None].expand(-1, -1, stamps.shape[-1]))
-        h = self.model.forward_hidden(seq1.gather(1, idx), seq2.gather(1, idx), st)
+        h = self.forward_hidden(seq1.gather(1, idx), seq2.gather(1, idx), st)
         return h, wlen
 
     @staticmethod

@@ -219,3 +219,25 @@ def test_workspaces_are_kept_reused_and_released(parity_pair, tape):
     grown = _inputs(tape, [0, 300, 900, 1500, 1700], 50, 8)  # more rows and positions: the buffers grow
     engine.forecast_arrays(*grown, 8, GREEDY)
     assert engine.workspaces._buffers["kv"].numel() > buffers["kv"][1]
+
+
+@pytest.mark.parametrize("lengths,pred_len", [((40, 40, 40), 8), ((12, 40, 52), 6), ((70, 30, 61), 6)])
+def test_passes_in_groups_of_series_equal_one_pass(parity_pair, tape, lengths, pred_len):
+    """On CPU full passes run over groups of series (Engine.PASS_ROWS): the same bits as one
+    pass over the batch, with the caches' sample-path rows, ragged and sliding windows."""
+    import copy
+
+    model, tokenizer = parity_pair
+    grouped = Engine(copy.deepcopy(model), copy.deepcopy(tokenizer), device="cpu", max_context=64)
+    grouped.PASS_ROWS = 1  # one series per pass
+    whole = Engine(copy.deepcopy(model), copy.deepcopy(tokenizer), device="cpu", max_context=64)
+    whole.PASS_ROWS = 10_000
+    xs, xst, yst = [], [], []
+    for i, n in enumerate(lengths):
+        a, b, c = _inputs(tape, [100 + 250 * i], n, pred_len)
+        xs, xst, yst = xs + a, xst + b, yst + c
+    params = SamplingParams(top_k=1, sample_count=2)
+    got = grouped.forecast_arrays(xs, xst, yst, pred_len, params, return_paths=True)
+    want = whole.forecast_arrays(xs, xst, yst, pred_len, params, return_paths=True)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
