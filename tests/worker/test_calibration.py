@@ -1,0 +1,80 @@
+"""worker/calibration.py: coverage converges to nominal on series whose noise is known."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from worker.calibration import Calibrator, residual_scale
+
+LEVELS = [0.1, 0.5, 0.9]
+
+
+def run(noise, base_bias: float, model_q, warmup: int = 300, gamma: float = 0.01):
+    """Serve calibrated quantiles around a (biased, mis-scaled) model; return the 80 % band's
+    coverage after warm-up and the mean calibrated width."""
+    cal = Calibrator(1, LEVELS, window=256, gamma=gamma)
+    covered, widths = [], []
+    for t, e in enumerate(noise):
+        base = np.array([[base_bias + q for q in model_q]])      # the model's (wrong) quantiles
+        band = cal.bands(base, 1.0)
+        y = e
+        below = None
+        if band is not None:
+            below = [y <= b for b in band[0]]
+            if t >= warmup:
+                covered.append(band[0, 0] <= y <= band[0, 2])
+                widths.append(band[0, 2] - band[0, 0])
+        cal.update(1, [y - b for b in base[0]], below)
+    return float(np.mean(covered)), float(np.mean(widths))
+
+
+@pytest.mark.parametrize("model_q", [(-0.1, 0.0, 0.1), (-5.0, 0.0, 5.0)])  # far too narrow / too wide
+def test_gaussian_noise_reaches_nominal_coverage(model_q):
+    noise = np.random.default_rng(1).normal(0.0, 1.0, 4000)
+    cov, width = run(noise, 0.3, model_q)
+    assert abs(cov - 0.8) < 0.03
+    # The true 80 % band of N(0, 1) is 2.563 wide: the calibrated one learns it.
+    assert width == pytest.approx(2 * 1.2816, rel=0.1)
+
+
+def test_heavy_tails_and_a_volatility_shift_still_cover():
+    rng = np.random.default_rng(2)
+    noise = np.concatenate([rng.standard_t(3, 2000), 3.0 * rng.standard_t(3, 2000)])  # regime change
+    cov, _ = run(noise, 0.0, (0.0, 0.0, 0.0))  # sample_count 1: the band grows around the mean
+    assert abs(cov - 0.8) < 0.03
+
+
+def test_nan_never_enters_the_state():
+    cal = Calibrator(2, LEVELS, window=8)
+    assert not cal.update(1, [math.nan, 0.0, 0.1])
+    assert not cal.update(1, [math.inf, 0.0, 0.1])
+    assert not cal.update(3, [0.0, 0.0, 0.0])  # no such step
+    assert cal.count.tolist() == [0, 0]
+    for i in range(10):
+        assert cal.update(1, [i, i, i], [True, False, True])
+    assert np.all(np.isfinite(cal.buf)) and np.all(np.isfinite(cal.alpha))
+    blob = bytearray(cal.step_state(0))
+    blob[-8:] = np.array([math.nan]).tobytes()  # a corrupted residual in Redis
+    other = Calibrator(2, LEVELS, window=8)
+    other.load_step(0, bytes(blob))
+    assert other.count[0] == 7 and np.all(np.isfinite(other.buf))
+    assert cal.bands(np.zeros((2, 3)), math.nan) is None
+
+
+def test_state_round_trips_through_bytes():
+    cal = Calibrator(2, LEVELS, window=5)
+    for i in range(7):  # wraps the ring
+        cal.update(2, [i, i + 1, i + 2], [False, True, True])
+    other = Calibrator(2, LEVELS, window=5)
+    other.load_step(1, cal.step_state(1))
+    np.testing.assert_array_equal(other.offsets(1), cal.offsets(1))
+    np.testing.assert_array_equal(other.alpha, cal.alpha)
+
+
+def test_residual_scale():
+    closes = 10.0 * np.cumprod(1 + np.tile([0.01, -0.01], 40))
+    assert residual_scale(closes) == pytest.approx(closes[-1] * 0.01, rel=0.01)
+    assert residual_scale(np.full(50, 5.0)) == pytest.approx(5.0 * 1e-5)
+    assert math.isnan(residual_scale(np.array([math.nan])))
