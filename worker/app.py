@@ -14,13 +14,15 @@ One PartitionState per owned partition (worker/partition.py); revoking drops it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
+import re
 import time
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka import ConsumerRebalanceListener
 
-from worker import config, events, kafka
+from worker import config, events, kafka, poison
 from worker.batcher import Batch, MicroBatcher
 from worker.commit import Committer, inherited_floor
 from worker.config import ModelRef, Settings, is_registry_spec, resolve_model
@@ -31,11 +33,25 @@ from worker.keys import RedisKeys
 from worker.metrics import MetricsServer, WorkerMetrics
 from worker.partition import PartitionState
 from worker.publish import ForecastDoc, Publisher
+from worker.quality import make_live_scoring
 from worker.recovery import Recovery
+from worker.runahead import RunAhead
 from worker.sessions import parse_session_map
+from worker.waiting import wait_until
 from worker.windows import WindowStore
 
 log = logging.getLogger("kronos_rt.worker")
+
+# Bars of one symbol a worker may handle past its partition's committed offset: what Redis
+# keeps beyond the lookback, less one for a pipelined upsert ahead and one to spare.
+RUNAHEAD_LIMIT = REDELIVERY_SLACK - 2
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    """What a Redis that went away (restart, outage, password rotated) raises."""
+    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+
+    return (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -70,6 +86,7 @@ class Worker:
         self._observers: list = []
         self._reload = asyncio.Event()       # SIGHUP: re-check the registry now
         self.watcher = None
+        self.scoring = None                  # live scoring and calibration (worker/quality.py), when on
 
     # ------------------------------------------------------------------ public hooks
     def stop(self) -> None:
@@ -111,8 +128,44 @@ class Worker:
 
     async def _run(self) -> bool:
         s = self.s
-        self._server = MetricsServer(self.metrics, s.metrics_port, ready_checks=lambda: dict(self._ready))
+        self._server = MetricsServer(self.metrics, s.metrics_port, host=s.metrics_host,
+                                     ready_checks=lambda: dict(self._ready))
         self.metrics_port = self._server.start()
+        fetch = stop_wait = None
+        try:
+            if not await self._start():
+                log.info("worker %s stopped before it started", s.worker_id)
+                return True
+            log.info("worker %s consuming %s as group %s (Kafka %s); model %s@%s on %s", s.worker_id, s.bars_topic,
+                     s.group, s.kafka_security.describe(), self.model_ref.name, self.model_ref.version,
+                     self.engine.device)
+            if getattr(self.model_ref, "random_weights", False):
+                log.warning("model %s@%s has RANDOM WEIGHTS (kronos-rt models init): its forecasts are "
+                            "meaningless; every message says so (random_weights: true)",
+                            self.model_ref.name, self.model_ref.version)
+
+            self._tasks = [asyncio.create_task(self._tick_loop(), name="tick"),
+                           asyncio.create_task(self._probe_loop(), name="broker-probe")]
+            if follows_latest(s.model) and is_registry_spec(s.model):
+                self._tasks.append(asyncio.create_task(self._model_loop(), name="models"))
+            fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
+            stop_wait = asyncio.create_task(self._stop.wait())
+            await asyncio.wait([fetch, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            if fetch.done() and fetch.exception() is not None:
+                raise fetch.exception()
+            self._stop.set()
+            await fetch
+            return await self._shutdown()
+        finally:
+            for t in (fetch, stop_wait, *self._tasks):
+                if t is not None:
+                    t.cancel()
+            await self._close()
+
+    async def _start(self) -> bool:
+        """Load the model, wait for Redis, then for the broker, then join the group: partitions
+        are taken only once both answer. False: stop() came first."""
+        s = self.s
         loop = asyncio.get_running_loop()
         if self.engine is None:
             self.engine, self.model_ref = await loop.run_in_executor(None, build_engine, s)
@@ -126,17 +179,29 @@ class Worker:
             self.inference.add_observer(fn)
 
         import redis.asyncio as aioredis
+        from redis.exceptions import AuthenticationError, ResponseError
 
-        self.redis = aioredis.from_url(s.redis)
+        # Timeouts, so a frozen or vanished Redis raises (and is waited out) instead of hanging.
+        self.redis = aioredis.from_url(s.redis, socket_connect_timeout=2, socket_timeout=10)
         keys = RedisKeys(s.redis_prefix)
         self.store = WindowStore(self.redis, s.redis_prefix, s.lookback + REDELIVERY_SLACK)
-        self.recovery = Recovery(self.redis, self.store, keys,
-                                 lambda tp, start, end: kafka.read_partition(s.brokers, tp, start, end),
-                                 s.worker_id, self.metrics)
+        self.scoring = make_live_scoring(s, self.redis, keys, self.store, self.metrics, lambda: self.publisher)
+        if self.scoring is not None:
+            self.inference.keep_paths = True  # CRPS from the sample paths
         self.ingest = Ingest(self.store, lookback=s.lookback, min_history=s.min_history, pred_len=s.pred_len,
                              interval=self.interval, calendar_for=self.calendar_for, metrics=self.metrics,
-                             on_lost=self._rebuild_all)
-        self._ready["redis"] = await self._ping_redis()
+                             on_lost=self._rebuild_all, policy=s.bar_policy(self.calendar_for),
+                             quality=self.scoring.quality if self.scoring is not None else None)
+        self.recovery = Recovery(self.redis, self.store, keys,
+                                 lambda tp, start, end: kafka.read_partition(s.brokers, tp, start, end,
+                                                                               security=s.kafka_security),
+                                 s.worker_id, self.metrics, parse=self.ingest.parse)
+        # A refused password (or a ResponseError such as NOAUTH) will not fix itself: say so and exit.
+        where = re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", s.redis)  # no password in logs
+        if not await wait_until(self.store.ping, f"Redis at {where}", stopping=lambda: self.stopping,
+                                timeout_s=s.startup_timeout_s, fatal=(AuthenticationError, ResponseError)):
+            return False
+        self._ready["redis"] = True
 
         self.batcher = MicroBatcher(self.inference.compute, self._publish_batch, s.max_batch,
                                     s.max_wait_ms / 1000)
@@ -144,13 +209,23 @@ class Worker:
         await self.batcher.run_in_thread(self.inference.warm_up)
         self._ready["model_loaded"] = True
 
-        parts = await kafka.topic_partitions(s.brokers, [s.bars_topic])
-        await kafka.ensure_topics(s.brokers, {s.forecasts_topic: parts.get(s.bars_topic, 1), s.dlq_topic: 1})
-        self.producer = kafka.make_producer(s.brokers, client_id=f"kronos-rt-{s.worker_id}")
+        parts: dict = {}
+
+        async def broker_answers():
+            parts.update(await kafka.topic_partitions(s.brokers, [s.bars_topic], security=s.kafka_security))
+
+        if not await wait_until(broker_answers, f"the Kafka broker at {s.brokers}", stopping=lambda: self.stopping,
+                                timeout_s=s.startup_timeout_s):
+            return False
+        await kafka.ensure_topics(s.brokers, {s.forecasts_topic: parts.get(s.bars_topic, 1), s.dlq_topic: 1,
+                                              **({s.scores_topic: parts.get(s.bars_topic, 1)} if s.scores_topic else {})},
+                                 security=s.kafka_security)
+        self.producer = kafka.make_producer(s.brokers, client_id=f"kronos-rt-{s.worker_id}", security=s.kafka_security)
         await self.producer.start()
-        self.publisher = Publisher(self.producer, metrics=self.metrics, forecast_doc=ForecastDoc(s))
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.brokers, group_id=s.group, client_id=f"kronos-rt-{s.worker_id}",
+        self.publisher = Publisher(self.producer, metrics=self.metrics, forecast_doc=ForecastDoc(s),
+                                   dlq_topic=s.dlq_topic)
+        self.consumer = kafka.make_consumer(
+            s.brokers, security=s.kafka_security, group_id=s.group, client_id=f"kronos-rt-{s.worker_id}",
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(100, s.session_timeout_ms // 4),
@@ -163,25 +238,7 @@ class Worker:
         self.committer = Committer(self.consumer, s.worker_id)
         self.consumer.subscribe([s.bars_topic], listener=_Rebalance(self))
         self._ready["kafka"] = True
-        log.info("worker %s consuming %s as group %s; model %s@%s on %s", s.worker_id, s.bars_topic,
-                 s.group, self.model_ref.name, self.model_ref.version, self.engine.device)
-
-        self._tasks = [asyncio.create_task(self._tick_loop(), name="tick")]
-        if follows_latest(s.model) and is_registry_spec(s.model):
-            self._tasks.append(asyncio.create_task(self._model_loop(), name="models"))
-        fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
-        stop_wait = asyncio.create_task(self._stop.wait())
-        try:
-            await asyncio.wait([fetch, stop_wait], return_when=asyncio.FIRST_COMPLETED)
-            if fetch.done() and fetch.exception() is not None:
-                raise fetch.exception()
-            self._stop.set()
-            await fetch
-            return await self._shutdown()
-        finally:
-            for t in (fetch, stop_wait, *self._tasks):
-                t.cancel()
-            await self._close()
+        return True
 
     def _outstanding(self) -> int:
         return sum(st.offsets.outstanding() for st in self.partitions.values())
@@ -219,30 +276,101 @@ class Worker:
 
     # ------------------------------------------------------------------ fetch path
     async def _fetch_loop(self) -> None:
+        todo: collections.deque = collections.deque()  # (tp, state, msg) of the fetch not handled yet
+        parsed = None
+        redis_errors = _redis_errors()
         while not self.stopping:
-            if self._lost:
-                await self._rebuild_all()
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
-            # Partitions seen for the first time since assignment are checked before the
-            # pipelined upserts of parse_fetch can write to their windows.
-            for tp, msgs in batch.items():
-                st = self.partitions.get(tp)
-                if msgs and st is not None and not st.checked:
-                    await self.recovery.check(st, msgs[0].offset)
-            parsed = await self.ingest.parse_fetch(batch)
-            for tp, msgs in batch.items():
-                for msg in msgs:
-                    st = self.partitions.get(tp)
-                    if self.stopping or st is None:
-                        break  # revoked mid-batch: the next owner reads it from the committed offset
+            try:
+                if self._lost:
+                    await self._rebuild_all()
+                if not todo:
+                    batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
+                    todo.extend((tp, self.partitions.get(tp), msg) for tp, msgs in batch.items() for msg in msgs)
+                    parsed = None
+                if parsed is None and todo:
+                    # Partitions seen for the first time since assignment are checked before the
+                    # pipelined upserts of parse_fetch can write to their windows.
+                    batch = {}
+                    for tp, st, msg in todo:
+                        batch.setdefault(tp, []).append(msg)
+                        if st is not None and st.owned and not st.checked:
+                            await self.recovery.check(st, msg.offset)
+                    parsed = await self.ingest.parse_fetch(batch)
+                while todo and not self.stopping:
+                    tp, st, msg = todo[0]
+                    if st is None or self.partitions.get(tp) is not st:
+                        todo.popleft()  # revoked meanwhile: the next owner reads it from the committed offset
+                        continue
                     await self._backpressure()
-                    await self._handle(st, msg, parsed[(tp, msg.offset)])
+                    p = parsed[(tp, msg.offset)]
+                    if isinstance(p.bar, events.Bar) and not await self._within_runahead(st, p.bar.symbol):
+                        continue  # revoked or stopping while it waited: looked at again above
+                    await self._handle(st, msg, p)
+                    todo.popleft()
+            except redis_errors as err:
+                # Whatever of the fetch was not handled is handled again once Redis answers (the
+                # message being handled too: a repeated upsert is a redelivery, forecast again).
+                parsed = None
+                await self._redis_outage(err)
+
+    async def _within_runahead(self, st: PartitionState, symbol: str) -> bool:
+        """Wait, with the partition paused, until handling one more bar of `symbol` keeps the
+        commit close enough for a re-read to find the bar's window (worker/runahead.py).
+        False: the partition was revoked or the worker is stopping meanwhile."""
+        ra = st.runahead
+        if ra is None or not ra.full(symbol):
+            return True
+        self.consumer.pause(st.tp)
+        log.debug("%s: %d bars of %s past the commit: waiting for commits", st.tp, ra.ahead(symbol), symbol)
+        last_commit = 0.0
+        try:
+            while ra.full(symbol) and st.owned and not self.stopping:
+                if time.monotonic() - last_commit >= 0.05:  # do not wait for the tick to commit
+                    last_commit = time.monotonic()
+                    await self.committer.commit([st])
+                await asyncio.sleep(0.005)
+        finally:
+            if st.tp in self.consumer.assignment():
+                self.consumer.resume(st.tp)
+        return st.owned and not self.stopping
+
+    async def _redis_outage(self, err: BaseException) -> None:
+        """Redis stopped answering mid-stream: pause every partition, say not ready, wait for
+        it with backoff; when it answers, rebuild the windows if it came back empty."""
+        self._ready["redis"] = False
+        paused = list(self.consumer.assignment())
+        self.consumer.pause(*paused)
+        self.metrics.paused_partitions.set(len(paused))
+        log.warning("Redis stopped answering (%r): paused %d partitions", err, len(paused))
+        t0 = time.monotonic()
+        answered = await wait_until(self._redis_back, "Redis", stopping=lambda: self.stopping)
+        if answered:
+            self._ready["redis"] = True
+            log.warning("Redis is back after %.1fs: resuming", time.monotonic() - t0)
+        self.consumer.resume(*[tp for tp in paused if tp in self.consumer.assignment()])
+        self.metrics.paused_partitions.set(0)
+
+    async def _redis_back(self) -> None:
+        await self.store.ping()
+        if await self.recovery.lost_any(list(self.partitions.values())):
+            self._lost = True  # came back empty: rebuild from the bar topic before going on
 
     async def _handle(self, st: PartitionState, msg, parsed) -> None:
         self.bars += 1
+        if isinstance(parsed.bar, events.Bar) and st.runahead is not None:
+            st.runahead.handled(msg.offset, parsed.bar.symbol)
         if not st.checked:  # assigned while this fetch was being handled
             await self.recovery.check(st, msg.offset)
-        out = await self.ingest.handle(st, msg, parsed)
+        try:
+            out = await self.ingest.handle(st, msg, parsed)
+        except Exception as exc:
+            if poison.is_infrastructure(exc):
+                raise  # Redis or the broker away: waited out, then the message is handled again
+            poison.log_internal("handling", st.tp.topic, st.tp.partition, msg.offset, exc)
+            st.handled(msg.offset)
+            out = DeadLetter(st, msg.offset, msg.key, msg.value, poison.INTERNAL_ERROR, poison.describe(exc))
+        if parsed.scores and self.scoring is not None:  # this bar realized stored forecasts' steps
+            await self.scoring.publish(st, msg.offset, parsed.scores)
         if out is None:
             st.offsets.seen(msg.offset)
         elif isinstance(out, DeadLetter):
@@ -273,7 +401,14 @@ class Worker:
             await self.publisher.dead_letter(self.s.dlq_topic, DeadLetter(
                 it.partition, it.offset, it.key, it.value, "inference_error", repr(batch.error)[:500]))
             return
-        await self.publisher.forecasts_of(self.s.forecasts_topic, batch)
+        if self.scoring is None:
+            await self.publisher.forecasts_of(self.s.forecasts_topic, batch)
+            return
+        await self.scoring.before(batch)  # calibrated bands into the forecasts
+        try:
+            await self.publisher.forecasts_of(self.s.forecasts_topic, batch)
+        finally:
+            await self.scoring.after(batch)  # stored for scoring; steps already realized scored now
 
     # ------------------------------------------------------------------ rebalance
     async def _on_assigned(self, assigned) -> None:
@@ -286,7 +421,8 @@ class Worker:
             offset, meta = committed.get(tp, (None, None))
             self.partitions[tp] = PartitionState(
                 tp, floor=inherited_floor(offset, meta),
-                committed=offset if offset is not None and offset >= 0 else None)
+                committed=offset if offset is not None and offset >= 0 else None,
+                runahead=RunAhead(RUNAHEAD_LIMIT))
         log.info("assigned %s", sorted(tp.partition for tp in self.partitions))
         if self.partitions:
             self._ready_event.set()
@@ -311,7 +447,11 @@ class Worker:
 
     async def _rebuild_all(self) -> None:
         self._lost = False
-        await self.recovery.rebuild_all(list(self.partitions.values()))
+        try:
+            await self.recovery.rebuild_all(list(self.partitions.values()))
+        except BaseException:
+            self._lost = True  # interrupted (Redis went away again): start over when it is back
+            raise
 
     # ------------------------------------------------------------------ housekeeping
     async def _ping_redis(self) -> bool:
@@ -338,6 +478,8 @@ class Worker:
     async def _slow_tick(self) -> None:
         self._ready["redis"] = await self._ping_redis()
         self.metrics.queue_depth.set(self.batcher.queued)
+        if self.scoring is not None and self._ready["redis"]:
+            await self.scoring.quality.flush()  # calibration state, for whoever takes a partition over
         for st in list(self.partitions.values()):
             hw = self.consumer.highwater(st.tp)
             if hw is not None and st.processed is not None:
@@ -345,6 +487,21 @@ class Worker:
         if self._ready["redis"] and not self._lost:
             self._lost = await self.recovery.lost_any(list(self.partitions.values()))
         self.inference.report_memory()
+
+    async def _probe_loop(self) -> None:
+        """/readyz's "kafka": does the broker answer a metadata request? A frozen broker keeps
+        its connections open and fetches just come back empty, so nothing else would tell."""
+        up = True
+        while True:
+            await asyncio.sleep(1.0)
+            ok = await kafka.answers(self.consumer, timeout_s=3.0)
+            self._ready["kafka"] = ok
+            if ok != up:
+                up = ok
+                if ok:
+                    log.warning("the Kafka broker answers again")
+                else:
+                    log.warning("the Kafka broker does not answer: not ready")
 
     async def _model_loop(self) -> None:
         """Follow the registry's `latest` for --model NAME@latest (and re-check on SIGHUP)."""

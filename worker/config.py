@@ -11,6 +11,10 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker import security
+from worker.errors import ConfigError
+from worker.security import KafkaSecurity
+
 ENV_PREFIX = "KRONOS_RT_"
 
 
@@ -18,25 +22,80 @@ def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def apply_env(parser: argparse.ArgumentParser, environ=None) -> argparse.ArgumentParser:
+    """Let every --long-flag of `parser` (and of its sub-commands) default to KRONOS_RT_<FLAG>,
+    and say so in its help: one naming rule for every `kronos-rt` command, whoever added
+    the flag. Idempotent; a command line flag still wins over the environment."""
+    env = os.environ if environ is None else environ
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                apply_env(sub, env)
+            continue
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if not longs or getattr(action, "_krt_env", False) or action.dest in ("help", "version"):
+            continue
+        action._krt_env = True
+        name = env_name(longs[0])
+        shown = action.default
+        value = env.get(name)
+        if value is not None:
+            if action.nargs == 0:  # store_true / store_const: a switch
+                if value.strip().lower() in _TRUE:
+                    action.default = action.const
+                elif value.strip().lower() not in _FALSE:
+                    raise ConfigError(f"{name}={value!r}: use 1/true/yes or 0/false/no")
+            else:  # argparse converts string defaults with the flag's type when it parses
+                if action.choices is not None and value not in [str(c) for c in action.choices]:
+                    raise ConfigError(f"{name}={value!r}: choose from {', '.join(map(str, action.choices))}")
+                action.default = value
+            action.required = False
+        text = action.help or ""
+        if text == argparse.SUPPRESS:
+            continue
+        if "default" in text.rpartition("(")[2] and text.rstrip().endswith(")"):
+            action.help = text.rstrip()[:-1] + f"; env {name})"
+        elif "default" in text.lower():  # the text says it already, in its own words
+            action.help = f"{text} (env {name})"
+        elif not any(shown is x for x in (None, False, argparse.SUPPRESS)) and shown != "" and action.nargs != 0:
+            action.help = f"{text} (default: {str(shown).replace('%', '%%')}; env {name})".lstrip()
+        else:
+            action.help = f"{text} (env {name})".lstrip()
+    return parser
+
+
 def parse_interval(text: str) -> _dt.timedelta:
     """'5m', '300s', '1h', '1d' or plain seconds -> timedelta."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text).lower())
     if not m:
-        raise ValueError(f"bad interval {text!r}: use e.g. 30s, 5m, 1h, 1d")
+        raise ConfigError(f"bad interval {text!r}: use e.g. 30s, 5m, 1h, 1d")
     unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
     seconds = float(m.group(1)) * unit
     if seconds <= 0:
-        raise ValueError(f"interval must be positive, got {text!r}")
+        raise ConfigError(f"interval must be positive, got {text!r}")
     return _dt.timedelta(seconds=seconds)
+
+
+def parse_duration_or_off(text: str) -> _dt.timedelta | None:
+    """Like parse_interval, but '0', 'off' or '' mean no limit (None)."""
+    if str(text).strip().lower() in ("", "0", "off", "none"):
+        return None
+    return parse_interval(text)
 
 
 def parse_quantiles(text: str | tuple) -> tuple[float, ...]:
     if isinstance(text, tuple):
         return text
-    levels = tuple(float(x) for x in str(text).split(",") if x.strip())
+    try:
+        levels = tuple(float(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"quantiles {text!r}: use comma-separated levels in (0, 1), e.g. 0.1,0.5,0.9") from None
     for q in levels:
         if not 0 < q < 1:
-            raise ValueError(f"quantile levels must be in (0, 1), got {q}")
+            raise ConfigError(f"quantile levels must be in (0, 1), got {q}")
     return levels
 
 
@@ -80,18 +139,40 @@ class Settings:
     commit_interval_ms: int = 200
     seed: int | None = None
     model_poll_s: float = 5.0
+    startup_timeout_s: float = 0.0
+    max_future_skew: str = "1d"
+    max_past_age: str = "0"
+    metrics_host: str = "0.0.0.0"
+    # TLS/SASL towards the brokers: the --security-protocol, --sasl-*, --ssl-* flags (worker/security.py)
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    # forecast quality (worker/quality.py)
+    scores_topic: str = ""
+    calibration_window: int = 0
+    calibration_gamma: float = 0.01
+    calibration_min_scores: int = 20
+    calibration_groups: str = "*=all"
+    calibration_per_symbol: int = 0
 
     @property
     def interval_td(self) -> _dt.timedelta:
         return parse_interval(self.interval)
 
+    def bar_policy(self, calendar_for=None):
+        """The value policy bars must pass before they reach Redis (worker/events.py BarPolicy)."""
+        from worker.events import BarPolicy
+
+        return BarPolicy(self.interval_td, parse_interval(self.max_future_skew),
+                         parse_duration_or_off(self.max_past_age), calendar_for)
+
     def __post_init__(self):
         self.quantiles = parse_quantiles(self.quantiles)
         if self.min_history < 1 or self.lookback < self.min_history:
-            raise ValueError("need 1 <= --min-history <= --lookback")
+            raise ConfigError("need 1 <= --min-history <= --lookback")
         if self.pred_len < 1 or self.max_batch < 1 or self.max_queue < self.max_batch:
-            raise ValueError("need --pred-len >= 1, --max-batch >= 1 and --max-queue >= --max-batch")
+            raise ConfigError("need --pred-len >= 1, --max-batch >= 1 and --max-queue >= --max-batch")
         parse_interval(self.interval)
+        parse_interval(self.max_future_skew)
+        parse_duration_or_off(self.max_past_age)
 
 
 # flag help, in the order --help lists them; the type and default come from Settings.
@@ -125,13 +206,29 @@ HELP = {
     "metrics_port": "port of /metrics, /healthz and /readyz (0 = pick a free one)",
     "interval": "bar interval, e.g. 5m, 1h",
     "sessions": "trading-session calendar: continuous, ashare, us, or SYMBOL_GLOB=NAME,... (see worker/sessions.py)",
-    "worker_id": "name of this worker in forecasts and logs (default: hostname-pid)",
+    "worker_id": "name of this worker in forecasts and logs",
     "max_queue": "ready windows queued before the worker pauses its partitions (backpressure)",
     "drain_timeout_s": "on SIGTERM/SIGINT, how long to finish queued forecasts and commit before exiting",
     "session_timeout_ms": "consumer-group session timeout: how soon a dead worker's partitions move",
     "fetch_max_wait_ms": "longest the broker may hold a fetch when no bars are waiting (idle polling vs latency)",
     "commit_interval_ms": "how often acknowledged offsets are committed",
     "seed": "random seed for sampling (default: none)",
+    "max_future_skew": "dead-letter bars (future_ts) dated more than this after their Kafka message timestamp; "
+                       "a ts without UTC offset is compared as if UTC, so keep it above your zone's offset",
+    "max_past_age": "dead-letter bars (stale_ts) dated more than this before their Kafka message timestamp "
+                    "(0 = off: replays of history carry old bars)",
+    "metrics_host": "bind address of the metrics server (/metrics, /healthz, /readyz)",
+    "startup_timeout_s": "how long to wait at start-up for the broker and Redis to answer before exiting "
+                         "(0 = wait forever; /readyz says 503 meanwhile)",
+    "scores_topic": "output topic of score.v1 events: each forecast step scored against the realized close "
+                    "(key = symbol; empty = off)",
+    "calibration_window": "recent scores per horizon step behind the calibrated bands (calibrated_quantiles "
+                          "in forecasts; 0 = off)",
+    "calibration_gamma": "adaptive conformal step: how fast the calibrated levels react to missed coverage",
+    "calibration_min_scores": "scores a horizon step needs before its calibrated band is published",
+    "calibration_groups": "calibration pools: SYMBOL_GLOB=GROUP,... (first match wins; others pool as 'all')",
+    "calibration_per_symbol": "a symbol uses its own calibration once it has this many scores per step "
+                              "(0 = pools only)",
 }
 
 
@@ -143,24 +240,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Add one flag per Settings field; each defaults to its KRONOS_RT_* variable, then to the built-in default."""
     defaults = Settings(worker_id="hostname-pid")
     for f in dataclasses.fields(Settings):
+        if f.name == "kafka_security":
+            continue  # its flags are the shared ones below
         flag = _flag(f.name)
         default = getattr(defaults, f.name)
         shown = ",".join(str(q) for q in default) if f.name == "quantiles" else default
-        env = os.environ.get(env_name(flag))
         kind = int if f.name == "seed" else {int: int, float: float}.get(type(default), str)
-        parser.add_argument(
-            flag, dest=f.name, type=kind, default=env if env is not None else None,
-            metavar=f.name.upper(),
-            help=f"{HELP[f.name]} (default: {shown}; env {env_name(flag)})",
-        )
+        parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
+                            help=HELP[f.name] if "(default" in HELP[f.name] else f"{HELP[f.name]} (default: {shown})")
+    security.add_args(parser)
+    apply_env(parser)  # KRONOS_RT_<FLAG> for each, named in its help
 
 
 def from_args(args: argparse.Namespace) -> Settings:
     """Settings from parsed flags; flags left unset keep the dataclass defaults.
     (argparse applies each flag's type to string defaults, so env values arrive typed.)"""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
-             if getattr(args, f.name, None) is not None}
-    return Settings(**given)
+             if getattr(args, f.name, None) is not None and f.name != "kafka_security"}
+    return Settings(**given, kafka_security=security.from_args(args))
 
 
 # ---------------------------------------------------------------- model resolution
@@ -171,6 +268,7 @@ class ModelRef:
     name: str       # reported in forecasts and model_info
     version: str
     revision: str | None = None  # hub revision passed to from_pretrained
+    random_weights: bool = False  # a registry version made by `models init`: forecasts mean nothing
 
 
 def _registry_ref(spec: str, kind: str, root: str | None) -> ModelRef:
@@ -179,8 +277,9 @@ def _registry_ref(spec: str, kind: str, root: str | None) -> ModelRef:
     try:
         mv = Registry(root or None).resolve(spec)
     except RegistryError as exc:
-        raise ValueError(f"model {spec!r}: {exc}") from exc
-    return ModelRef(str(mv.model_dir if kind == "model" else mv.tokenizer_dir), mv.name, mv.version)
+        raise ConfigError(f"model {spec!r}: {exc}") from exc
+    return ModelRef(str(mv.model_dir if kind == "model" else mv.tokenizer_dir), mv.name, mv.version,
+                    random_weights=mv.random_weights)
 
 
 def is_registry_spec(spec: str) -> bool:
@@ -205,7 +304,8 @@ def resolve_model(spec: str, kind: str = "model", registry: str | None = None) -
     name, _, version = spec.partition("@")
     if re.fullmatch(r"[\w.\-]+/[\w.\-]+", name):
         return ModelRef(name, name, version or "main", version or None)
-    raise ValueError(f"model {spec!r} is neither a directory, a hub id (org/name) nor NAME@VERSION")
+    raise ConfigError(f"model {spec!r} is neither a directory, a hub id (org/name) nor NAME@VERSION "
+                      "(`kronos-rt models list` shows the registry)")
 
 
 def tokenizer_spec(settings: "Settings") -> str:

@@ -286,10 +286,14 @@ def format_ts(t) -> str:
 def build_forecast(*, symbol: str, as_of: str, interval_s: int, horizon_times: list,
                    mean: np.ndarray, quantiles: dict[float, np.ndarray],
                    model_name: str, model_version: str, sampling: dict, latency_ms: dict,
-                   topic: str, partition: int, offset: int, worker_id: str) -> dict:
+                   topic: str, partition: int, offset: int, worker_id: str,
+                   calibrated: list | None = None, calibration: dict | None = None,
+                   random_weights: bool = False) -> dict:
     """A forecast.v1 dict. mean is [P, 6] in COLUMNS order, quantiles maps
     level -> [P, 6]; both are turned into plain Python floats. Non-finite values
-    are not checked here (orjson would write them as null, which the schema rejects)."""
+    are not checked here (orjson would write them as null, which the schema rejects).
+    calibrated: per step, {column: one value per level} or None (worker/quality.py), with
+    calibration = {"levels", "scores", "source"} saying what stands behind them."""
     mean = np.asarray(mean, dtype=np.float64)
     if mean.ndim != 2 or mean.shape[1] != len(COLUMNS) or mean.shape[0] != len(horizon_times):
         raise ValueError(f"mean must be [{len(horizon_times)}, 6], got {mean.shape}")
@@ -307,8 +311,12 @@ def build_forecast(*, symbol: str, as_of: str, interval_s: int, horizon_times: l
         entry.update(zip(COLUMNS, rows[i]))
         if qstack is not None:
             entry["quantiles"] = dict(zip(COLUMNS, qstack[i].tolist()))
+        if calibrated is not None and calibrated[i] is not None:
+            entry["calibrated_quantiles"] = calibrated[i]
         horizon.append(entry)
-    return {
+    if calibration is not None:
+        levels = levels or list(calibration["levels"])
+    doc = {
         "schema": "forecast.v1",
         "symbol": symbol,
         "as_of": as_of,
@@ -321,4 +329,9 @@ def build_forecast(*, symbol: str, as_of: str, interval_s: int, horizon_times: l
         "source": {"topic": topic, "partition": int(partition), "offset": int(offset)},
         "worker_id": worker_id,
         "produced_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+        # Said in every message, so no consumer mistakes a random-weight model's numbers for a forecast.
+        "random_weights": bool(random_weights),
     }
+    if calibration is not None:
+        doc["calibration"] = {"scores": int(calibration["scores"]), "source": str(calibration["source"])}
+    return doc

@@ -54,6 +54,7 @@ class Inference:
         self.sampling = sampling_params(settings)
         self.metrics = metrics
         self._observers: list[BatchObserver] = []
+        self.keep_paths = False  # sample paths on each forecast (live scoring's CRPS)
         self.publish_model()
 
     def add_observer(self, fn: BatchObserver) -> None:
@@ -63,7 +64,7 @@ class Inference:
     def publish_model(self) -> None:
         e = self.engine
         self.metrics.set_model(self.model_ref.name, self.model_ref.version, str(e.device),
-                               str(e.dtype).replace("torch.", ""))
+                               str(e.dtype).replace("torch.", ""), getattr(self.model_ref, "random_weights", False))
 
     def report_memory(self) -> None:
         """GPU memory gauges (CPU engines report nothing)."""
@@ -86,30 +87,38 @@ class Inference:
         inference thread (MicroBatcher.run_in_thread): it then lands between two batches."""
         old = self.model_ref
         self.engine = loaded.engine
-        self.model_ref = ModelRef(loaded.location, loaded.name, loaded.version)
+        self.model_ref = ModelRef(loaded.location, loaded.name, loaded.version,
+                                  random_weights=getattr(loaded, "random_weights", False))
         self.metrics.model_swaps.labels(result="ok").inc()
         self.publish_model()
         log.info("switched model %s@%s -> %s@%s", old.name, old.version, loaded.name, loaded.version)
 
     def compute(self, items: Sequence[Any]) -> list[tuple[Any, ModelRef]]:
         """Forecast ready windows (each with .values, .times, .horizon); each result carries
-        the ModelRef of the engine that made it."""
+        the ModelRef of the engine that made it. An item may carry its own `pred_len`,
+        `sampling` (SamplingParams) and `quantiles` (HTTP requests); stream items use the
+        settings'."""
         t0 = time.perf_counter()
         engine, ref = self.engine, self.model_ref
         # One engine call per window length: a window's forecast is then the same bits whatever
         # else is in the batch (ragged batches are padded, which moves the last bits), so a bar
         # forecast again after a failover gets an identical copy. All windows have the full
         # lookback once warm, so this is one call in steady state.
-        groups: dict[int, list[int]] = {}
+        # Requests with their own horizon length or sampling (HTTP) are grouped apart the same way.
+        groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):
-            groups.setdefault(len(it.values), []).append(i)
+            q = getattr(it, "quantiles", None)
+            key = (len(it.values), getattr(it, "pred_len", None) or self.pred_len,
+                   getattr(it, "sampling", None) or self.sampling, tuple(self.quantiles if q is None else q))
+            groups.setdefault(key, []).append(i)
         out: list[Any] = [None] * len(items)
-        for idx in groups.values():
+        for (_, pred_len, sampling, quantiles), idx in groups.items():
             part = [items[i] for i in idx]
             forecasts = engine.forecast(
                 [it.values for it in part], [it.times for it in part],
                 [np.array(it.horizon, dtype="datetime64[s]") for it in part],
-                self.pred_len, self.sampling, quantiles=self.quantiles,
+                pred_len, sampling, quantiles=quantiles,
+                return_paths=self.keep_paths and sampling.sample_count > 1,
             )
             for i, fc in zip(idx, forecasts):
                 out[i] = (fc, ref)

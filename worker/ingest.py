@@ -10,12 +10,12 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import numpy as np
 
-from worker import events
+from worker import events, poison
 from worker.partition import PartitionState
 from worker.windows import Upsert, WindowStore
 
@@ -39,6 +39,7 @@ class Ready:
     values: np.ndarray     # [L, 6]
     times: np.ndarray      # datetime64[s] [L]
     horizon: list[_dt.datetime]
+    quality: object = None  # the stored form of its forecast (worker/quality.py), set at publish
 
     @property
     def tp(self):
@@ -63,13 +64,17 @@ class Parsed:
     bar: events.Bar | events.InvalidEvent
     reply: object = None
     generation: int = 0
+    claims: object = None   # scoring claims fetched with the upsert (worker/quality.py)
+    scores: list = field(default_factory=list)  # score.v1 documents this bar caused
 
 
 class Ingest:
     def __init__(self, store: WindowStore, *, lookback: int, min_history: int, pred_len: int,
                  interval: _dt.timedelta, calendar_for, metrics,
-                 on_lost: Callable[[], Awaitable[None]]):
+                 on_lost: Callable[[], Awaitable[None]], policy: events.BarPolicy | None = None,
+                 quality=None):
         self.store = store
+        self.policy = policy  # grid and timestamp checks (events.BarPolicy), before Redis
         self.lookback = lookback
         self.min_history = min_history
         self.pred_len = pred_len
@@ -77,6 +82,13 @@ class Ingest:
         self.calendar_for = calendar_for
         self.metrics = metrics
         self.on_lost = on_lost  # Redis forgot a window we had: rebuild every partition's windows
+        self.quality = quality  # live scoring (worker/quality.py): claims ride on the upsert round trip
+
+    def _claim(self):
+        q = self.quality
+        if q is None:
+            return None
+        return lambda pipe, bar, offset: q.claim_into(pipe, bar.symbol, bar.time, bar.close, offset)
 
     async def parse_fetch(self, batch: dict) -> dict:
         """(tp, offset) -> Parsed for every message of a fetch ({tp: [msg, ...]}).
@@ -89,19 +101,32 @@ class Ingest:
         counts: dict[str, int] = {}
         for tp, msgs in batch.items():
             for msg in msgs:
-                try:
-                    bar = events.parse_bar(msg.value, msg.key)
+                bar = self.parse(msg)
+                if isinstance(bar, events.Bar):
                     counts[bar.symbol] = counts.get(bar.symbol, 0) + 1
-                except events.InvalidEvent as err:
-                    bar = err
                 parsed[(tp, msg.offset)] = Parsed(bar, None, self.store.generation)
         once = [(key, p) for key, p in parsed.items()
                 if isinstance(p.bar, events.Bar) and counts[p.bar.symbol] == 1]
         if len(once) > 1:
-            replies = await self.store.upsert_ahead([(p.bar, offset) for (_, offset), p in once])
+            replies = await self.store.upsert_ahead([(p.bar, offset) for (_, offset), p in once],
+                                                    also=self._claim())
             for (_, p), reply in zip(once, replies):
-                p.reply = reply
+                if self.quality is not None:
+                    p.reply, p.claims = reply
+                else:
+                    p.reply = reply
         return parsed
+
+    def parse(self, msg) -> events.Bar | events.InvalidEvent:
+        """The message's Bar, or why it is none: never raises (a surprise is `internal_error`)."""
+        try:
+            return events.parse_bar(msg.value, msg.key, policy=self.policy, timestamp_ms=msg.timestamp)
+        except events.InvalidEvent as err:
+            return err
+        except Exception as exc:  # noqa: BLE001 - one message must not stop the partition
+            poison.log_internal("parsing", getattr(msg, "topic", "?"), getattr(msg, "partition", "?"),
+                                msg.offset, exc)
+            return poison.as_invalid(exc)
 
     async def handle(self, state: PartitionState, msg, parsed: Parsed) -> Ready | DeadLetter | None:
         """One message, in partition order: upsert its bar, and say what else it needs.
@@ -116,8 +141,16 @@ class Ingest:
         # upsert again (the same offset again, which counts as a redelivery).
         if parsed.reply is not None and parsed.generation == self.store.generation:
             result = await self.store.apply(bar, msg.offset, parsed.reply)
+        elif self.quality is not None:
+            if parsed.claims is None:  # the scoring claim shares the upsert's round trip
+                (reply, parsed.claims), = await self.store.upsert_ahead([(bar, msg.offset)], also=self._claim())
+            else:
+                reply = (await self.store.upsert_ahead([(bar, msg.offset)]))[0]
+            result = await self.store.apply(bar, msg.offset, reply)
         else:
             result = await self.store.upsert(bar, msg.offset)
+        if self.quality is not None:  # scored off the inference thread; published by the worker
+            parsed.scores = self.quality.score(self.quality.claims(parsed.claims, bar.close))
         state.handled(msg.offset)
         status = result.status
         if result.lost:
@@ -129,12 +162,26 @@ class Ingest:
         redelivered = result.redelivered and not result.lost
         if not status.forecastable and not redelivered:
             self.metrics.events.labels(outcome=status.value).inc()
+            if status is Upsert.TOO_OLD:  # never silent: a bar not forecast says why
+                log.warning("not forecast: %s %s (offset %d) is older than its whole stored window",
+                            bar.symbol, bar.ts, msg.offset)
             return None
         window = await self.store.window(bar.symbol)
         state.note_window(bar.symbol, window)
         t = np.datetime64(bar.time, "s")
         if redelivered:  # its own window: the bars up to it
+            stored = len(window)
             window = window.upto(t)
+            # Redis trimmed the front of the window since this bar was first handled: its worker
+            # ran further ahead of its commit than Redis keeps (worker/runahead.py bounds that).
+            if len(window) < self.lookback and stored >= self.store.lookback:
+                short = len(window) < self.min_history
+                log.warning("re-read %s %s (offset %d): %d of its window's bars are still in Redis%s",
+                            bar.symbol, bar.ts, msg.offset, len(window),
+                            ": not forecast (reread_trimmed)" if short else "; forecast on those")
+                if short:
+                    self.metrics.events.labels(outcome="reread_trimmed").inc()
+                    return None
         newest = len(window) and window.times[-1] == t
         if not newest or len(window) < self.min_history:
             self.metrics.events.labels(outcome="buffered" if newest else status.value).inc()

@@ -7,6 +7,12 @@ may touch them all:
     {prefix}:{SYMBOL}:bars               sorted set of bar times (worker/windows.py)
     {prefix}:{SYMBOL}:data               hash, bar time -> record;offset
     {prefix}:{SYMBOL}:ver                counter, bumped on every change
+    {prefix}:{SYMBOL}:fc                 hash, forecast id -> stored forecast (worker/quality.py)
+    {prefix}:{SYMBOL}:fcidx              sorted set of forecast ids by as_of (trimming)
+    {prefix}:{SYMBOL}:due                sorted set "id#step" by the step's bar time
+    {prefix}:{SYMBOL}:scored             hash, "id#step" -> "close;offset" it was scored with
+    {prefix}:{SYMBOL}:cal                hash, step -> calibration state of the symbol
+    {prefix}:calpool:{GROUP}             hash, step -> calibration state of a symbol pool
     {prefix}:partition:{TOPIC}:{N}       partition marker: present while Redis holds the
                                          windows of that partition (a flush removes it)
 """
@@ -21,6 +27,18 @@ class RedisKeys:
         """The bars, data and version keys of one symbol's window, in the order the scripts take."""
         base = f"{self.prefix}:{{{symbol}}}"
         return [f"{base}:bars", f"{base}:data", f"{base}:ver"]
+
+    def forecasts(self, symbol: str) -> list[str]:
+        """The stored-forecast keys of one symbol (fc, fcidx, due, scored), in the order the
+        scripts of worker/quality.py take."""
+        base = f"{self.prefix}:{{{symbol}}}"
+        return [f"{base}:fc", f"{base}:fcidx", f"{base}:due", f"{base}:scored"]
+
+    def calibration(self, group: str, per_symbol: bool = False) -> str:
+        """Calibration state of one symbol (per_symbol) or of a pool of symbols."""
+        if per_symbol:
+            return f"{self.prefix}:{{{group}}}:cal"
+        return f"{self.prefix}:calpool:{{{group}}}"
 
     def partition_marker(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:partition:{topic}:{partition}"

@@ -27,6 +27,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from worker.quality import QualityMetrics
 from worker.windows import Upsert
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class WorkerMetrics:
             "kronos_rt_publish_retries", "Sends to Kafka retried after a failure, by topic.", ["topic"],
             registry=r,
         )
+        self.quality = QualityMetrics(r)  # forecast scores and band coverage (worker/quality.py)
         self.paused_partitions = Gauge(
             "kronos_rt_paused_partitions", "Partitions paused for backpressure.", registry=r,
         )
@@ -110,8 +112,9 @@ class WorkerMetrics:
         for kind in GPU_MEMORY_KINDS:
             self.gpu_memory.labels(kind=kind).set(0)
 
-    def set_model(self, name: str, version: str, device: str, dtype: str) -> None:
-        self.model_info.info({"name": str(name), "version": str(version), "device": str(device), "dtype": str(dtype)})
+    def set_model(self, name: str, version: str, device: str, dtype: str, random_weights: bool = False) -> None:
+        self.model_info.info({"name": str(name), "version": str(version), "device": str(device), "dtype": str(dtype),
+                              "random_weights": "true" if random_weights else "false"})
 
 
 # Series names Prometheus stores for each family type (the text format appends these).

@@ -46,11 +46,19 @@ class ForecastDoc:
                          "sample_count": s.sample_count, "lookback": s.lookback, "pred_len": s.pred_len}
 
     def __call__(self, it: Ready, fc, ref, latency_ms: dict) -> dict:
+        rec = getattr(it, "quality", None)  # live scoring on: calibrated bands (worker/quality.py)
+        cal = {}
+        if rec is not None and rec.cal_q is not None:
+            from worker.quality import calibrated_entries
+
+            cal = {"calibrated": calibrated_entries(rec),
+                   "calibration": {"levels": rec.levels, "scores": rec.cal_n, "source": rec.cal_group}}
         return events.build_forecast(
             symbol=it.bar.symbol, as_of=it.bar.ts, interval_s=self.interval_s, horizon_times=it.horizon,
             mean=fc.mean, quantiles=fc.quantiles, model_name=ref.name, model_version=ref.version,
             sampling=self.sampling, latency_ms=latency_ms, topic=it.tp.topic, partition=it.tp.partition,
-            offset=it.offset, worker_id=self.worker_id,
+            offset=it.offset, worker_id=self.worker_id, random_weights=getattr(ref, "random_weights", False),
+            **cal,
         )
 
 

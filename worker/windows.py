@@ -219,17 +219,22 @@ class WindowStore:
         res = await self._upsert(keys=self.keys(bar.symbol), args=self._upsert_args(bar, offset))
         return await self.apply(bar, offset, res)
 
-    async def upsert_ahead(self, items: list[tuple[Bar, int]]) -> list:
+    async def upsert_ahead(self, items: list[tuple[Bar, int]], also=None) -> list:
         """Run the upsert script for several (bar, offset)s in one round trip (a pipeline,
         in order) and return the raw replies, each to be passed to `apply` later, in order.
         The local copies are not touched until then, so a caller can handle the bars one by
-        one as if upserted one by one; use it for bars of distinct symbols."""
+        one as if upserted one by one; use it for bars of distinct symbols.
+        also(pipe, bar, offset): queue one more command per bar in the same round trip
+        (scoring claims); the replies are then (upsert reply, its reply) pairs."""
         if not items:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for bar, offset in items:
             await self._upsert(keys=self.keys(bar.symbol), args=self._upsert_args(bar, offset), client=pipe)
-        return await pipe.execute()
+            if also is not None:
+                await also(pipe, bar, offset)
+        replies = await pipe.execute()
+        return list(zip(replies[0::2], replies[1::2])) if also is not None else replies
 
     def _upsert_args(self, bar: Bar, offset: int) -> list:
         return [epoch_seconds(bar.time), _record(bar), int(offset), self.lookback]

@@ -319,6 +319,13 @@ def test_a_running_worker_exports_every_name_dashboards_and_alerts_use(dashboard
     m.model_swaps.labels(result="ok").inc()
     m.queue_depth.set(0)
     m.paused_partitions.set(0)
+    q, lab = m.quality, ("m", "1", "1")  # forecast quality (worker/quality.py)
+    q.scores.labels(*lab, "new").inc()
+    for forecaster in ("model", "persistence", "drift"):
+        q.abs_error.labels(*lab, forecaster).inc(0.1)
+    q.direction.labels(*lab, "hit").inc()
+    q.band.labels(*lab, "calibrated", "0.8").inc()
+    q.band_hits.labels(*lab, "calibrated", "0.8").inc()
 
     server = MetricsServer(m, port=0, host="127.0.0.1")
     port = server.start()
