@@ -56,9 +56,43 @@ def producer_closed(producer: AIOKafkaProducer) -> bool:
     return bool(producer._closed)
 
 
-def make_producer(brokers: str, client_id: str = "kronos-rt", linger_ms: int = 1) -> AIOKafkaProducer:
+# -- connecting ----------------------------------------------------------------------------
+
+def client_kwargs(brokers: str, security=None) -> dict:
+    """bootstrap_servers plus the TLS/SASL settings of a worker.security.KafkaSecurity: what
+    every aiokafka consumer, producer and admin client of kronos-rt is built with."""
+    kw: dict = {"bootstrap_servers": brokers}
+    if security is None or security.security_protocol == "PLAINTEXT":
+        return kw
+    kw["security_protocol"] = security.security_protocol
+    if security.tls:
+        import ssl
+
+        # Verifies the broker's certificate and host name (system CAs unless --ssl-cafile).
+        context = ssl.create_default_context(cafile=security.ssl_cafile)
+        if security.ssl_certfile:
+            context.load_cert_chain(security.ssl_certfile, security.ssl_keyfile)
+        kw["ssl_context"] = context
+    if security.security_protocol.startswith("SASL_"):
+        from worker.security import redact_in_logs
+
+        redact_in_logs(security.sasl_password)  # aiokafka logs the PLAIN token at DEBUG
+        kw.update(sasl_mechanism=security.mechanism, sasl_plain_username=security.sasl_username,
+                  sasl_plain_password=security.sasl_password)
+    return kw
+
+
+def make_consumer(brokers: str, *topics, security=None, **options) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(*topics, **client_kwargs(brokers, security), **options)
+
+
+def make_admin(brokers: str, security=None, **options) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**client_kwargs(brokers, security), **options)
+
+
+def make_producer(brokers: str, client_id: str = "kronos-rt", linger_ms: int = 1, security=None) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=brokers, client_id=client_id, acks="all", enable_idempotence=False,
+        **client_kwargs(brokers, security), client_id=client_id, acks="all", enable_idempotence=False,
         linger_ms=linger_ms, max_batch_size=1 << 20, max_request_size=4 << 20,
     )
 
@@ -116,9 +150,9 @@ def send_rejected(exc: BaseException) -> bool:
     return isinstance(exc, REJECTED_SEND_ERRORS)
 
 
-async def topic_partitions(brokers: str, topics: list[str] | None = None) -> dict[str, int]:
+async def topic_partitions(brokers: str, topics: list[str] | None = None, security=None) -> dict[str, int]:
     """Existing topics -> partition count (only `topics` if given)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    admin = make_admin(brokers, security)
     await admin.start()
     try:
         described = await admin.describe_topics(topics) if topics else await admin.describe_topics()
@@ -131,9 +165,9 @@ async def topic_partitions(brokers: str, topics: list[str] | None = None) -> dic
     return out
 
 
-async def ensure_topics(brokers: str, topics: dict[str, int]) -> list[str]:
+async def ensure_topics(brokers: str, topics: dict[str, int], security=None) -> list[str]:
     """Create the topics (name -> partitions) that do not exist yet; returns those created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+    admin = make_admin(brokers, security)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -154,14 +188,14 @@ async def ensure_topics(brokers: str, topics: dict[str, int]) -> list[str]:
         await admin.close()
     # Metadata for a new topic reaches clients a moment later.
     for _ in range(50):
-        if set(topics) <= set(await topic_partitions(brokers, list(topics))):
+        if set(topics) <= set(await topic_partitions(brokers, list(topics), security)):
             break
         await asyncio.sleep(0.1)
     return [t.name for t in missing]
 
 
 async def read_range(brokers: str, tps: list, *, start: dict | None = None, end: dict | None = None,
-                     timeout_s: float = 30.0, client_id: str = "kronos-rt-reader") -> AsyncIterator:
+                     timeout_s: float = 30.0, client_id: str = "kronos-rt-reader", security=None) -> AsyncIterator:
     """The one bounded reader: messages of the partitions `tps` from `start` (tp -> offset,
     default the log start) up to `end` (tp -> offset, exclusive; default the high-watermark
     seen at the first fetch of each partition, so messages arriving meanwhile are left out).
@@ -171,8 +205,8 @@ async def read_range(brokers: str, tps: list, *, start: dict | None = None, end:
     tps = [tp for tp in tps if end.get(tp, 1) > start.get(tp, 0)]
     if not tps:
         return
-    consumer = AIOKafkaConsumer(bootstrap_servers=brokers, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", client_id=client_id)
+    consumer = make_consumer(brokers, security=security, group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest", client_id=client_id)
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -198,7 +232,8 @@ async def read_range(brokers: str, tps: list, *, start: dict | None = None, end:
         await consumer.stop()
 
 
-def read_partition(brokers: str, tp: TopicPartition, start: int, end: int, timeout_s: float = 30.0) -> AsyncIterator:
+def read_partition(brokers: str, tp: TopicPartition, start: int, end: int, timeout_s: float = 30.0,
+                   security=None) -> AsyncIterator:
     """Messages of one partition with start <= offset < end (window rebuilds)."""
     return read_range(brokers, [tp], start={tp: start}, end={tp: end}, timeout_s=timeout_s,
-                      client_id="kronos-rt-rebuild")
+                      client_id="kronos-rt-rebuild", security=security)
