@@ -44,6 +44,24 @@ class KronosPredictor:
         self.device, self.max_context, self.clip = self.engine.device, max_context, clip
         self.price_cols, self.vol_col, self.amt_vol = PRICE_COLS, VOL_COL, AMT_COL
 
+    @classmethod
+    def from_registry(cls, spec: str, device=None, *, root=None, max_context: int | None = None,
+                      **kwargs) -> "KronosPredictor":
+        """A predictor over a model registry version: "NAME@1.2.0", "NAME@latest" or "NAME",
+        from $KRONOS_RT_REGISTRY (or ~/.kronos-rt/registry, or `root`), with the version's own
+        tokenizer and context length. `.version` says which version it is (and whether it has
+        random weights); RegistryError names what the registry holds when spec is not there."""
+        from .model import Kronos
+        from .registry import Registry
+        from .tokenizer import KronosTokenizer
+
+        mv = Registry(root).resolve(spec)
+        predictor = cls(Kronos.from_pretrained(mv.model_dir), KronosTokenizer.from_pretrained(mv.tokenizer_dir),
+                        device=device, max_context=max_context or int(mv.metadata.get("max_context") or 512),
+                        **kwargs)
+        predictor.version = mv
+        return predictor
+
     # -- input preparation, mirroring the reference ---------------------------------------
     def _prepare(self, df, x_timestamp, y_timestamp, pred_len, where: str = ""):
         """-> (x normalized [L,6] f32, mean, std, x_stamp, y_stamp, y index). `where` is

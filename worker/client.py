@@ -197,7 +197,11 @@ class ForecastClient:
         )
         options.update(self._consumer_options)
         consumer = AIOKafkaConsumer(self.topic, **options)
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()  # it never connected, but holds a client to close
+            raise
         self._consumer = consumer
         return self
 

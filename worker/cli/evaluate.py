@@ -23,21 +23,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, nargs="+", metavar="PATH", help="CSV/Parquet tapes or folders")
     parser.add_argument("--test", default="0.85:1",
                         help="range the forecast bars must lie in: fractions (0.85:1) or dates (default 0.85:1)")
-    parser.add_argument("--lookback", type=int, default=90)
-    parser.add_argument("--pred-len", type=int, default=10)
+    parser.add_argument("--lookback", type=int, default=90, help="bars of context per forecast")
+    parser.add_argument("--pred-len", type=int, default=10, help="bars forecast per window")
     parser.add_argument("--stride", type=int, default=1, help="bars between forecast origins (default 1)")
     parser.add_argument("--sample-count", type=int, default=8, help="sample paths per window (1: no bands/CRPS)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--top-k", type=int, default=0, help="top-k sampling (0 = off, 1 = greedy)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per engine call")
     parser.add_argument("--max-windows", type=int, help="evaluate at most N windows, evenly spaced")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="torch device: auto (GPU if any), cpu, cuda:N")
     parser.add_argument("--registry", metavar="ROOT", help="registry root (default: $KRONOS_RT_REGISTRY)")
     parser.add_argument("--out", default="kronos-eval", help="output folder (default kronos-eval)")
-    parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--drop-bad-rows", action="store_true")
+    parser.add_argument("--no-plots", action="store_true", help="write eval.json and eval.md only")
+    parser.add_argument("--drop-bad-rows", action="store_true",
+                        help="drop rows that fail validation (NaN, high < low, ...) instead of stopping")
 
 
 def main(args: argparse.Namespace) -> int:

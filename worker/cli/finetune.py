@@ -32,7 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="registry name for the fine-tuned version")
     parser.add_argument("--version", help="semantic version (default: next patch)")
     parser.add_argument("--registry", metavar="ROOT", help="registry root (default: $KRONOS_RT_REGISTRY)")
-    parser.add_argument("--stage", default="predictor", choices=["tokenizer", "predictor", "both"])
+    parser.add_argument("--stage", default="predictor", choices=["tokenizer", "predictor", "both"],
+                        help="what to train: the tokenizer, the predictor, or both in turn")
     parser.add_argument("--lookback", type=int, default=90, help="context rows per window (default 90)")
     parser.add_argument("--horizon", type=int, default=10, help="rows after the lookback per window (default 10)")
     parser.add_argument("--train", help="train range, fractions (0:0.7) or dates (2024-01-01:2024-06-01)")
@@ -42,20 +43,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--steps", type=int, help="optimizer steps")
     g.add_argument("--epochs", type=float, help="passes over the train windows (default 1)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "linear", "constant"])
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per optimizer micro-batch")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    parser.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "linear", "constant"],
+                        help="learning-rate schedule")
     parser.add_argument("--eval-every", type=int, help="steps between validations (default: about 10 per run)")
     parser.add_argument("--eval-windows", type=int, default=512, help="validation windows (default 512)")
     parser.add_argument("--early-stopping", type=int, metavar="N", help="stop after N validations without improvement")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="training precision (bf16/fp16: mixed precision on a GPU)")
     tf = parser.add_mutually_exclusive_group()
     tf.add_argument("--teacher-forcing", dest="teacher_forcing", action="store_true", default=True,
                     help="s2 head queried with the true s1 ids (default)")
     tf.add_argument("--sampled-s2", dest="teacher_forcing", action="store_false",
                     help="s2 head queried with s1 ids sampled from the model (the reference scripts' form)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of data order, sampling and initialisation")
     parser.add_argument("--out", help="run directory for checkpoints (default: kronos-finetune/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.add_argument("--drop-bad-rows", action="store_true", help="drop (and report) unusable rows instead of failing")

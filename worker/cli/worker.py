@@ -11,7 +11,8 @@ from worker import config
 
 def configure(parser: argparse.ArgumentParser) -> None:
     config.configure(parser)
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging level")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -19,7 +20,14 @@ def main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = config.from_args(args)
+    try:
+        settings = config.from_args(args)
+    except ValueError as exc:  # a flag or KRONOS_RT_* value that does not parse: exit 2, no traceback
+        raise config.ConfigError(str(exc)) from exc
+    if settings.device.startswith("cuda"):  # no CUDA: say so before loading anything
+        from kronos_rt.engine import resolve_device
+
+        resolve_device(settings.device)
 
     async def run() -> bool:
         worker = Worker(settings)

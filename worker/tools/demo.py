@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
-import tempfile
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from worker.errors import ConfigError, StartupError
 
 TAPE = Path(__file__).resolve().parent / "data" / "a_share_5min.csv"
 DEMO_NAME = "demo-random"
@@ -68,17 +69,18 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The broker's readiness probe connects before it listens; those refusals are expected.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    try:
-        result = asyncio.run(run_demo(args))
-    except DemoError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
-        return 2
+    # Failures (no redis-server, no CUDA, Ctrl-C, ...) reach `kronos-rt`'s one error printer.
+    result = asyncio.run(run_demo(args))
     print(summary_text(result))
     return 0 if result.forecasts >= result.expected else 1
 
 
-class DemoError(RuntimeError):
+class DemoError(StartupError):
     pass
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def summary_text(r: DemoResult) -> str:
@@ -86,7 +88,7 @@ def summary_text(r: DemoResult) -> str:
         "",
         "kronos-rt demo summary",
         f"  model            {r.model}" + ("  (RANDOM WEIGHTS: forecasts are meaningless, the pipeline is real)" if r.random_weights else ""),
-        f"  bars replayed    {r.bars} ({r.symbols} symbols)",
+        f"  bars replayed    {r.bars} ({plural(r.symbols, 'symbol')})",
         f"  forecasts        {r.forecasts} of {r.expected} expected",
         f"  latency total    p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms (bar's Kafka timestamp -> forecast published)",
         f"  wall time        {r.seconds:.1f} s",
@@ -119,11 +121,17 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
     from worker.kafka import ensure_topics
     from worker.tools.services import EmbeddedBroker, RedisServer
 
+    from kronos_rt.engine import resolve_device
+
     t0 = time.monotonic()
+    if args.symbols < 1 or args.bars < 1:
+        raise ConfigError("--symbols and --bars must be >= 1")
+    resolve_device(None if args.device == "auto" else args.device)  # no CUDA: say so before starting anything
     registry = Registry(Path(args.registry) if args.registry else default_root())
     mv = pick_model(registry, args.model, args.shape)
     random_weights = bool(mv.metadata.get("random_weights"))
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="run-", dir=_mkdir(Path("kronos-rt-demo"))))
+    # Named now, created only when the report is written: a failed run leaves no empty folder.
+    out = Path(args.out) if args.out else Path("kronos-rt-demo") / time.strftime(f"run-%Y%m%d-%H%M%S-{os.getpid()}")
 
     broker, redis_server = EmbeddedBroker(), RedisServer()
     try:
@@ -151,8 +159,10 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
         print(f"demo: worker {settings.worker_id} ready (metrics on http://127.0.0.1:{worker.metrics_port}/metrics)")
 
         expected = args.symbols * max(0, args.bars - args.min_history + 1)
-        collector = asyncio.create_task(_collect(broker.bootstrap, expected, args.quiet, args.timeout))
-        summary = await replay(TAPE, broker.bootstrap, TOPICS["bars"], fanout=args.symbols, limit=args.bars,
+        print(f"demo: {_history_note(args)}")
+        collector = asyncio.create_task(_collect(broker.bootstrap, expected, args.quiet, args.timeout,
+                                                 args.min_history))
+        summary = await replay(TAPE, broker.bootstrap, TOPICS["bars"], symbol="SYM", fanout=args.symbols, limit=args.bars,
                                speed=args.speed, progress=not args.quiet, max_gap="5m")
         print(f"demo: {summary.line()}")
         forecasts = await collector
@@ -162,7 +172,7 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
         bars, _ = await report_mod.read_topic(broker.bootstrap, TOPICS["bars"])
         report_path = None
         if forecasts:
-            report_mod.build_report(forecasts, bars, out)
+            report_mod.build_report(forecasts, bars, out, expected=expected)
             report_path = out
         totals = np.array([f["latency_ms"]["total"] for f in forecasts]) if forecasts else np.zeros(1)
         return DemoResult(forecasts=len(forecasts), expected=expected, bars=summary.bars, symbols=summary.symbols,
@@ -174,7 +184,23 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
         redis_server.stop()
 
 
-async def _collect(bootstrap: str, expected: int, quiet: bool, timeout: float) -> list[dict]:
+def _history_note(args) -> str:
+    """Why the forecast count sits at 0 at first, and for how long."""
+    note = (f"each symbol needs {args.min_history} bars of history before its first forecast; "
+            f"{plural(args.symbols * args.bars, 'bar')} to replay")
+    try:
+        from worker.tools.replay import parse_speed
+
+        speed = parse_speed(args.speed)
+    except ValueError:
+        speed = None
+    if speed:
+        # Bars are 5 minutes apart and longer tape pauses are cut to one bar (max_gap="5m").
+        note += f", the first forecasts in about {args.min_history * 300 / speed:.0f} s at {speed:g}x"
+    return note
+
+
+async def _collect(bootstrap: str, expected: int, quiet: bool, timeout: float, min_history: int = 0) -> list[dict]:
     """Read forecasts as they are published until all expected ones are in (or timeout)."""
     from aiokafka import AIOKafkaConsumer
 
@@ -182,13 +208,19 @@ async def _collect(bootstrap: str, expected: int, quiet: bool, timeout: float) -
 
     consumer = AIOKafkaConsumer(TOPICS["forecasts"], bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:  # cancelled (Ctrl-C, the demo failing elsewhere) while connecting
+        await consumer.stop()
+        raise
     seen: dict[tuple, dict] = {}
     bar = None
     if not quiet:
         from tqdm import tqdm
 
-        bar = tqdm(total=expected, unit="fc", desc="forecasts")
+        # Until the first forecast the bar says what it waits for (no ETA from a rate of zero).
+        waiting = f"forecasts (waiting for {min_history} bars per symbol)"
+        bar = tqdm(total=expected, unit="fc", desc=waiting, bar_format="{desc}: {n}/{total} [{elapsed}]")
     deadline = time.monotonic() + timeout
     try:
         while len(seen) < expected and time.monotonic() < deadline:
@@ -198,6 +230,10 @@ async def _collect(bootstrap: str, expected: int, quiet: bool, timeout: float) -
                     f = loads(m.value)
                     key = identity_of(f)
                     if key not in seen and bar is not None:
+                        if not seen:  # the first one: from now on the count moves, so rate and ETA mean something
+                            bar.reset(total=expected)
+                            bar.set_description("forecasts")
+                            bar.bar_format = None
                         bar.update(1)
                     seen[key] = f  # a redelivered duplicate replaces its identical twin
     finally:
@@ -206,7 +242,3 @@ async def _collect(bootstrap: str, expected: int, quiet: bool, timeout: float) -
         await consumer.stop()
     return list(seen.values())
 
-
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p

@@ -17,6 +17,7 @@ import pandas as pd
 
 from worker import events
 from worker.config import parse_interval
+from worker.errors import ConfigError
 from worker.kafka import ensure_topics, make_producer
 from worker.tools.tape import bar_events, fan_out, interleave, read_tape
 
@@ -34,7 +35,8 @@ class ReplaySummary:
     last_ts: str
 
     def line(self) -> str:
-        return (f"sent {self.bars} bars of {self.symbols} symbols to {self.topic} "
+        return (f"sent {self.bars} bar{'s' * (self.bars != 1)} of {self.symbols} "
+                f"symbol{'s' * (self.symbols != 1)} to {self.topic} "
                 f"({self.first_ts} .. {self.last_ts}) in {self.seconds:.2f}s, {self.rate:,.0f} bars/s")
 
 
@@ -58,9 +60,12 @@ def parse_speed(speed: str | float | None) -> float | None:
     """None for as fast as possible, else the multiple of real time."""
     if speed in (None, "max", "MAX", ""):
         return None
-    value = float(speed)
+    try:
+        value = float(speed)
+    except ValueError:
+        value = 0.0
     if value <= 0:
-        raise ValueError("speed must be 'max' or a positive multiple of real time")
+        raise ConfigError(f"--speed {speed!r}: use 'max' or a positive multiple of real time, e.g. 60")
     return value
 
 
@@ -79,7 +84,11 @@ async def replay(tape: str | Path | pd.DataFrame, brokers: str, topic: str, *, s
     own_producer = producer is None
     if own_producer:
         producer = make_producer(brokers, client_id="kronos-rt-replay")
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # a producer that never connected still holds a client to close
+            raise
     bar = None
     if progress:
         from tqdm import tqdm

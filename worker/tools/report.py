@@ -92,6 +92,18 @@ class ReportSummary:
     unmatched_steps: int
     no_as_of_bar: int                      # forecasts left out of accuracy: as_of bar unknown
     files: list[Path] = field(default_factory=list)
+    random_weights: bool = False           # some forecast came from a random-weight model
+    implied: int = 0                       # forecasts the bars imply (from each symbol's first forecast on)
+    expected: int | None = None            # what the caller knows to expect (the demo does), if anything
+
+    @property
+    def label(self) -> str:
+        """Model name@version(s), with the RANDOM WEIGHTS mark every title and header carries."""
+        return (", ".join(self.models) or "no model") + (" [RANDOM WEIGHTS]" if self.random_weights else "")
+
+    @property
+    def shortfall(self) -> int:
+        return max(self.expected if self.expected is not None else self.implied, self.implied) - self.n_forecasts
 
     @property
     def report_path(self) -> Path:
@@ -192,6 +204,25 @@ def _bar_index(bars: list[dict]) -> tuple[dict[str, np.ndarray], dict[tuple[str,
     return closes, index, n
 
 
+def _implied(forecasts: list[dict], bars: list[dict]) -> int:
+    """Forecasts the bars call for: every bar of a symbol from its first forecast's as_of on
+    gets one (a worker forecasts each bar once the symbol has its minimum history)."""
+    first: dict[str, _dt.datetime] = {}
+    for fc in forecasts:
+        t = parse_time(fc["as_of"])
+        if fc["symbol"] not in first or t < first[fc["symbol"]]:
+            first[fc["symbol"]] = t
+    seen = set()
+    for b in bars:
+        try:
+            sym, t = str(b["symbol"]), parse_time(b["ts"])
+        except (KeyError, TypeError, ValueError, InvalidEvent):
+            continue
+        if sym in first and t >= first[sym]:
+            seen.add((sym, t))
+    return len(seen)
+
+
 def _step_accuracy(step: int, rows: list[tuple[float, float, float, float]]) -> StepAccuracy:
     """rows: (actual close, close at as_of, model's close, drift baseline's close) per matched pair."""
     a = np.array(rows, dtype=np.float64)
@@ -270,7 +301,11 @@ def _figure():
     return fig, fig.add_subplot()
 
 
-def _plot_latency(forecasts: list[dict], path: Path) -> None:
+def _plot_title(what: str, label: str) -> str:
+    return f"{what}\n{label}" if label else what
+
+
+def _plot_latency(forecasts: list[dict], path: Path, label: str = "") -> None:
     total = [float(fc["latency_ms"]["total"]) for fc in forecasts
              if isinstance(fc["latency_ms"].get("total"), (int, float))]
     fig, ax = _figure()
@@ -279,20 +314,23 @@ def _plot_latency(forecasts: list[dict], path: Path) -> None:
         ax.axvline(np.percentile(total, p), color="k", linestyle=style, label=f"p{p}")
     ax.set_xlabel("total latency (ms): broker append -> forecast published")
     ax.set_ylabel("forecasts")
+    ax.set_title(_plot_title("End-to-end latency", label))
     ax.legend()
     fig.savefig(path)
 
 
-def _plot_throughput(offsets: np.ndarray, rates: np.ndarray, bucket: float, path: Path) -> None:
+def _plot_throughput(offsets: np.ndarray, rates: np.ndarray, bucket: float, path: Path, label: str = "") -> None:
     fig, ax = _figure()
+    ax.set_title(_plot_title("Forecast throughput", label))
     ax.step(offsets, rates, where="post", color="#228833")
     ax.set_xlabel(f"seconds since the first forecast ({bucket:g} s buckets)")
     ax.set_ylabel("forecasts / s")
     fig.savefig(path)
 
 
-def _plot_batches(sizes: list[int], path: Path) -> None:
+def _plot_batches(sizes: list[int], path: Path, label: str = "") -> None:
     fig, ax = _figure()
+    ax.set_title(_plot_title("Inference batch sizes", label))
     counts = Counter(sizes)
     ax.bar(list(counts), list(counts.values()), color="#aa3377")
     ax.set_xlabel("batch size")
@@ -300,8 +338,9 @@ def _plot_batches(sizes: list[int], path: Path) -> None:
     fig.savefig(path)
 
 
-def _plot_accuracy(steps: list[StepAccuracy], path: Path) -> None:
+def _plot_accuracy(steps: list[StepAccuracy], path: Path, label: str = "") -> None:
     fig, ax = _figure()
+    ax.set_title(_plot_title("Close MAE per horizon step vs naive baselines", label))
     x = [s.step for s in steps]
     ax.plot(x, [s.mae for s in steps], "o-", label="model (mean path)")
     ax.plot(x, [s.last_mae for s in steps], "s--", label="last close")
@@ -335,7 +374,16 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def _markdown(s: ReportSummary, lookback: int, title: str, context: dict[str, str] | None,
               forecasts: list[dict]) -> str:
-    L = [f"# {title}", ""]
+    L = [f"# {title}: {', '.join(s.models) or 'no forecasts'}", ""]
+    if s.random_weights:
+        L += ["> **RANDOM WEIGHTS**: the model has random weights (`kronos-rt models init` / the demo). "
+              "The pipeline, latency and throughput figures are real; the forecasts and every accuracy "
+              "figure below are meaningless.", ""]
+    if s.shortfall > 0:
+        basis = (f"{s.expected} expected" if s.expected is not None and s.expected >= s.implied else
+                 f"{s.implied} that the bars imply (every bar of a symbol from its first forecast on)")
+        L += [f"> **Incomplete**: {s.n_forecasts} forecasts of {basis}; {s.shortfall} missing (a worker "
+              "still catching up, or stopped). The figures below cover only the forecasts that are there.", ""]
     if context:
         L += [f"- {k}: {v}" for k, v in context.items()]
     as_ofs = sorted(parse_time(fc["as_of"]) for fc in forecasts)
@@ -409,7 +457,8 @@ def _markdown(s: ReportSummary, lookback: int, title: str, context: dict[str, st
 
 
 def build_report(forecasts: list[dict], bars: list[dict], out_dir, *, lookback: int = 20,
-                 title: str = "kronos-rt replay report", context: dict[str, str] | None = None) -> ReportSummary:
+                 title: str = "kronos-rt replay report", context: dict[str, str] | None = None,
+                 expected: int | None = None) -> ReportSummary:
     """Compute the report from forecast.v1 and bar.v1 dicts and write out_dir/report.md and plots."""
     if lookback < 2:
         raise ValueError("lookback must be >= 2 bars (the drift baseline needs one change)")
@@ -426,18 +475,21 @@ def build_report(forecasts: list[dict], bars: list[dict], out_dir, *, lookback: 
         models=sorted({f"{fc['model'].get('name')}@{fc['model'].get('version')}" for fc in distinct}),
         latency=latency, throughput=throughput, batch_sizes=batch_summary, accuracy=steps, overall=overall,
         coverage=coverage, matched_steps=matched, unmatched_steps=unmatched, no_as_of_bar=no_as_of,
+        random_weights=any(fc.get("random_weights") is True for fc in distinct),
+        implied=_implied(distinct, bars), expected=expected,
     )
+    label = summary.label
     if "total" in latency:
-        _plot_latency(distinct, out_dir / "latency_hist.png")
+        _plot_latency(distinct, out_dir / "latency_hist.png", label)
         summary.files.append(out_dir / "latency_hist.png")
     if len(rates):
-        _plot_throughput(offsets, rates, throughput["bucket_s"], out_dir / "throughput.png")
+        _plot_throughput(offsets, rates, throughput["bucket_s"], out_dir / "throughput.png", label)
         summary.files.append(out_dir / "throughput.png")
     if sizes:
-        _plot_batches(sizes, out_dir / "batch_sizes.png")
+        _plot_batches(sizes, out_dir / "batch_sizes.png", label)
         summary.files.append(out_dir / "batch_sizes.png")
     if steps:
-        _plot_accuracy(steps, out_dir / "accuracy.png")
+        _plot_accuracy(steps, out_dir / "accuracy.png", label)
         summary.files.append(out_dir / "accuracy.png")
     summary.report_path.write_text(_markdown(summary, lookback, title, context, distinct))
     summary.files.insert(0, summary.report_path)
@@ -498,12 +550,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         forecasts, bars, undecodable = asyncio.run(
             fetch_replay(args.brokers, args.forecasts_topic, args.bars_topic, args.timeout))
-    except (RuntimeError, TimeoutError, OSError) as exc:
+    except (RuntimeError, TimeoutError) as exc:  # a missing topic, a read that did not finish
+        if type(exc).__module__.startswith("aiokafka"):
+            raise  # an unreachable broker: `kronos-rt`'s error printer says what to do
         print(f"kronos-rt report: error: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # aiokafka connection errors (KafkaConnectionError and friends)
-        print(f"kronos-rt report: cannot read from {args.brokers}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    # (an unreachable broker reaches `kronos-rt`'s error printer: one line and what to do)
     context = {"brokers": args.brokers, "forecasts topic": args.forecasts_topic, "bars topic": args.bars_topic,
                "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if undecodable:
@@ -513,6 +565,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"wrote {summary.report_path} ({len(summary.files) - 1} plots): {summary.n_forecasts} forecasts, "
           f"{summary.n_bars} bars" + (f", close MAE {o.mae:.4g} (last {o.last_mae:.4g}, drift {o.drift_mae:.4g})"
                                       if o else ""))
+    if summary.random_weights:
+        print(f"note: {summary.label}: random weights, the accuracy figures are meaningless")
+    if summary.shortfall > 0:
+        print(f"note: {summary.n_forecasts} forecasts of {summary.n_forecasts + summary.shortfall} the bars imply: "
+              "the worker may still be catching up; rerun the report later for complete figures")
     if summary.n_forecasts == 0:
         print(f"kronos-rt report: no forecasts in {args.forecasts_topic}", file=sys.stderr)
         return 1

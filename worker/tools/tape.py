@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kronos_rt.features import COLUMNS, PRICE_COLUMNS
+from worker.errors import ConfigError
 
 TIME_COLUMNS = ("timestamps", "timestamp", "ts", "time", "date", "datetime")
 
@@ -23,24 +24,29 @@ def read_tape(path: str | Path, symbol: str | None = None) -> pd.DataFrame:
     (NaN where the tape has no such column). `symbol` names a tape without a symbol column
     (and overrides none that exist)."""
     path = Path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        df = pd.read_parquet(path)
-    else:
-        df = pd.read_csv(path)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable CSV tape ({type(exc).__name__}: {str(exc).strip()[:200]})") from exc
     df.columns = [str(c).strip().lower() for c in df.columns]
     time_col = next((c for c in TIME_COLUMNS if c in df.columns), None)
     if time_col is None:
-        raise ValueError(f"{path}: no time column (one of {', '.join(TIME_COLUMNS)})")
+        raise ConfigError(f"{path}: no time column (one of {', '.join(TIME_COLUMNS)}); "
+                          f"it has {', '.join(map(str, df.columns))}")
     missing = [c for c in PRICE_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
+        raise ConfigError(f"{path}: missing columns {', '.join(missing)} (a tape needs a time column, "
+                          f"open, high, low, close; optional volume, amount, symbol)")
     out = pd.DataFrame({"time": pd.to_datetime(df[time_col])})
     if "symbol" in df.columns:
         out["symbol"] = df["symbol"].astype(str)
     elif symbol:
         out["symbol"] = symbol
     else:
-        raise ValueError(f"{path}: no symbol column; pass a symbol")
+        raise ConfigError(f"{path}: no symbol column; pass one with --symbol")
     for c in PRICE_COLUMNS:
         out[c] = df[c].astype(float)
     for c in ("volume", "amount"):

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install torch into $PYTHON's environment (default: python), picking the build:
+#   1. already importable: nothing to do;
+#   2. the local pip configuration serves torch==$TORCH_VERSION without network (CI machines
+#      keep a CPU wheel on local disk): install that;
+#   3. an NVIDIA GPU answers nvidia-smi: the default build from PyPI (CUDA);
+#   4. otherwise the CPU build from PyTorch's CPU wheel index (a bare `pip install torch`
+#      would pull the multi-GB CUDA build onto a machine that cannot use it).
+# TORCH_VERSION (default 2.13.0, the version the tests run on) and TORCH_INDEX_URL override.
+set -euo pipefail
+PYTHON=${PYTHON:-python}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+CPU_INDEX=${TORCH_CPU_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+say() { echo "install-torch: $*"; }
+
+if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
+  say "torch $("$PYTHON" -c 'import torch; print(torch.__version__)') is already installed"
+  exit 0
+fi
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  say "torch==$TORCH_VERSION from $TORCH_INDEX_URL"
+  exec "$PYTHON" -m pip install -q "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"
+fi
+# --dry-run --no-index resolves (torch and its dependencies) from local find-links/file indexes
+# only, downloading nothing: it succeeds exactly when an offline install would.
+if "$PYTHON" -m pip install -q --dry-run --no-index "torch==$TORCH_VERSION" >/dev/null 2>&1; then
+  say "torch==$TORCH_VERSION from the local pip configuration (no network)"
+  exec "$PYTHON" -m pip install -q --no-index "torch==$TORCH_VERSION"
+fi
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  say "NVIDIA GPU found: torch==$TORCH_VERSION, default (CUDA) build"
+  exec "$PYTHON" -m pip install -q "torch==$TORCH_VERSION"
+fi
+say "no NVIDIA GPU: torch==$TORCH_VERSION, CPU build from $CPU_INDEX"
+exec "$PYTHON" -m pip install -q "torch==$TORCH_VERSION" --index-url "$CPU_INDEX"
