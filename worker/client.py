@@ -26,6 +26,8 @@ Without a group_id the client reads every partition and commits nothing (each pr
 sees everything); with one, partitions are shared across the group and offsets are
 committed automatically. `from_beginning=True` starts at the oldest retained forecast
 instead of the newest. `feed()` takes raw message values from any other consumer.
+A secured cluster: `security=KafkaSecurity(security_protocol="SASL_SSL", sasl_mechanism=
+"SCRAM-SHA-512", sasl_username=..., sasl_password=..., ssl_cafile=...)` (worker/security.py).
 """
 from __future__ import annotations
 
@@ -171,7 +173,7 @@ def parse_forecast(value: bytes | str, *, topic: str = "", partition: int = -1, 
 class ForecastClient:
     def __init__(self, bootstrap: str, topic: str = "forecasts.5m", group_id: str | None = None,
                  symbols: Iterable[str] | None = None, *, from_beginning: bool = False,
-                 dedup_capacity: int = 100_000, **consumer_options):
+                 dedup_capacity: int = 100_000, security=None, **consumer_options):
         if dedup_capacity < 1:
             raise ValueError("dedup_capacity must be >= 1")
         self.bootstrap, self.topic, self.group_id = bootstrap, topic, group_id
@@ -179,6 +181,7 @@ class ForecastClient:
         self.from_beginning = from_beginning
         self.dedup_capacity = dedup_capacity
         self._consumer_options = consumer_options
+        self.security = security  # worker.security.KafkaSecurity: TLS/SASL towards the brokers
         self._consumer = None
         self._seen: OrderedDict[tuple, None] = OrderedDict()  # insertion order = LRU order
         self._latest: dict[str, ForecastView] = {}
@@ -188,10 +191,12 @@ class ForecastClient:
     async def start(self) -> "ForecastClient":
         from aiokafka import AIOKafkaConsumer
 
+        from worker.kafka import client_kwargs
+
         if self._consumer is not None:
             return self
         options = dict(
-            bootstrap_servers=self.bootstrap, group_id=self.group_id, client_id="kronos-rt-client",
+            **client_kwargs(self.bootstrap, self.security), group_id=self.group_id, client_id="kronos-rt-client",
             auto_offset_reset="earliest" if self.from_beginning else "latest",
             enable_auto_commit=self.group_id is not None,
         )

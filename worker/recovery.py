@@ -24,8 +24,12 @@ Reader = Callable[..., AsyncIterator]
 
 
 class Recovery:
-    def __init__(self, redis, store: WindowStore, keys: RedisKeys, read: Reader, worker_id: str, metrics):
+    def __init__(self, redis, store: WindowStore, keys: RedisKeys, read: Reader, worker_id: str, metrics,
+                 parse: Callable | None = None):
         self.redis = redis
+        # message -> Bar or InvalidEvent: the live path's checks (Ingest.parse), so a rebuild
+        # never stores a bar the DLQ got.
+        self.parse = parse or _parse
         self.store = store
         self.keys = keys
         self.read = read
@@ -39,11 +43,12 @@ class Recovery:
     async def check(self, state: PartitionState, first_offset: int) -> None:
         """First message after assignment: are this partition's windows in Redis? A previous
         owner wrote them (floor known) but the marker is gone: rebuild up to `first_offset`."""
-        state.checked = True
+        # Marked checked only once Redis answered: a Redis outage here means checking again.
         if not await self.redis.exists(self._marker(state)) and first_offset > 0 and state.floor is not None:
             log.warning("Redis has no windows for %s: rebuilding from offset %d", state.tp, state.floor)
             await self.rebuild(state, first_offset)
         await self.redis.set(self._marker(state), self.worker_id)
+        state.checked = True
 
     async def lost_any(self, states: list[PartitionState]) -> bool:
         """A flush while no bars arrive: noticed by a checked partition's missing marker."""
@@ -68,9 +73,8 @@ class Recovery:
         await self.store.delete(symbols)  # start clean so bars land in their original order
         n = 0
         async for msg in self.read(state.tp, start, end):
-            try:
-                bar = events.parse_bar(msg.value, msg.key)
-            except events.InvalidEvent:
+            bar = self.parse(msg)
+            if not isinstance(bar, events.Bar):
                 continue
             await self.store.upsert(bar, msg.offset)
             symbols.add(bar.symbol)
@@ -81,3 +85,10 @@ class Recovery:
         self.rebuilds += 1
         log.warning("rebuilt %d windows of %s from %d bars (offsets %d..%d) in %.2fs",
                     len(symbols), state.tp, n, start, end - 1, time.monotonic() - t0)
+
+
+def _parse(msg) -> events.Bar | events.InvalidEvent:
+    try:
+        return events.parse_bar(msg.value, msg.key)
+    except Exception as exc:  # noqa: BLE001 - the live path sent it to the DLQ
+        return exc if isinstance(exc, events.InvalidEvent) else events.InvalidEvent("internal_error", repr(exc))

@@ -18,6 +18,7 @@ import pandas as pd
 from worker import events
 from worker.config import parse_interval
 from worker.errors import ConfigError
+from worker import security
 from worker.kafka import ensure_topics, make_producer
 from worker.tools.tape import bar_events, fan_out, interleave, read_tape
 
@@ -72,7 +73,7 @@ def parse_speed(speed: str | float | None) -> float | None:
 async def replay(tape: str | Path | pd.DataFrame, brokers: str, topic: str, *, symbol: str | None = None,
                  fanout: int = 1, speed: str | float | None = "max", limit: int | None = None,
                  skip: int = 0, partitions: int | None = None, progress: bool = False,
-                 producer=None, max_gap: str | None = None) -> ReplaySummary:
+                 producer=None, max_gap: str | None = None, security=None) -> ReplaySummary:
     """Publish a tape; returns once every bar is acknowledged. Pass a started `producer` to reuse one.
 
     max_gap (e.g. "5m"): with a paced speed, a longer pause in the tape (lunch, overnight,
@@ -80,10 +81,10 @@ async def replay(tape: str | Path | pd.DataFrame, brokers: str, topic: str, *, s
     rows = prepare(tape, symbol, fanout, limit, skip)
     factor = parse_speed(speed)
     if partitions:
-        await ensure_topics(brokers, {topic: partitions})
+        await ensure_topics(brokers, {topic: partitions}, security=security)
     own_producer = producer is None
     if own_producer:
-        producer = make_producer(brokers, client_id="kronos-rt-replay")
+        producer = make_producer(brokers, client_id="kronos-rt-replay", security=security)
         try:
             await producer.start()
         except BaseException:
@@ -108,13 +109,14 @@ async def replay(tape: str | Path | pd.DataFrame, brokers: str, topic: str, *, s
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            pending.append(await producer.send(topic, key=sym.encode(), value=events.dumps(event)))
+            key, value = sym.encode(), events.dumps(event)
+            pending.append((await producer.send(topic, key=key, value=value), key, value))
             if len(pending) >= 5000:
-                await asyncio.gather(*pending)
+                await _settle(producer, topic, pending)
                 pending.clear()
             if bar is not None:
                 bar.update(1)
-        await asyncio.gather(*pending)
+        await _settle(producer, topic, pending)
     finally:
         if bar is not None:
             bar.close()
@@ -127,6 +129,29 @@ async def replay(tape: str | Path | pd.DataFrame, brokers: str, topic: str, *, s
         first_ts=str(first_time) if first_time is not None else "",
         last_ts=str(rows["time"].iloc[-1]) if len(rows) else "",
     )
+
+
+async def _settle(producer, topic: str, pending: list, attempts: int = 6) -> None:
+    """Wait for the sends' acks; a send that timed out (the bar may well have arrived: the
+    ack did not) or failed with a retriable error is sent again, with growing pauses. A bar
+    sent twice is harmless: the worker sees the same bar again (a duplicate)."""
+    from aiokafka.errors import KafkaError, KafkaTimeoutError
+
+    for attempt in range(attempts):
+        results = await asyncio.gather(*(fut for fut, _, _ in pending), return_exceptions=True)
+        failed = [(item, r) for item, r in zip(pending, results) if isinstance(r, BaseException)]
+        if not failed:
+            return
+        for _, err in failed:
+            if not (isinstance(err, KafkaTimeoutError) or (isinstance(err, KafkaError) and err.retriable)):
+                raise err
+        if attempt == attempts - 1:
+            raise failed[0][1]
+        log.warning("%d of %d sends failed (%r): sending them again (%d/%d)", len(failed), len(pending),
+                    failed[0][1], attempt + 1, attempts - 1)
+        await asyncio.sleep(min(5.0, 0.5 * 2 ** attempt))
+        pending = [(await producer.send(topic, key=key, value=value), key, value)
+                   for (_, key, value), _ in failed]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -147,6 +172,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=int,
                         help="create the topic with this many partitions if it does not exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    security.add_args(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -154,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
     summary = asyncio.run(replay(
         args.tape, args.brokers, args.topic, symbol=args.symbol, fanout=args.fanout, speed=args.speed,
         limit=args.limit, skip=args.skip, partitions=args.partitions, progress=not args.no_progress,
-        max_gap=args.max_gap,
+        max_gap=args.max_gap, security=security.from_args(args),
     ))
     print(summary.line())
     return 0

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from worker import security
 from worker.events import InvalidEvent, identity_of, parse_time
 from worker.tools.tables import format_table
 
@@ -498,31 +499,30 @@ def build_report(forecasts: list[dict], bars: list[dict], out_dir, *, lookback: 
 
 # -- Kafka --------------------------------------------------------------------------------------
 
-async def read_topic(brokers: str, topic: str, timeout_s: float = 60.0) -> tuple[list[dict], int]:
+async def read_topic(brokers: str, topic: str, timeout_s: float = 60.0, security=None) -> tuple[list[dict], int]:
     """(JSON values, undecodable count) of every message in `topic` below the high-watermark
     seen at the first fetch of each partition. Group-less: nothing is committed.
 
     The end comes from the fetch high-watermark rather than ListOffsets, which the
     embedded broker does not answer reliably (see worker/kafka.py)."""
     from aiokafka import TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
 
-    from worker.kafka import read_range, topic_partitions
+    from worker.kafka import make_admin, read_range, topic_partitions
 
     # list_topics first: describing a missing topic auto-creates it on brokers that allow
     # that (Tansu does), and a typo would then read as an empty replay.
-    admin = AIOKafkaAdminClient(bootstrap_servers=brokers, client_id="kronos-rt-report")
+    admin = make_admin(brokers, security, client_id="kronos-rt-report")
     await admin.start()
     try:
         exists = topic in await admin.list_topics()
     finally:
         await admin.close()
-    n_parts = (await topic_partitions(brokers, [topic])).get(topic) if exists else None
+    n_parts = (await topic_partitions(brokers, [topic], security)).get(topic) if exists else None
     if not n_parts:
         raise RuntimeError(f"topic {topic!r} does not exist on {brokers}")
     tps = [TopicPartition(topic, p) for p in range(n_parts)]
     values, bad = [], 0
-    async for m in read_range(brokers, tps, timeout_s=timeout_s, client_id="kronos-rt-report"):
+    async for m in read_range(brokers, tps, timeout_s=timeout_s, client_id="kronos-rt-report", security=security):
         try:
             values.append(orjson.loads(m.value))
         except (orjson.JSONDecodeError, TypeError):
@@ -531,9 +531,9 @@ async def read_topic(brokers: str, topic: str, timeout_s: float = 60.0) -> tuple
 
 
 async def fetch_replay(brokers: str, forecasts_topic: str, bars_topic: str,
-                       timeout_s: float = 60.0) -> tuple[list[dict], list[dict], int]:
+                       timeout_s: float = 60.0, security=None) -> tuple[list[dict], list[dict], int]:
     (forecasts, bad_f), (bars, bad_b) = await asyncio.gather(
-        read_topic(brokers, forecasts_topic, timeout_s), read_topic(brokers, bars_topic, timeout_s))
+        read_topic(brokers, forecasts_topic, timeout_s, security), read_topic(brokers, bars_topic, timeout_s, security))
     return forecasts, bars, bad_f + bad_b
 
 
@@ -544,12 +544,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="report", metavar="DIR", help="output directory (report.md + PNGs)")
     parser.add_argument("--lookback", type=int, default=20, help="bars used by the drift baseline")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds allowed to read each topic")
+    security.add_args(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     try:
         forecasts, bars, undecodable = asyncio.run(
-            fetch_replay(args.brokers, args.forecasts_topic, args.bars_topic, args.timeout))
+            fetch_replay(args.brokers, args.forecasts_topic, args.bars_topic, args.timeout,
+                         security.from_args(args)))
     except (RuntimeError, TimeoutError) as exc:  # a missing topic, a read that did not finish
         if type(exc).__module__.startswith("aiokafka"):
             raise  # an unreachable broker: `kronos-rt`'s error printer says what to do
