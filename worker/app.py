@@ -86,6 +86,8 @@ class Worker:
         self._observers: list = []
         self._reload = asyncio.Event()       # SIGHUP: re-check the registry now
         self.watcher = None
+        self.http = None                     # the HTTP API server (--http-port), when on
+        self.http_port: int | None = None
         self.scoring = None                  # live scoring and calibration (worker/quality.py), when on
 
     # ------------------------------------------------------------------ public hooks
@@ -204,10 +206,16 @@ class Worker:
         self._ready["redis"] = True
 
         self.batcher = MicroBatcher(self.inference.compute, self._publish_batch, s.max_batch,
-                                    s.max_wait_ms / 1000)
+                                    s.max_wait_ms / 1000, low_max_queue=s.http_max_queue)
         self.batcher.start()
         await self.batcher.run_in_thread(self.inference.warm_up)
         self._ready["model_loaded"] = True
+        if s.http_port >= 0:  # ad-hoc forecasts on this engine, behind the stream (worker/http)
+            from worker.http import start_api
+
+            self.http = await start_api(s, self.inference, self.batcher, self.metrics.registry,
+                                        lambda: dict(self._ready))
+            self.http_port = self.http.port
 
         parts: dict = {}
 
@@ -246,6 +254,8 @@ class Worker:
     async def _shutdown(self) -> bool:
         """Stop fetching (done by now), finish queued work, publish, commit."""
         deadline = time.monotonic() + self.s.drain_timeout_s
+        if self.http is not None:  # no new HTTP requests; the ones in flight are answered
+            await self.http.stop(timeout=max(0.1, self.s.drain_timeout_s / 2))
         drained = await self.batcher.drain(timeout=max(0.0, deadline - time.monotonic()))
         try:
             await asyncio.wait_for(self.producer.flush(), max(0.1, deadline - time.monotonic()))
@@ -267,6 +277,8 @@ class Worker:
                     await client.stop()
                 except Exception:
                     log.exception("stopping %s", name)
+        if self.http is not None:
+            await self.http.stop(timeout=1.0)
         if getattr(self, "batcher", None) is not None:
             await self.batcher.close()
         if getattr(self, "redis", None) is not None:

@@ -69,4 +69,6 @@ class Committer:
         by_tp = {st.tp: st for st in states}
         for tp, (offset, _) in planned.items():
             by_tp[tp].committed = offset
+            if by_tp[tp].runahead is not None:
+                by_tp[tp].runahead.committed(offset)
         return True

@@ -152,6 +152,18 @@ class Settings:
     calibration_min_scores: int = 20
     calibration_groups: str = "*=all"
     calibration_per_symbol: int = 0
+    # HTTP API (worker/http): ad-hoc forecasts on the same engine, behind the stream
+    http_port: int = -1
+    http_host: str = "127.0.0.1"
+    api_token: str = ""
+    http_max_queue: int = 256
+    http_max_bars: int = 2048
+    http_max_pred_len: int = 256
+    http_max_series: int = 64
+    http_max_body_kb: int = 8192
+    http_timeout_s: float = 30.0
+    http_strict: int = 1
+    http_cors: str = ""
 
     @property
     def interval_td(self) -> _dt.timedelta:
@@ -229,6 +241,17 @@ HELP = {
     "calibration_groups": "calibration pools: SYMBOL_GLOB=GROUP,... (first match wins; others pool as 'all')",
     "calibration_per_symbol": "a symbol uses its own calibration once it has this many scores per step "
                               "(0 = pools only)",
+    "http_port": "port of the HTTP forecast API in this process (-1 = off, 0 = pick a free one)",
+    "http_host": "bind address of the HTTP API (0.0.0.0 to serve other machines)",
+    "api_token": "bearer token the HTTP API requires (empty = no auth; prefer the env variable to the flag)",
+    "http_max_queue": "HTTP series waiting for the engine before requests get 429",
+    "http_max_bars": "most bars per HTTP series",
+    "http_max_pred_len": "largest pred_len an HTTP request may ask for",
+    "http_max_series": "most series in one /v1/forecast:batch request",
+    "http_max_body_kb": "largest HTTP request body, KiB (413 beyond)",
+    "http_timeout_s": "longest an HTTP request waits for the engine before a 503",
+    "http_strict": "1 = unknown fields in HTTP requests are errors, 0 = ignored",
+    "http_cors": "origins allowed to call the HTTP API from a browser, comma separated (empty = CORS off)",
 }
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.offsets import PartitionOffsets
+from worker.runahead import RunAhead
 
 
 @dataclass
@@ -19,6 +20,7 @@ class PartitionState:
     processed: int | None = None               # next offset after the last bar handled
     oldest: dict[str, int] = field(default_factory=dict)  # symbol -> oldest offset in its window
     offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
+    runahead: RunAhead | None = None           # bars per symbol past the commit (worker/runahead.py)
 
     def rebuild_from(self) -> int | None:
         """Where to re-read the partition from to rebuild all its symbols' windows (None: nothing to)."""

@@ -1,0 +1,80 @@
+"""Redis goes away under a running worker (stopped, then started again empty on the same
+port): the worker stays up, says not ready while Redis is away, pauses, and then rebuilds
+the windows from the bar topic and forecasts every bar that arrived meanwhile."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.worker.faults.report import readyz, tally
+from tests.worker.test_app_e2e import (
+    TAPE, Worker, consume, engine, expected_keys, make_settings, names, one_torch_thread, running_worker,
+)
+from tests.worker.faults.test_failover_backlog import _covered
+from worker.errors import StartupError
+from worker.kafka import ensure_topics
+from worker.tools.replay import prepare, replay
+from worker.tools.services import RedisServer
+
+pytestmark = pytest.mark.slow
+assert one_torch_thread  # autouse fixture, imported to apply here too
+
+
+async def _until(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_redis_restart_mid_stream(broker):
+    topics = names("redis-restart")
+    await ensure_topics(broker, {topics["bars_topic"]: 2})
+    rows = prepare(TAPE, fanout=3, limit=110)
+    want = expected_keys(rows)
+    before, during = prepare(TAPE, fanout=3, limit=60), prepare(TAPE, fanout=3, skip=60, limit=50)
+    server = RedisServer().start()
+    port = server.port
+    try:
+        settings = make_settings(broker, server.url, "krt", topics)
+        async with running_worker(settings) as worker:
+            task = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Worker.run")
+            await replay(before, broker, topics["bars_topic"])
+            await consume(broker, topics["forecasts_topic"],
+                          lambda got: _covered(got) >= expected_keys(before), timeout=60)
+            server.stop()  # everything Redis held is gone with it
+            await replay(during, broker, topics["bars_topic"])
+            await _until(lambda: readyz(worker.metrics_port)[0] == 503, 15, "/readyz to say 503")
+            status, checks = readyz(worker.metrics_port)
+            assert checks["redis"] is False and checks["kafka"] is True
+            await asyncio.sleep(2.0)
+            assert not task.done(), "the worker must ride out a Redis outage"
+            server = RedisServer(port=port).start()
+            t0 = time.monotonic()
+            msgs = await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=90)
+            recovery = time.monotonic() - t0
+            await _until(lambda: readyz(worker.metrics_port)[0] == 200, 15, "/readyz to say 200 again")
+        assert worker.stats["rebuilds"] >= 1  # Redis came back empty
+    finally:
+        server.stop()
+    row = tally("Redis restart (2 s away)", len(rows), want, msgs, recovery)
+    assert row.lost == 0
+    assert row.identical
+    assert row.duplicates <= len(during)  # only bars handled again after the outage
+
+
+async def test_wrong_redis_password_is_a_clear_startup_error(broker):
+    """A Redis that refuses the password: no partitions taken, a StartupError naming Redis
+    (without the password), not a crash mid-stream."""
+    topics = names("redis-auth")
+    with RedisServer() as server:
+        import redis as sync_redis
+        sync_redis.Redis(port=server.port).config_set("requirepass", "right")
+        url = f"redis://:wrong-secret@127.0.0.1:{server.port}/0"
+        worker = Worker(make_settings(broker, url, "krt", topics), engine=engine()[0], model_ref=engine()[1])
+        with pytest.raises(StartupError) as err:
+            await asyncio.wait_for(worker.run(), 30)
+    assert "Redis" in str(err.value) and "wrong-secret" not in str(err.value)
+    assert not worker.partitions
