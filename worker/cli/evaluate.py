@@ -43,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from kronos_rt.training.data import DataError, load_tapes, parse_range
-    from kronos_rt.training.evaluate import Candidate, EvalConfig, evaluate, markdown, write_report
+    from kronos_rt.training.evaluate import Candidate, EvalConfig, evaluate
+    from worker.tools.eval_report import markdown, write_report
 
     def fail(code: int, msg: str) -> int:
         print(f"kronos-rt eval: error: {msg}", file=sys.stderr)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from kronos_rt.training.data import DataError, load_tapes, parse_range
-from kronos_rt.training.evaluate import Candidate, EvalConfig, compare, evaluate, markdown, score, write_report
+from kronos_rt.training.evaluate import Candidate, EvalConfig, compare, evaluate, score
+from worker.tools.eval_report import markdown, write_report
 
 from .conftest import make_tape
 
