@@ -17,9 +17,11 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from kronos_rt.checkpoint import CheckpointError
 from kronos_rt.registry import Registry, RegistryError
+from worker import security
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +29,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="model to start from: a registry version, a directory with model/ and tokenizer/, "
                              "or a Hub model id (with --base-tokenizer)")
     parser.add_argument("--base-tokenizer", metavar="HUB_ID", help="tokenizer Hub id when --base is a Hub id")
-    parser.add_argument("--data", required=True, nargs="+", metavar="PATH",
+    parser.add_argument("--data", nargs="+", default=[], metavar="PATH",
                         help="CSV/Parquet tapes or folders of them (one symbol per file, or a symbol column)")
+    parser.add_argument("--from-topic", action="append", default=[], metavar="TOPIC",
+                        help="also train on a bar topic, read from Kafka up to its current end (repeatable); "
+                             "saved as a tape in OUT/data/ so the version's metadata can name its sha256")
+    parser.add_argument("--brokers", default="127.0.0.1:9092", help="Kafka bootstrap servers for --from-topic")
+    security.add_args(parser)
     parser.add_argument("--name", required=True, help="registry name for the fine-tuned version")
     parser.add_argument("--version", help="semantic version (default: next patch)")
     parser.add_argument("--registry", metavar="ROOT", help="registry root (default: $KRONOS_RT_REGISTRY)")
@@ -80,6 +87,22 @@ def _stop_on_sigint() -> threading.Event:
     return event
 
 
+def _topic_tape(args: argparse.Namespace, topic: str) -> Path:
+    """Read a bar topic into OUT/data/topic-TOPIC.csv (the library trains on tapes)."""
+    import asyncio
+
+    from worker.tools.tape import tape_from_topic
+
+    df, stats = asyncio.run(tape_from_topic(args.brokers, topic, security.from_args(args)))
+    path = Path(args.out or Path("kronos-finetune") / args.name) / "data" / f"topic-{topic}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)
+    spans = ", ".join(f"p{p}: {a}..{b}" for p, (a, b) in sorted(stats["offsets"].items()))
+    print(f"topic {topic}: {stats['messages']} messages ({spans}), {len(df)} bars of "
+          f"{df['symbol'].nunique()} symbols kept, {stats['invalid']} invalid skipped -> {path}")
+    return path
+
+
 def main(args: argparse.Namespace) -> int:
     from kronos_rt.training.data import DataError
     from kronos_rt.training.finetune import finetune
@@ -96,6 +119,14 @@ def main(args: argparse.Namespace) -> int:
         return fail(2, "--horizon must be >= 1")
     if args.steps is not None and args.steps < 1:
         return fail(2, "--steps must be >= 1")
+    if not args.data and not args.from_topic:
+        return fail(2, "no data: give --data PATH... and/or --from-topic TOPIC")
+    data = list(args.data)
+    for topic in args.from_topic:
+        try:
+            data.append(_topic_tape(args, topic))
+        except (ValueError, OSError, RuntimeError) as exc:
+            return fail(1, f"reading topic {topic!r} from {args.brokers}: {exc}")
     config = TrainConfig(lookback=args.lookback, horizon=args.horizon, lr=args.lr, steps=args.steps,
                          epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
                          precision=args.precision, teacher_forcing=args.teacher_forcing, device=args.device,
@@ -103,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
                          eval_windows=args.eval_windows, early_stopping=args.early_stopping, progress=args.progress)
     stop = _stop_on_sigint()
     try:
-        result = finetune(args.base, args.data, args.name, Registry(args.registry), config, stage=args.stage,
+        result = finetune(args.base, data, args.name, Registry(args.registry), config, stage=args.stage,
                           train=args.train, val=args.val, test=args.test, out_dir=args.out, resume=args.resume,
                           stop=stop, drop_bad_rows=args.drop_bad_rows, base_tokenizer=args.base_tokenizer,
                           version=args.version)

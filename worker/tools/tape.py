@@ -105,3 +105,33 @@ def bar_events(tape: pd.DataFrame) -> Iterator[tuple[str, dict, pd.Timestamp]]:
             v = float(cols[c][i])
             bar[c] = None if np.isnan(v) else v
         yield symbols[i], bar, t
+
+
+async def tape_from_topic(brokers: str, topic: str, security=None, timeout_s: float = 120.0):
+    """A bar topic as a tape (symbol, timestamps, open..amount), read group-less up to the
+    high-watermarks seen at the start. Messages that are not valid bars are counted, not
+    kept; a bar sent again (same symbol and time) keeps its latest value, as a window does.
+    Returns (DataFrame, {"messages", "invalid", "offsets": {partition: [first, last]}})."""
+    from aiokafka import TopicPartition
+
+    from worker import events
+    from worker.kafka import read_range, topic_partitions
+
+    n_parts = (await topic_partitions(brokers, [topic], security)).get(topic)
+    if not n_parts:
+        raise ValueError(f"topic {topic!r} does not exist on {brokers}")
+    rows: dict[tuple[str, str], list] = {}
+    stats = {"messages": 0, "invalid": 0, "offsets": {}}
+    tps = [TopicPartition(topic, p) for p in range(n_parts)]
+    async for msg in read_range(brokers, tps, timeout_s=timeout_s, client_id="kronos-rt-tape", security=security):
+        stats["messages"] += 1
+        span = stats["offsets"].setdefault(msg.partition, [msg.offset, msg.offset])
+        span[1] = msg.offset
+        try:
+            bar = events.parse_bar(msg.value, msg.key)
+        except events.InvalidEvent:
+            stats["invalid"] += 1
+            continue
+        rows[(bar.symbol, bar.time.isoformat())] = [bar.symbol, bar.time, *bar.values()]
+    df = pd.DataFrame(list(rows.values()), columns=["symbol", "timestamps", *COLUMNS])
+    return df.sort_values(["symbol", "timestamps"], kind="stable").reset_index(drop=True), stats

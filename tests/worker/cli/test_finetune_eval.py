@@ -142,3 +142,39 @@ def test_finetune_bad_input_one_line_errors(tmp_path, capsys):
     assert rc == 2 and "the tokenizer does not fit the model (s1_bits: model 10 vs tokenizer 8)" in line
     rc, line = _one_line_error(capsys, *common, "--base", "nosuch@1.0.0", "--data", TAPE)
     assert rc == 1 and "no model named 'nosuch'" in line
+
+
+@pytest.mark.slow
+def test_finetune_from_a_bar_topic(broker, tmp_path, capsys):
+    """--from-topic: the topic becomes a tape in OUT/data (invalid messages skipped and counted),
+    whose sha256 the new version's metadata records."""
+    import asyncio
+
+    from worker.kafka import ensure_topics, make_producer
+    from worker.tools.replay import prepare, replay
+
+    topic = f"ft-bars-{tmp_path.name[-8:]}"
+    rows = prepare(TAPE, symbol="600977.SH", limit=400)
+
+    async def feed():
+        await ensure_topics(broker, {topic: 2})
+        await replay(rows, broker, topic)
+        producer = make_producer(broker)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, b"not json", key=b"X")
+        finally:
+            await producer.stop()
+
+    asyncio.run(feed())
+    root, out = tmp_path / "reg", tmp_path / "run"
+    Registry(root).import_dirs("parity", PARITY / "model", PARITY / "tokenizer", version="1.0.0")
+    rc, stdout, err = run(capsys, "finetune", "--registry", str(root), "--base", "parity@1.0.0", "--from-topic", topic,
+                          "--brokers", broker, "--name", "parity", "--lookback", "32", "--horizon", "8", "--steps", "2",
+                          "--batch-size", "8", "--eval-windows", "8", "--device", "cpu", "--out", str(out))
+    assert rc == 0, err
+    assert "401 messages" in stdout and "400 bars of 1 symbols kept, 1 invalid skipped" in stdout
+    tape = out / "data" / f"topic-{topic}.csv"
+    meta = Registry(root).resolve("parity@1.0.1").metadata
+    files = meta["finetune"]["data"]["files"] if "finetune" in meta else meta["data"]["files"]
+    assert [f["path"] for f in files] == [str(tape)]
