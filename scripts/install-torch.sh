@@ -21,11 +21,19 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
   say "torch==$TORCH_VERSION from $TORCH_INDEX_URL"
   exec "$PYTHON" -m pip install -q "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL"
 fi
-# --dry-run --no-index resolves (torch and its dependencies) from local find-links/file indexes
-# only, downloading nothing: it succeeds exactly when an offline install would.
-if "$PYTHON" -m pip install -q --dry-run --no-index "torch==$TORCH_VERSION" >/dev/null 2>&1; then
+# Offline: only the local part of the pip configuration (find-links, file:// indexes), network
+# indexes left out. A --dry-run resolves torch and its dependencies there, downloading nothing:
+# it succeeds exactly when an offline install would.
+local=(--no-index)
+mapfile -t file_indexes < <("$PYTHON" -m pip config list 2>/dev/null | grep -i 'index-url' \
+                             | grep -o "file://[^ '\"]*" || true)
+if [ ${#file_indexes[@]} -gt 0 ]; then
+  local=(--index-url "${file_indexes[0]}")
+  for url in "${file_indexes[@]:1}"; do local+=(--extra-index-url "$url"); done
+fi
+if "$PYTHON" -m pip install -q --dry-run "${local[@]}" "torch==$TORCH_VERSION" >/dev/null 2>&1; then
   say "torch==$TORCH_VERSION from the local pip configuration (no network)"
-  exec "$PYTHON" -m pip install -q --no-index "torch==$TORCH_VERSION"
+  exec "$PYTHON" -m pip install -q "${local[@]}" "torch==$TORCH_VERSION"
 fi
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   say "NVIDIA GPU found: torch==$TORCH_VERSION, default (CUDA) build"
