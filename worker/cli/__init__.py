@@ -24,6 +24,8 @@ COMMANDS = {
     "models": ("worker.cli.models", "manage the local model registry"),
     "bench": ("worker.cli.bench", "benchmark the inference engine against full recompute"),
     "bench-stream": ("worker.tools.bench_stream", "benchmark broker -> worker -> broker latency"),
+    "serve": ("worker.cli.serve", "serve ad-hoc forecasts over HTTP (the API the worker mounts with --http-port)"),
+    "bench-serve": ("worker.tools.bench_serve", "benchmark the HTTP API: 1/8/64 clients beside the bare engine"),
     "finetune": ("worker.cli.finetune", "fine-tune a model on your tapes into a new (unpromoted) registry version"),
     "eval": ("worker.cli.evaluate", "walk-forward backtest of registry versions against persistence and drift"),
 }
@@ -53,6 +55,12 @@ DESCRIPTIONS = {
              "machine, prints Markdown tables and checks the speed targets.",
     "bench-stream": "Measures broker -> worker -> broker latency beside pure engine compute, with an "
                     "embedded broker and a private Redis unless given real ones.",
+    "serve": "Serves POST /v1/forecast and /v1/forecast:batch (forecast.v1 answers), GET /v1/models, /healthz, "
+             "/readyz, /metrics and OpenAPI docs at /docs. Concurrent requests are micro-batched on one engine; "
+             "greedy answers equal a request made alone. Optional bearer token (--api-token).",
+    "bench-serve": "Runs the HTTP API on random-weight Kronos-mini and -small engines, drives it with 1, 8 and 64 "
+                   "concurrent clients and times the bare engine on the batch sizes the server formed; prints "
+                   "a table and checks the targets.",
     "finetune": "Fine-tunes a model on your tapes; the best-validation checkpoint becomes a new, unpromoted "
                 "registry version (evaluate it, then promote it on the evidence).",
     "eval": "Walk-forward backtest of registry versions on held-out time against persistence and drift: "
@@ -79,6 +87,9 @@ EXAMPLES = {
     "bench": ["kronos-rt bench", "kronos-rt bench --shape mini --device cpu"],
     "bench-stream": ["kronos-rt bench-stream --shape mini --symbols 64",
                      "kronos-rt bench-stream --brokers localhost:29092 --redis redis://127.0.0.1:6379/0"],
+    "serve": ["kronos-rt serve --model kronos-small@latest --port 8000",
+              "KRONOS_RT_API_TOKEN=secret kronos-rt serve --model NeoQuasar/Kronos-mini --host 0.0.0.0"],
+    "bench-serve": ["kronos-rt bench-serve", "kronos-rt bench-serve --shapes mini --clients 1,8,64 --seconds 10"],
     "finetune": ["kronos-rt finetune --base kronos-small@latest --data tapes/ --name my-small --steps 200",
                  "kronos-rt finetune --base kronos-small@latest --data tapes/ --name my-small --resume"],
     "eval": ["kronos-rt eval --model kronos-small@latest --model my-small@latest --data tapes/",

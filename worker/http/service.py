@@ -1,0 +1,214 @@
+"""Ad-hoc forecasts on the shared engine: request -> engine items -> micro-batcher's
+lower-priority lane -> forecast.v1 documents.
+
+Checks here need the server's settings (limits, interval, calendars) or look across bars
+(order, high/low); each failure is an ApiError naming the field, e.g. `bars[3].high`.
+Items carry their own pred_len, sampling and quantiles; Inference.compute groups by them
+and by window length, so an answer never depends on what else shared its batch.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from worker import events
+from worker.batcher import MicroBatcher, QueueFull
+from worker.config import Settings, parse_interval
+from worker.sessions import parse_session_map
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An answer other than 200: status, machine-readable code, the field at fault, a message."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.retry_after = retry_after
+
+    def body(self) -> dict:
+        err = {"status": self.status, "code": self.code, "message": self.message}
+        if self.field is not None:
+            err["field"] = self.field
+        return {"error": err}
+
+
+@dataclass
+class Job:
+    """One series for Inference.compute (values/times/horizon as the stream's Ready items)."""
+    symbol: str
+    values: np.ndarray          # [L, 6], NaN = missing volume/amount
+    times: np.ndarray           # datetime64[s] [L]
+    horizon: list[_dt.datetime]
+    pred_len: int
+    sampling: object            # kronos_rt.SamplingParams
+    quantiles: tuple[float, ...]
+    as_of: str
+    interval_s: int
+    received: float = field(default_factory=time.time)
+
+
+def _bad(where: str, message: str) -> ApiError:
+    return ApiError(422, "invalid", message, where)
+
+
+class ForecastService:
+    def __init__(self, settings: Settings, inference, batcher: MicroBatcher, metrics, worker_id: str | None = None):
+        self.s = settings
+        self.inference = inference
+        self.batcher = batcher
+        self.metrics = metrics
+        self.worker_id = worker_id or settings.worker_id
+        self.calendar_for = parse_session_map(settings.sessions)
+        self.interval = settings.interval_td
+        self.closed = False
+        batcher.on_low_batch = lambda batch: metrics.batch_size.observe(len(batch.items))
+        metrics.queue_depth.set_function(lambda: batcher.low_pending)
+
+    # -- checks ---------------------------------------------------------------------------
+    def prepare(self, req, where: str = "", received: float | None = None) -> Job:
+        """A validated request model -> Job, or ApiError naming the field (prefix `where`).
+        `received`: when the request arrived (time.time()), for latency_ms.total."""
+        from kronos_rt import SamplingParams
+
+        s, p = self.s, where
+        bars = req.bars
+        if not 1 <= len(bars) <= s.http_max_bars:
+            raise _bad(f"{p}bars", f"need 1 to {s.http_max_bars} bars, got {len(bars)}")
+        times, rows = [], []
+        for i, b in enumerate(bars):
+            try:
+                t = events.parse_time(b.ts)
+            except events.InvalidEvent as exc:
+                raise _bad(f"{p}bars[{i}].ts", exc.detail) from None
+            if times and t <= times[-1]:
+                raise _bad(f"{p}bars[{i}].ts", f"{b.ts} {'duplicates' if t == times[-1] else 'is before'} "
+                                               f"bars[{i - 1}].ts: bars must be in strictly increasing time order")
+            if b.high < b.low:
+                raise _bad(f"{p}bars[{i}].high", f"high {b.high} < low {b.low}")
+            if b.high < max(b.open, b.close):
+                raise _bad(f"{p}bars[{i}].high", f"high {b.high} below open/close")
+            if b.low > min(b.open, b.close):
+                raise _bad(f"{p}bars[{i}].low", f"low {b.low} above open/close")
+            times.append(t)
+            rows.append((b.open, b.high, b.low, b.close,
+                         np.nan if b.volume is None else b.volume, np.nan if b.amount is None else b.amount))
+        interval = self.interval
+        if req.interval is not None:
+            try:
+                interval = parse_interval(req.interval)
+            except ValueError as exc:
+                raise _bad(f"{p}interval", str(exc)) from None
+        pred_len = req.pred_len
+        if pred_len is None:
+            pred_len = len(req.future_ts) if req.future_ts else s.pred_len
+        if not 1 <= pred_len <= s.http_max_pred_len:
+            raise _bad(f"{p}pred_len", f"pred_len must be 1 to {s.http_max_pred_len}, got {pred_len}")
+        if req.future_ts is not None:
+            horizon = []
+            for i, ts in enumerate(req.future_ts):
+                try:
+                    t = events.parse_time(ts)
+                except events.InvalidEvent as exc:
+                    raise _bad(f"{p}future_ts[{i}]", exc.detail) from None
+                prev = horizon[-1] if horizon else times[-1]
+                if t <= prev:
+                    raise _bad(f"{p}future_ts[{i}]", f"{ts} is not after "
+                                                     f"{'future_ts[%d]' % (i - 1) if horizon else 'the last bar'}")
+                horizon.append(t)
+            if len(horizon) != pred_len:
+                raise _bad(f"{p}future_ts", f"{len(horizon)} timestamps for pred_len {pred_len}")
+        else:
+            try:
+                horizon = self.calendar_for(req.symbol).next_times(times[-1], interval, pred_len)
+            except (ValueError, RuntimeError) as exc:
+                raise _bad(f"{p}interval", str(exc)) from None
+        sp = req.sampling
+        base = self.inference.sampling
+        try:
+            sampling = SamplingParams(
+                temperature=base.temperature if sp is None or sp.temperature is None else sp.temperature,
+                top_k=base.top_k if sp is None or sp.top_k is None else sp.top_k,
+                top_p=base.top_p if sp is None or sp.top_p is None else sp.top_p,
+                sample_count=base.sample_count if sp is None or sp.sample_count is None else sp.sample_count,
+                seed=base.seed)
+        except ValueError as exc:
+            raise _bad(f"{p}sampling", str(exc)) from None
+        quantiles = tuple(sorted(set(req.quantiles))) if req.quantiles is not None else tuple(self.s.quantiles)
+        return Job(symbol=req.symbol, values=np.array(rows, dtype=np.float64),
+                   times=np.array(times, dtype="datetime64[s]"), horizon=horizon, pred_len=pred_len,
+                   sampling=sampling, quantiles=quantiles, as_of=events.format_ts(times[-1]),
+                   interval_s=int(interval.total_seconds()), received=received or time.time())
+
+    # -- running --------------------------------------------------------------------------
+    async def run(self, jobs: list[Job], disconnected=None) -> list[dict] | None:
+        """Forecast `jobs` (all or none admitted); None when the client went away first.
+        `disconnected`: returns an awaitable that completes when the client disconnects."""
+        retry = max(1.0, self.s.max_wait_ms / 1000)
+        if self.closed:
+            self.metrics.rejected.labels(reason="closed").inc(len(jobs))
+            raise ApiError(503, "unavailable", "server is shutting down", retry_after=5)
+        if self.batcher.low_queued + len(jobs) > self.batcher.low_max_queue:
+            self.metrics.rejected.labels(reason="queue_full").inc(len(jobs))
+            raise ApiError(429, "overloaded", f"request queue full ({self.batcher.low_max_queue} series); "
+                                              "retry later", retry_after=retry)
+        try:
+            futs = [self.batcher.submit_low(j) for j in jobs]
+        except QueueFull:  # unreachable after the check above on one loop, kept for safety
+            self.metrics.rejected.labels(reason="queue_full").inc(len(jobs))
+            raise ApiError(429, "overloaded", "request queue full; retry later", retry_after=retry) from None
+        except RuntimeError:
+            raise ApiError(503, "unavailable", "server is shutting down", retry_after=5) from None
+        watch = asyncio.ensure_future(disconnected()) if disconnected is not None else None
+        gather = asyncio.gather(*futs)
+        gather.add_done_callback(lambda g: g.cancelled() or g.exception())  # retrieved, even when abandoned
+        try:
+            waits = {gather} | ({watch} if watch is not None else set())
+            done, _ = await asyncio.wait(waits, timeout=self.s.http_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            if gather not in done:
+                for f in futs:
+                    f.cancel()  # frees the queue slots at once; the batcher skips them
+                if watch is not None and watch in done:
+                    self.metrics.rejected.labels(reason="client_gone").inc(len(jobs))
+                    return None
+                self.metrics.rejected.labels(reason="timeout").inc(len(jobs))
+                raise ApiError(503, "timeout", f"no engine slot within {self.s.http_timeout_s} s "
+                                               "(the stream has priority); retry later", retry_after=retry)
+            try:
+                results = gather.result()
+            except RuntimeError as exc:
+                if "closed" in str(exc):
+                    raise ApiError(503, "unavailable", "server is shutting down", retry_after=5) from None
+                raise ApiError(500, "inference_error", f"inference failed: {exc!r:.300}") from None
+            except Exception as exc:
+                log.warning("inference failed for an HTTP request: %r", exc)
+                raise ApiError(500, "inference_error", f"inference failed: {exc!r:.300}") from None
+            return [self.document(j, fc, ref, batch) for j, ((fc, ref), batch) in zip(jobs, results)]
+        finally:
+            if watch is not None:
+                watch.cancel()
+            if not gather.done():
+                gather.cancel()
+
+    def document(self, job: Job, fc, ref, batch) -> dict:
+        now = time.time()
+        doc = events.build_forecast(
+            symbol=job.symbol, as_of=job.as_of, interval_s=job.interval_s, horizon_times=job.horizon,
+            mean=fc.mean, quantiles=fc.quantiles, model_name=ref.name, model_version=ref.version,
+            sampling={"temperature": job.sampling.temperature, "top_k": job.sampling.top_k,
+                      "top_p": job.sampling.top_p, "sample_count": job.sampling.sample_count,
+                      "lookback": len(job.values), "pred_len": job.pred_len},
+            latency_ms={"broker_to_received": 0.0, "queue_wait": max(0.0, batch.started - job.received) * 1000,
+                        "inference": (batch.finished - batch.started) * 1000, "total": (now - job.received) * 1000},
+            topic="http", partition=0, offset=0, worker_id=self.worker_id)
+        doc["batch_size"] = len(batch.items)
+        if getattr(ref, "random_weights", False):
+            doc["random_weights"] = True  # say so, as the stream's forecasts do
+        return doc
