@@ -1,8 +1,6 @@
 """kronos-rt bench-serve runs end to end on a short setting and prints its table and targets."""
 import argparse
 
-
-
 from worker.tools import bench_serve
 
 
