@@ -155,6 +155,9 @@ class ForecastService:
         if self.closed:
             self.metrics.rejected.labels(reason="closed").inc(len(jobs))
             raise ApiError(503, "unavailable", "server is shutting down", retry_after=5)
+        if len(jobs) > self.batcher.low_max_queue:  # would never fit: not a matter of waiting
+            raise ApiError(422, "invalid", f"{len(jobs)} series exceed the request queue "
+                                           f"({self.batcher.low_max_queue}); split the batch", "series")
         if self.batcher.low_queued + len(jobs) > self.batcher.low_max_queue:
             self.metrics.rejected.labels(reason="queue_full").inc(len(jobs))
             raise ApiError(429, "overloaded", f"request queue full ({self.batcher.low_max_queue} series); "
