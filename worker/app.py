@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import re
 import time
 
 from aiokafka import ConsumerRebalanceListener
 
-from worker import config, events, kafka, poison
+from worker import events, kafka, poison
 from worker.batcher import Batch, MicroBatcher
 from worker.commit import Committer, inherited_floor
 from worker.config import ModelRef, Settings, is_registry_spec, resolve_model
-from worker.hotswap import ModelWatcher, follows_latest
+from worker.flow import Flow
+from worker.health import Health
+from worker.hotswap import follow_registry, follows_latest
 from worker.inference import Inference, build_engine
 from worker.ingest import REDELIVERY_SLACK, DeadLetter, Ingest, Ready
 from worker.keys import RedisKeys
@@ -81,11 +82,10 @@ class Worker:
         self._stop = asyncio.Event()
         self._ready_event = asyncio.Event()  # set once partitions are assigned
         self._lost = False                   # Redis lost windows: rebuild before going on
-        self._ready = {"model_loaded": False, "kafka": False, "redis": False}
+        self.health = Health()                # what /readyz says
         self._tasks: list[asyncio.Task] = []
         self._observers: list = []
         self._reload = asyncio.Event()       # SIGHUP: re-check the registry now
-        self.watcher = None
         self.http = None                     # the HTTP API server (--http-port), when on
         self.http_port: int | None = None
         self.scoring = None                  # live scoring and calibration (worker/quality.py), when on
@@ -131,7 +131,7 @@ class Worker:
     async def _run(self) -> bool:
         s = self.s
         self._server = MetricsServer(self.metrics, s.metrics_port, host=s.metrics_host,
-                                     ready_checks=lambda: dict(self._ready))
+                                     ready_checks=self.health.checks)
         self.metrics_port = self._server.start()
         fetch = stop_wait = None
         try:
@@ -147,9 +147,12 @@ class Worker:
                             self.model_ref.name, self.model_ref.version)
 
             self._tasks = [asyncio.create_task(self._tick_loop(), name="tick"),
-                           asyncio.create_task(self._probe_loop(), name="broker-probe")]
+                           asyncio.create_task(self.health.probe_broker(self.consumer), name="broker-probe")]
             if follows_latest(s.model) and is_registry_spec(s.model):
-                self._tasks.append(asyncio.create_task(self._model_loop(), name="models"))
+                # A new version is switched to on the inference thread: between two batches.
+                self._tasks.append(asyncio.create_task(follow_registry(
+                    s, self.engine, self.model_ref.version, self.metrics, self._reload,
+                    lambda loaded: self.batcher.run_in_thread(self.inference.switch, loaded)), name="models"))
             fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
             stop_wait = asyncio.create_task(self._stop.wait())
             await asyncio.wait([fetch, stop_wait], return_when=asyncio.FIRST_COMPLETED)
@@ -203,18 +206,18 @@ class Worker:
         if not await wait_until(self.store.ping, f"Redis at {where}", stopping=lambda: self.stopping,
                                 timeout_s=s.startup_timeout_s, fatal=(AuthenticationError, ResponseError)):
             return False
-        self._ready["redis"] = True
+        self.health.ready["redis"] = True
 
         self.batcher = MicroBatcher(self.inference.compute, self._publish_batch, s.max_batch,
                                     s.max_wait_ms / 1000, low_max_queue=s.http_max_queue)
         self.batcher.start()
         await self.batcher.run_in_thread(self.inference.warm_up)
-        self._ready["model_loaded"] = True
+        self.health.ready["model_loaded"] = True
         if s.http_port >= 0:  # ad-hoc forecasts on this engine, behind the stream (worker/http)
             from worker.http import start_api
 
             self.http = await start_api(s, self.inference, self.batcher, self.metrics.registry,
-                                        lambda: dict(self._ready))
+                                        self.health.checks)
             self.http_port = self.http.port
 
         parts: dict = {}
@@ -244,8 +247,9 @@ class Worker:
         )
         await self.consumer.start()
         self.committer = Committer(self.consumer, s.worker_id)
+        self.flow = Flow(self.consumer, self.metrics)
         self.consumer.subscribe([s.bars_topic], listener=_Rebalance(self))
-        self._ready["kafka"] = True
+        self.health.ready["kafka"] = True
         return True
 
     def _outstanding(self) -> int:
@@ -313,9 +317,10 @@ class Worker:
                     if st is None or self.partitions.get(tp) is not st:
                         todo.popleft()  # revoked meanwhile: the next owner reads it from the committed offset
                         continue
-                    await self._backpressure()
+                    await self.flow.backpressure(lambda: self.batcher.pending, self.s.max_queue)
                     p = parsed[(tp, msg.offset)]
-                    if isinstance(p.bar, events.Bar) and not await self._within_runahead(st, p.bar.symbol):
+                    if isinstance(p.bar, events.Bar) and not await self.flow.within_runahead(
+                            st, p.bar.symbol, lambda: self.committer.commit([st]), lambda: self.stopping):
                         continue  # revoked or stopping while it waited: looked at again above
                     await self._handle(st, msg, p)
                     todo.popleft()
@@ -325,42 +330,18 @@ class Worker:
                 parsed = None
                 await self._redis_outage(err)
 
-    async def _within_runahead(self, st: PartitionState, symbol: str) -> bool:
-        """Wait, with the partition paused, until handling one more bar of `symbol` keeps the
-        commit close enough for a re-read to find the bar's window (worker/runahead.py).
-        False: the partition was revoked or the worker is stopping meanwhile."""
-        ra = st.runahead
-        if ra is None or not ra.full(symbol):
-            return True
-        self.consumer.pause(st.tp)
-        log.debug("%s: %d bars of %s past the commit: waiting for commits", st.tp, ra.ahead(symbol), symbol)
-        last_commit = 0.0
-        try:
-            while ra.full(symbol) and st.owned and not self.stopping:
-                if time.monotonic() - last_commit >= 0.05:  # do not wait for the tick to commit
-                    last_commit = time.monotonic()
-                    await self.committer.commit([st])
-                await asyncio.sleep(0.005)
-        finally:
-            if st.tp in self.consumer.assignment():
-                self.consumer.resume(st.tp)
-        return st.owned and not self.stopping
-
     async def _redis_outage(self, err: BaseException) -> None:
         """Redis stopped answering mid-stream: pause every partition, say not ready, wait for
         it with backoff; when it answers, rebuild the windows if it came back empty."""
-        self._ready["redis"] = False
-        paused = list(self.consumer.assignment())
-        self.consumer.pause(*paused)
-        self.metrics.paused_partitions.set(len(paused))
+        self.health.ready["redis"] = False
+        paused = self.flow.pause_all()
         log.warning("Redis stopped answering (%r): paused %d partitions", err, len(paused))
         t0 = time.monotonic()
         answered = await wait_until(self._redis_back, "Redis", stopping=lambda: self.stopping)
         if answered:
-            self._ready["redis"] = True
+            self.health.ready["redis"] = True
             log.warning("Redis is back after %.1fs: resuming", time.monotonic() - t0)
-        self.consumer.resume(*[tp for tp in paused if tp in self.consumer.assignment()])
-        self.metrics.paused_partitions.set(0)
+        self.flow.resume(paused)
 
     async def _redis_back(self) -> None:
         await self.store.ping()
@@ -392,19 +373,6 @@ class Worker:
             st.offsets.add(msg.offset)
             self.batcher.submit(out)
             self.metrics.queue_depth.set(self.batcher.queued)
-
-    async def _backpressure(self) -> None:
-        """Never drop: when the queue is full, pause every partition until it halves."""
-        if self.batcher.pending < self.s.max_queue:
-            return
-        paused = list(self.consumer.assignment())
-        self.consumer.pause(*paused)
-        self.metrics.paused_partitions.set(len(paused))
-        log.info("queue full (%d): paused %d partitions", self.batcher.pending, len(paused))
-        while self.batcher.pending > self.s.max_queue // 2:
-            await asyncio.sleep(0.002)
-        self.consumer.resume(*[tp for tp in paused if tp in self.consumer.assignment()])
-        self.metrics.paused_partitions.set(0)
 
     async def _publish_batch(self, batch: Batch) -> None:
         self.metrics.queue_depth.set(self.batcher.queued)
@@ -466,12 +434,6 @@ class Worker:
             raise
 
     # ------------------------------------------------------------------ housekeeping
-    async def _ping_redis(self) -> bool:
-        try:
-            return await asyncio.wait_for(self.store.ping(), 2.0)
-        except Exception:
-            return False
-
     async def _tick_loop(self) -> None:
         period = self.s.commit_interval_ms / 1000
         last_slow = 0.0
@@ -488,47 +450,14 @@ class Worker:
                 log.exception("tick failed")
 
     async def _slow_tick(self) -> None:
-        self._ready["redis"] = await self._ping_redis()
+        await self.health.ping_redis(self.store)
         self.metrics.queue_depth.set(self.batcher.queued)
-        if self.scoring is not None and self._ready["redis"]:
+        if self.scoring is not None and self.health.ready["redis"]:
             await self.scoring.quality.flush()  # calibration state, for whoever takes a partition over
         for st in list(self.partitions.values()):
             hw = self.consumer.highwater(st.tp)
             if hw is not None and st.processed is not None:
                 self.metrics.consumer_lag.labels(st.tp.topic, str(st.tp.partition)).set(max(0, hw - st.processed))
-        if self._ready["redis"] and not self._lost:
+        if self.health.ready["redis"] and not self._lost:
             self._lost = await self.recovery.lost_any(list(self.partitions.values()))
         self.inference.report_memory()
-
-    async def _probe_loop(self) -> None:
-        """/readyz's "kafka": does the broker answer a metadata request? A frozen broker keeps
-        its connections open and fetches just come back empty, so nothing else would tell."""
-        up = True
-        while True:
-            await asyncio.sleep(1.0)
-            ok = await kafka.answers(self.consumer, timeout_s=3.0)
-            self._ready["kafka"] = ok
-            if ok != up:
-                up = ok
-                if ok:
-                    log.warning("the Kafka broker answers again")
-                else:
-                    log.warning("the Kafka broker does not answer: not ready")
-
-    async def _model_loop(self) -> None:
-        """Follow the registry's `latest` for --model NAME@latest (and re-check on SIGHUP)."""
-        from kronos_rt.registry import Registry
-
-        name = self.s.model.partition("@")[0]
-        engine = self.engine
-        same_tokenizer = config.tokenizer_spec(self.s) == self.s.model
-        on_device = dataclasses.replace(self.s, device=str(engine.device), dtype=str(engine.dtype).replace("torch.", ""))
-
-        def load(mv):
-            return build_engine(on_device, str(mv.model_dir), str(mv.tokenizer_dir) if same_tokenizer else None)[0]
-
-        self.watcher = ModelWatcher(Registry(self.s.registry or None), name, self.model_ref.version, load,
-                                    self.metrics, verify_device=engine.device)
-        # The swap runs on the inference thread, so it lands between two batches.
-        await self.watcher.follow(self._reload, self.s.model_poll_s,
-                                  lambda loaded: self.batcher.run_in_thread(self.inference.switch, loaded))

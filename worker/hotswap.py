@@ -108,3 +108,28 @@ class ModelWatcher:
     def _count(self, result: str) -> None:
         if self.metrics is not None:
             self.metrics.model_swaps.labels(result=result).inc()
+
+
+async def follow_registry(settings, engine, current_version: str, metrics, reload: asyncio.Event,
+                          switch: Callable[[LoadedModel], Awaitable[None]]) -> None:
+    """For --model NAME@latest: follow the registry's `latest` (and re-check on `reload`),
+    loading each new version on the serving engine's device and dtype, and hand it to
+    switch(), which runs it between two batches. Used by the worker and `kronos-rt serve`."""
+    import dataclasses
+
+    from kronos_rt.registry import Registry
+    from worker import config
+    from worker.inference import build_engine
+
+    name = settings.model.partition("@")[0]
+    same_tokenizer = config.tokenizer_spec(settings) == settings.model
+    on_device = dataclasses.replace(settings, device=str(engine.device),
+                                    dtype=str(engine.dtype).replace("torch.", ""))
+
+    def load(mv):
+        return build_engine(on_device, str(mv.model_dir), str(mv.tokenizer_dir) if same_tokenizer else None)[0]
+
+    watcher = ModelWatcher(Registry(settings.registry or None), name, current_version, load, metrics,
+                           verify_device=engine.device)
+    await watcher.follow(reload, settings.model_poll_s, switch)
+

@@ -80,7 +80,7 @@ async def test_promote_switches_between_batches_and_corrupt_version_is_refused(b
         assert {f["model"]["version"] for f in seen()} == {"1.0.0"}
 
         reg.promote("par", "1.1.0")
-        await _until(lambda: worker.watcher is not None and worker.watcher.current == "1.1.0")
+        await _until(lambda: worker.inference.model_ref.version == "1.1.0")  # switched between batches
         await publish_and_wait(1)
 
         # 1.2.0 is corrupted after import: verification must refuse it.

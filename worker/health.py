@@ -1,0 +1,41 @@
+"""What /readyz says: the model is loaded, the broker answers, Redis answers.
+
+Each flag is kept true to the moment: Redis by a ping on every slow tick and by the fetch
+loop when a command fails; the broker by a metadata request every second (a frozen broker
+keeps its connections open and fetches just come back empty, so nothing else would tell).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from worker import kafka
+
+log = logging.getLogger(__name__)
+
+
+class Health:
+    def __init__(self):
+        self.ready = {"model_loaded": False, "kafka": False, "redis": False}
+
+    def checks(self) -> dict[str, bool]:
+        return dict(self.ready)
+
+    async def ping_redis(self, store, timeout_s: float = 2.0) -> bool:
+        try:
+            ok = await asyncio.wait_for(store.ping(), timeout_s)
+        except Exception:
+            ok = False
+        self.ready["redis"] = bool(ok)
+        return self.ready["redis"]
+
+    async def probe_broker(self, consumer, period_s: float = 1.0, timeout_s: float = 3.0) -> None:
+        """Run forever: /readyz's "kafka" follows whether the broker answers."""
+        up = True
+        while True:
+            await asyncio.sleep(period_s)
+            ok = await kafka.answers(consumer, timeout_s=timeout_s)
+            self.ready["kafka"] = ok
+            if ok != up:
+                up = ok
+                log.warning("the Kafka broker answers again" if ok else "the Kafka broker does not answer: not ready")
