@@ -235,16 +235,7 @@ class Worker:
         await self.producer.start()
         self.publisher = Publisher(self.producer, metrics=self.metrics, forecast_doc=ForecastDoc(s),
                                    dlq_topic=s.dlq_topic)
-        self.consumer = kafka.make_consumer(
-            s.brokers, security=s.kafka_security, group_id=s.group, client_id=f"kronos-rt-{s.worker_id}",
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(100, s.session_timeout_ms // 4),
-            rebalance_timeout_ms=max(s.session_timeout_ms, int(s.drain_timeout_s * 1000)),
-            # Kafka answers a fetch as soon as a bar is there; some brokers (Tansu) hold it for
-            # the whole wait, which then adds to every bar's latency.
-            max_partition_fetch_bytes=1 << 20, fetch_max_wait_ms=s.fetch_max_wait_ms,
-        )
+        self.consumer = kafka.group_consumer(s)
         await self.consumer.start()
         self.committer = Committer(self.consumer, s.worker_id)
         self.flow = Flow(self.consumer, self.metrics)

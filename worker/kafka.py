@@ -86,6 +86,21 @@ def make_consumer(brokers: str, *topics, security=None, **options) -> AIOKafkaCo
     return AIOKafkaConsumer(*topics, **client_kwargs(brokers, security), **options)
 
 
+def group_consumer(settings) -> AIOKafkaConsumer:
+    """The worker's consumer-group member, as its settings say (not started, not subscribed)."""
+    s = settings
+    return make_consumer(
+        s.brokers, security=s.kafka_security, group_id=s.group, client_id=f"kronos-rt-{s.worker_id}",
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=max(100, s.session_timeout_ms // 4),
+        # Room for a revoked partition's drain before the group moves on without us.
+        rebalance_timeout_ms=max(s.session_timeout_ms, int(s.drain_timeout_s * 1000)),
+        # Kafka answers a fetch as soon as a bar is there; some brokers (Tansu) hold it for
+        # the whole wait, which then adds to every bar's latency.
+        max_partition_fetch_bytes=1 << 20, fetch_max_wait_ms=s.fetch_max_wait_ms,
+    )
+
+
 def make_admin(brokers: str, security=None, **options) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**client_kwargs(brokers, security), **options)
 
