@@ -141,7 +141,8 @@ class VerifyReport:
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (checkpoints, training tapes)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -288,7 +289,7 @@ class Registry:
         tmp.mkdir()
         try:
             fill(tmp / "model", tmp / "tokenizer")
-            files = {p.relative_to(tmp).as_posix(): _sha256(p)
+            files = {p.relative_to(tmp).as_posix(): file_sha256(p)
                      for sub in ("model", "tokenizer") for p in _files_under(tmp / sub)}
             with open(tmp / "model" / CONFIG_NAME) as f:
                 model_config = json.load(f)
@@ -429,7 +430,7 @@ def verify_version(mv: ModelVersion, device=None, pred_len: int = 4, window: int
         p = mv.path / rel
         if not p.is_file():
             problems.append(f"{rel}: missing")
-        elif _sha256(p) != digest:
+        elif file_sha256(p) != digest:
             problems.append(f"{rel}: sha256 mismatch (file changed or corrupt)")
     present = {p.relative_to(mv.path).as_posix()
                for sub in ("model", "tokenizer") if (mv.path / sub).is_dir() for p in _files_under(mv.path / sub)}

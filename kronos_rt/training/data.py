@@ -13,7 +13,6 @@ a window is consecutive rows, whatever time lies between them.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from ..features import COLUMNS, EPS, fill_missing, time_features
+from ..registry import file_sha256
 
 TIME_COLUMNS = ("timestamps", "timestamp", "ts", "time", "date", "datetime")
 PRICE_COLUMNS = COLUMNS[:4]
@@ -72,14 +72,6 @@ class TapeSet:
     @property
     def end(self) -> np.datetime64:
         return max(s.times[-1] for s in self.series)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _iso(t) -> str:
@@ -194,7 +186,7 @@ def load_tapes(paths, drop_bad_rows: bool = False, max_examples: int = 3) -> Tap
         if not file_symbols:
             raise DataError(f"{path}: no usable rows")
         ft = times[keep]
-        files.append(TapeFile(str(path), _sha256(path), int(len(df)), file_symbols, _iso(ft.min()), _iso(ft.max()),
+        files.append(TapeFile(str(path), file_sha256(path), int(len(df)), file_symbols, _iso(ft.min()), _iso(ft.max()),
                               n_bad))
     return TapeSet(series, files, bad_total, examples)
 
