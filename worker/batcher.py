@@ -13,10 +13,21 @@ Its items are only batched when no stream item waits, and never share a batch wi
 stream items: stream batches always go first, so ad-hoc requests cannot delay the
 stream by more than the one low-priority batch already computing. A cancelled future
 (a client that went away) leaves the queue at once and is never computed.
+
+The lower-priority lane gathers differently: a burst of requests (many clients whose
+answers came back together and who ask again at once) reaches it one parsed request at a
+time, each a few ms apart on a busy event loop, so "max_wait after the first" would cut it
+into cohorts that then keep alternating on the engine. A low batch is cut when it holds
+`max_batch` items, or when for `max_wait_s` nothing new arrived, no answer went out
+(`low_answered()`) and no request was being parsed (`arriving()`), or `low_max_gather_s`
+after gathering began, whichever comes first. Gathering begins with the first waiting
+item or, for items that piled up while the engine was busy, when the engine became free:
+a cohort that piled up then waits for the one whose answers are going out, and they merge.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -65,7 +76,8 @@ class MicroBatcher:
 
     def __init__(self, compute: Callable[[Sequence[Any]], Sequence[Any]],
                  handle: Callable[[Batch], Awaitable[None]],
-                 max_batch: int = 64, max_wait_s: float = 0.005, low_max_queue: int = 256):
+                 max_batch: int = 64, max_wait_s: float = 0.005, low_max_queue: int = 256,
+                 low_max_gather_s: float | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if low_max_queue < 1:
@@ -79,6 +91,13 @@ class MicroBatcher:
         self.low_max_queue = low_max_queue
         self.on_low_batch: Callable[[Batch], None] | None = None
         self._low_in_batch: list[_Entry] = []
+        # Hard cap on gathering a low batch (a slow upload or an endless trickle of arrivals
+        # must not hold the first request back for long): default 50 x max_wait, 0.25-1 s.
+        self.low_max_gather_s = (min(1.0, max(0.25, 50 * max_wait_s)) if low_max_gather_s is None
+                                 else low_max_gather_s)
+        self._low_arriving = 0        # requests being received/parsed that will submit_low
+        self._low_last = 0.0          # monotonic time of the last submit_low
+        self._engine_free_at = 0.0    # monotonic time the last batch finished
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -127,10 +146,28 @@ class MicroBatcher:
         fut = asyncio.get_running_loop().create_future()
         entry = _Entry(item, fut)
         self._low.append(entry)
+        self._low_last = entry.mono
         fut.add_done_callback(lambda f: self._withdraw(entry) if f.cancelled() else None)
         self._idle.clear()
         self._wakeup.set()
         return fut
+
+    @contextlib.contextmanager
+    def arriving(self):
+        """Around receiving and parsing a request that will submit_low: a low batch being
+        gathered waits for it (up to low_max_gather_s) instead of leaving it to the next."""
+        self._low_arriving += 1
+        try:
+            yield
+        finally:
+            self._low_arriving -= 1
+            self._wakeup.set()
+
+    def low_answered(self) -> None:
+        """An answer of a low batch went out: its client may well ask again at once, so a
+        low batch being gathered keeps waiting (quiet time counts from now)."""
+        self._low_last = time.monotonic()
+        self._wakeup.set()
 
     def _withdraw(self, entry: _Entry) -> None:
         try:
@@ -177,14 +214,24 @@ class MicroBatcher:
             low = not self._queue
             lane = self._low if low else self._queue
             while lane and len(lane) < self.max_batch and not (low and self._queue):
-                remaining = lane[0].mono + self.max_wait_s - time.monotonic()
-                if remaining <= 0:
-                    break
+                now = time.monotonic()
+                if low:
+                    began = max(lane[0].mono, self._engine_free_at)
+                    cap = began + self.low_max_gather_s - now
+                    quiet = max(self._low_last, began) + self.max_wait_s - now
+                    if cap <= 0 or (quiet <= 0 and not self._low_arriving):
+                        break
+                    remaining = cap if quiet <= 0 else min(cap, quiet)
+                else:
+                    remaining = lane[0].mono + self.max_wait_s - now
+                    if remaining <= 0:
+                        break
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except asyncio.TimeoutError:
-                    break
+                    if not low:
+                        break
             if low and self._queue:
                 continue  # a stream item arrived while low-priority items gathered: it goes first
             n = min(self.max_batch, len(lane))
@@ -218,6 +265,7 @@ class MicroBatcher:
                             e.fut.set_exception(RuntimeError("batcher is closed"))
                 raise
             finally:
+                self._engine_free_at = time.monotonic()
                 self._in_batch = 0
                 self._low_in_batch = []
                 if not self._queue and not self._low:

@@ -243,3 +243,65 @@ async def test_low_priority_failure_reaches_only_its_future_and_close_fails_the_
         with pytest.raises(RuntimeError, match="closed"):
             await fut
     await b.close()
+
+
+async def test_low_lane_keeps_gathering_while_requests_keep_arriving_and_cuts_when_quiet():
+    seen = []
+    b = MicroBatcher(lambda items: seen.append(list(items)) or list(items), Recorder(), max_batch=64,
+                     max_wait_s=0.02, low_max_gather_s=5)
+    b.start()
+    futs = []
+    for i in range(8):  # 8 x 10 ms: well past max_wait after the first, never quiet for it
+        futs.append(b.submit_low(i))
+        await asyncio.sleep(0.01)
+    with b.arriving():  # a request still being parsed holds the batch open past max_wait
+        await asyncio.sleep(0.06)
+        futs.append(b.submit_low(8))
+    await asyncio.gather(*futs)
+    lone = b.submit_low(9)  # then nothing more: cut max_wait after it
+    t0 = time.monotonic()
+    await lone
+    waited = time.monotonic() - t0
+    await b.close()
+    assert seen == [list(range(9)), [9]]
+    assert waited < 1.0  # not the 5 s cap
+
+
+async def test_low_lane_gathering_has_a_hard_cap():
+    seen = []
+    b = MicroBatcher(lambda items: seen.append(len(items)) or list(items), Recorder(), max_batch=64,
+                     max_wait_s=0.02, low_max_gather_s=0.1)
+    b.start()
+    with b.arriving():  # e.g. a slow upload that never finishes in time
+        first = b.submit_low(1)
+        t0 = time.monotonic()
+        await first
+        waited = time.monotonic() - t0
+    await b.close()
+    assert seen == [1] and 0.09 <= waited < 2.0
+
+
+async def test_low_cohort_that_piled_up_waits_for_the_one_being_answered_and_they_merge():
+    gate = threading.Event()
+    seen = []
+
+    def compute(items):
+        if items[0] == "a0":
+            gate.wait(5)
+        seen.append(list(items))
+        return list(items)
+
+    b = MicroBatcher(compute, Recorder(), max_batch=64, max_wait_s=0.02, low_max_gather_s=5)
+    b.start()
+    first = [b.submit_low(f"a{i}") for i in range(2)]
+    await asyncio.sleep(0.05)  # cohort a computing; cohort b piles up behind it
+    second = [b.submit_low(f"b{i}") for i in range(2)]
+    gate.set()
+    await asyncio.gather(*first)
+    for i in range(2):  # a's clients come back while their answers still go out
+        b.low_answered()
+        await asyncio.sleep(0.01)
+        second.append(b.submit_low(f"a{i}'"))
+    await asyncio.gather(*second)
+    await b.close()
+    assert seen == [["a0", "a1"], ["b0", "b1", "a0'", "a1'"]]

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from worker.http.schema import request_models
+from worker.http.schema import fast_batch, fast_request, request_models
 from worker.http.service import ApiError, ForecastService
 
 
@@ -156,10 +156,10 @@ def create_app(service: ForecastService, *, metrics, registry, api_token: str = 
                 pass
         return gone
 
-    async def parse(request: Request, model):
-        # pydantic's own JSON parser: ~4x faster than json.loads + validation for 256 bars.
+    def parse(raw: bytes, model):
+        # Requests that fast_request/fast_batch did not take: pydantic names the field at fault.
         try:
-            return model.model_validate_json(await request.body())
+            return model.model_validate_json(raw)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
 
@@ -171,8 +171,11 @@ def create_app(service: ForecastService, *, metrics, registry, api_token: str = 
     async def forecast(request: Request):
         t0 = time.time()
         authorize(request)
-        job = service.prepare(await parse(request, ForecastRequest), received=t0)
-        docs = await service.run([job], _watch(request))
+        with service.arriving():  # the batcher may wait for this request while it is parsed
+            raw = await request.body()
+            req = fast_request(raw, strict) or parse(raw, ForecastRequest)
+            jobs = [service.prepare(req, received=t0)]
+        docs = await service.run(jobs, _watch(request))
         return docs[0] if docs is not None else Response(status_code=499)
 
     @app.post("/v1/forecast:batch", summary="Forecast many series in one request",
@@ -180,10 +183,12 @@ def create_app(service: ForecastService, *, metrics, registry, api_token: str = 
     async def forecast_batch(request: Request):
         t0 = time.time()
         authorize(request)
-        body = await parse(request, BatchRequest)
-        if not 1 <= len(body.series) <= s.http_max_series:
-            raise ApiError(422, "invalid", f"need 1 to {s.http_max_series} series, got {len(body.series)}", "series")
-        jobs = [service.prepare(r, where=f"series[{i}].", received=t0) for i, r in enumerate(body.series)]
+        with service.arriving():
+            raw = await request.body()
+            series = fast_batch(raw, strict) or parse(raw, BatchRequest).series
+            if not 1 <= len(series) <= s.http_max_series:
+                raise ApiError(422, "invalid", f"need 1 to {s.http_max_series} series, got {len(series)}", "series")
+            jobs = [service.prepare(r, where=f"series[{i}].", received=t0) for i, r in enumerate(series)]
         docs = await service.run(jobs, _watch(request))
         return {"forecasts": docs} if docs is not None else Response(status_code=499)
 

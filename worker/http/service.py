@@ -19,6 +19,7 @@ import numpy as np
 from worker import events
 from worker.batcher import MicroBatcher, QueueFull
 from worker.config import Settings, parse_interval
+from worker.http.schema import FastRequest, Series, series_of_model
 from worker.sessions import parse_session_map
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,52 @@ def _bad(where: str, message: str) -> ApiError:
     return ApiError(422, "invalid", message, where)
 
 
+# Character codes of the common ts form, YYYY-MM-DDTHH:MM:SS, position by position.
+_DIGIT_AT = np.array([i not in (4, 7, 10, 13, 16) for i in range(19)])
+_SEPARATORS = {4: ord("-"), 7: ord("-"), 10: ord("T"), 13: ord(":"), 16: ord(":")}
+_YEAR_1 = np.datetime64("0001-01-01T00:00:00")
+
+
+def _common_times(ts: list) -> np.ndarray | None:
+    """datetime64[s] of ts all in the form YYYY-MM-DDTHH:MM:SS (what parse_time makes of
+    them), checked column-wise; None when any is in another form or not a valid time."""
+    a = np.array(ts)
+    if a.dtype.kind != "U" or a.dtype.itemsize != 19 * 4:
+        return None
+    codes = a.view(np.uint32).reshape(len(ts), 19)
+    digits = codes[:, _DIGIT_AT]
+    if not ((digits >= ord("0")) & (digits <= ord("9"))).all():
+        return None  # also catches shorter strings (numpy pads them with NUL)
+    if any((codes[:, i] != c).any() for i, c in _SEPARATORS.items()):
+        return None
+    try:
+        times = a.astype("datetime64[s]")  # refuses day 31 of a 30-day month, hour 24, ...
+    except ValueError:
+        return None
+    return times if (times >= _YEAR_1).all() else None
+
+
+def _check_bars(series: Series, p: str) -> np.ndarray:
+    """Bar by bar, in order: ApiError for the first fault, naming it; else the times."""
+    times = []
+    for i, (ts, (o, h, lo, c)) in enumerate(zip(series.ts, series.values[:, :4].tolist())):
+        try:
+            t = events.parse_time(ts)
+        except events.InvalidEvent as exc:
+            raise _bad(f"{p}bars[{i}].ts", exc.detail) from None
+        if times and t <= times[-1]:
+            raise _bad(f"{p}bars[{i}].ts", f"{ts} {'duplicates' if t == times[-1] else 'is before'} "
+                                           f"bars[{i - 1}].ts: bars must be in strictly increasing time order")
+        if h < lo:
+            raise _bad(f"{p}bars[{i}].high", f"high {h} < low {lo}")
+        if h < max(o, c):
+            raise _bad(f"{p}bars[{i}].high", f"high {h} below open/close")
+        if lo > min(o, c):
+            raise _bad(f"{p}bars[{i}].low", f"low {lo} above open/close")
+        times.append(t)
+    return np.array(times, dtype="datetime64[s]")
+
+
 class ForecastService:
     def __init__(self, settings: Settings, inference, batcher: MicroBatcher, metrics, worker_id: str | None = None):
         self.s = settings
@@ -72,34 +119,28 @@ class ForecastService:
         batcher.on_low_batch = lambda batch: metrics.batch_size.observe(len(batch.items))
         metrics.queue_depth.set_function(lambda: batcher.low_pending)
 
+    def arriving(self):
+        """Context around receiving and parsing a request (see MicroBatcher.arriving)."""
+        return self.batcher.arriving()
+
     # -- checks ---------------------------------------------------------------------------
     def prepare(self, req, where: str = "", received: float | None = None) -> Job:
-        """A validated request model -> Job, or ApiError naming the field (prefix `where`).
+        """A validated request (model or schema.FastRequest) -> Job, or ApiError naming the
+        field (prefix `where`). Bars are checked column-wise; bar by bar only to name a fault.
         `received`: when the request arrived (time.time()), for latency_ms.total."""
         from kronos_rt import SamplingParams
 
         s, p = self.s, where
-        bars = req.bars
-        if not 1 <= len(bars) <= s.http_max_bars:
-            raise _bad(f"{p}bars", f"need 1 to {s.http_max_bars} bars, got {len(bars)}")
-        times, rows = [], []
-        for i, b in enumerate(bars):
-            try:
-                t = events.parse_time(b.ts)
-            except events.InvalidEvent as exc:
-                raise _bad(f"{p}bars[{i}].ts", exc.detail) from None
-            if times and t <= times[-1]:
-                raise _bad(f"{p}bars[{i}].ts", f"{b.ts} {'duplicates' if t == times[-1] else 'is before'} "
-                                               f"bars[{i - 1}].ts: bars must be in strictly increasing time order")
-            if b.high < b.low:
-                raise _bad(f"{p}bars[{i}].high", f"high {b.high} < low {b.low}")
-            if b.high < max(b.open, b.close):
-                raise _bad(f"{p}bars[{i}].high", f"high {b.high} below open/close")
-            if b.low > min(b.open, b.close):
-                raise _bad(f"{p}bars[{i}].low", f"low {b.low} above open/close")
-            times.append(t)
-            rows.append((b.open, b.high, b.low, b.close,
-                         np.nan if b.volume is None else b.volume, np.nan if b.amount is None else b.amount))
+        series = req.series if isinstance(req, FastRequest) else series_of_model(req)
+        if not 1 <= len(series.ts) <= s.http_max_bars:
+            raise _bad(f"{p}bars", f"need 1 to {s.http_max_bars} bars, got {len(series.ts)}")
+        v = series.values
+        times = _common_times(series.ts)
+        if (times is None or not (times[1:] > times[:-1]).all() or not (v[:, 1] >= v[:, 2]).all()
+                or not (v[:, 1] >= np.maximum(v[:, 0], v[:, 3])).all()
+                or not (v[:, 2] <= np.minimum(v[:, 0], v[:, 3])).all()):
+            times = _check_bars(series, p)  # bar by bar: the first fault, named; or other valid ts forms
+        last = times[-1].astype(object)
         interval = self.interval
         if req.interval is not None:
             try:
@@ -118,7 +159,7 @@ class ForecastService:
                     t = events.parse_time(ts)
                 except events.InvalidEvent as exc:
                     raise _bad(f"{p}future_ts[{i}]", exc.detail) from None
-                prev = horizon[-1] if horizon else times[-1]
+                prev = horizon[-1] if horizon else last
                 if t <= prev:
                     raise _bad(f"{p}future_ts[{i}]", f"{ts} is not after "
                                                      f"{'future_ts[%d]' % (i - 1) if horizon else 'the last bar'}")
@@ -127,7 +168,7 @@ class ForecastService:
                 raise _bad(f"{p}future_ts", f"{len(horizon)} timestamps for pred_len {pred_len}")
         else:
             try:
-                horizon = self.calendar_for(req.symbol).next_times(times[-1], interval, pred_len)
+                horizon = self.calendar_for(req.symbol).next_times(last, interval, pred_len)
             except (ValueError, RuntimeError) as exc:
                 raise _bad(f"{p}interval", str(exc)) from None
         sp = req.sampling
@@ -142,9 +183,8 @@ class ForecastService:
         except ValueError as exc:
             raise _bad(f"{p}sampling", str(exc)) from None
         quantiles = tuple(sorted(set(req.quantiles))) if req.quantiles is not None else tuple(self.s.quantiles)
-        return Job(symbol=req.symbol, values=np.array(rows, dtype=np.float64),
-                   times=np.array(times, dtype="datetime64[s]"), horizon=horizon, pred_len=pred_len,
-                   sampling=sampling, quantiles=quantiles, as_of=events.format_ts(times[-1]),
+        return Job(symbol=req.symbol, values=v, times=times, horizon=horizon, pred_len=pred_len,
+                   sampling=sampling, quantiles=quantiles, as_of=events.format_ts(last),
                    interval_s=int(interval.total_seconds()), received=received or time.time())
 
     # -- running --------------------------------------------------------------------------
@@ -193,7 +233,9 @@ class ForecastService:
             except Exception as exc:
                 log.warning("inference failed for an HTTP request: %r", exc)
                 raise ApiError(500, "inference_error", f"inference failed: {exc!r:.300}") from None
-            return [self.document(j, fc, ref, batch) for j, ((fc, ref), batch) in zip(jobs, results)]
+            docs = [self.document(j, fc, ref, batch) for j, ((fc, ref), batch) in zip(jobs, results)]
+            self.batcher.low_answered()
+            return docs
         finally:
             if watch is not None:
                 watch.cancel()

@@ -3,7 +3,8 @@ bare engine at the batch sizes the server formed.
 
 Each shape (random weights, kronos_rt.shapes.random_pair) is served by the same code as
 `kronos-rt serve` (worker.http.server.Standalone) on its own thread and event loop; the
-clients run on the main thread (httpx), each sending one-series forecasts back to back.
+clients run on the main thread (plain keep-alive HTTP/1.1 connections, see _Conn), each
+sending one-series forecasts back to back.
 Targets (issue 13, CPU): with 64 clients, throughput >= 0.8x the engine's own at the
 batch size the server formed, and p99 latency <= two such engine batches + 50 ms; with 1
 client, server overhead per request (mean latency - engine time of one series) <= 10 ms.
@@ -91,34 +92,64 @@ class _ServerThread:
         self.thread.join(60)
 
 
+class _Conn:
+    """One keep-alive HTTP/1.1 connection sending ready-made POSTs: a client that costs the
+    shared CPU ~0.1 ms a request (httpx costs ~2 ms, which on a 2-core box with the engine
+    busy spread a burst of 64 returning clients over a second and measured the client)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                          b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def _drive(port: int, bodies: list[bytes], clients: int, seconds: float):
     """-> (client latencies, server-side time outside the engine per request, wall seconds)."""
-    import httpx
     import orjson
 
     lat: list[float] = []
     side: list[float] = []  # the answer's latency_ms: total - inference (parse, queue, answer)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=120) as http:
-        async def one(i: int, until: float, keep: bool):
-            k = i
-            while time.perf_counter() < until:
-                t0 = time.perf_counter()
-                r = await http.post("/v1/forecast", content=bodies[k % len(bodies)],
-                                    headers={"content-type": "application/json"})
-                if r.status_code != 200:
-                    raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
-                if keep:
-                    lat.append(time.perf_counter() - t0)
-                    ms = orjson.loads(r.content)["latency_ms"]
-                    side.append((ms["total"] - ms["inference"]) / 1e3)
-                k += clients
+    conns = [_Conn(port) for _ in range(clients)]
 
+    async def one(i: int, until: float, keep: bool):
+        k = i
+        while time.perf_counter() < until:
+            t0 = time.perf_counter()
+            status, content = await conns[i].post("/v1/forecast", bodies[k % len(bodies)])
+            if status != 200:
+                raise RuntimeError(f"HTTP {status}: {content[:200]!r}")
+            if keep:
+                lat.append(time.perf_counter() - t0)
+                ms = orjson.loads(content)["latency_ms"]
+                side.append((ms["total"] - ms["inference"]) / 1e3)
+            k += clients
+
+    try:
         warm = time.perf_counter() + min(1.0, seconds / 2)
         await asyncio.gather(*(one(i, warm, False) for i in range(clients)))
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i, t0 + seconds, True) for i in range(clients)))
         return lat, side, time.perf_counter() - t0
+    finally:
+        for c in conns:
+            c.close()
 
 
 def _engine_time(inference, jobs, repeats: int) -> float:
