@@ -40,4 +40,8 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   exec "$PYTHON" -m pip install -q "torch==$TORCH_VERSION"
 fi
 say "no NVIDIA GPU: torch==$TORCH_VERSION, CPU build from $CPU_INDEX"
-exec "$PYTHON" -m pip install -q "torch==$TORCH_VERSION" --index-url "$CPU_INDEX"
+if ! "$PYTHON" -m pip install -q "torch==$TORCH_VERSION" --index-url "$CPU_INDEX"; then
+  # The CPU index unreachable (a mirror-only network): whatever pip's own configuration serves.
+  say "$CPU_INDEX did not answer: torch==$TORCH_VERSION as pip is configured"
+  exec "$PYTHON" -m pip install -q "torch==$TORCH_VERSION"
+fi
