@@ -185,6 +185,21 @@ class Settings:
         parse_interval(self.interval)
         parse_interval(self.max_future_skew)
         parse_duration_or_off(self.max_past_age)
+        self._check_http()
+
+    def _check_http(self) -> None:
+        if not -1 <= self.http_port <= 65535:
+            raise ConfigError(f"--http-port must be -1 (off), 0 (any free port) or 1-65535, got {self.http_port}")
+        for name in ("http_max_queue", "http_max_bars", "http_max_pred_len", "http_max_series", "http_max_body_kb"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.http_timeout_s > 0:
+            raise ConfigError(f"--http-timeout-s must be > 0, got {self.http_timeout_s}")
+        if self.http_strict not in (0, 1):
+            raise ConfigError(f"--http-strict must be 0 or 1, got {self.http_strict}")
+        if self.http_port >= 0 and self.pred_len > self.http_max_pred_len:
+            raise ConfigError(f"--pred-len {self.pred_len} is over --http-max-pred-len {self.http_max_pred_len}: "
+                              "requests without pred_len would all be refused")
 
 
 # flag help, in the order --help lists them; the type and default come from Settings.

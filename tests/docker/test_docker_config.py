@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from worker.http.metrics import HTTP_METRIC_NAMES, HttpMetrics
 from worker.metrics import METRIC_NAMES, MetricsServer, WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +124,9 @@ def test_worker_gets_kronos_rt_env_pointing_at_compose_services(compose):
     assert env["KRONOS_RT_MODEL"] == "NeoQuasar/Kronos-small"
     assert env["KRONOS_RT_TOKENIZER"] == "NeoQuasar/Kronos-Tokenizer-base"
     assert str(env["KRONOS_RT_METRICS_PORT"]) in [str(p) for p in worker["expose"]]
+    # The HTTP API listens on every interface of the container, on an exposed port.
+    assert str(env["KRONOS_RT_HTTP_PORT"]) in [str(p) for p in worker["expose"]]
+    assert env["KRONOS_RT_HTTP_HOST"] == "0.0.0.0"
 
 
 def test_worker_reserves_one_nvidia_gpu_and_waits_for_its_dependencies(compose):
@@ -278,7 +282,8 @@ def test_dashboard_has_the_panels_operators_need(dashboard):
     for metric in ("kronos_rt_forecast_latency_seconds_bucket", "kronos_rt_stage_latency_seconds_bucket",
                    "kronos_rt_forecasts_total", "kronos_rt_batch_size_bucket", "kronos_rt_queue_depth",
                    "kronos_rt_consumer_lag_messages", "kronos_rt_dlq_events_total", "kronos_rt_events_total",
-                   "kronos_rt_gpu_memory_bytes", "kronos_rt_model_info"):
+                   "kronos_rt_gpu_memory_bytes", "kronos_rt_model_info", "kronos_rt_http_requests_total",
+                   "kronos_rt_http_request_duration_seconds_bucket", "kronos_rt_http_queue_depth"):
         assert metric in exprs_by_metric, metric
 
 
@@ -298,7 +303,7 @@ def test_dashboard_uses_the_provisioned_datasource(dashboard):
 def test_every_metric_name_used_is_exported(dashboard):
     used = used_metric_names(dashboard)
     assert len(used) >= 10  # the regex found the queries at all
-    assert used <= METRIC_NAMES, sorted(used - METRIC_NAMES)
+    assert used <= METRIC_NAMES | HTTP_METRIC_NAMES, sorted(used - METRIC_NAMES - HTTP_METRIC_NAMES)
 
 
 def test_a_running_worker_exports_every_name_dashboards_and_alerts_use(dashboard):
@@ -326,6 +331,10 @@ def test_a_running_worker_exports_every_name_dashboards_and_alerts_use(dashboard
     q.direction.labels(*lab, "hit").inc()
     q.band.labels(*lab, "calibrated", "0.8").inc()
     q.band_hits.labels(*lab, "calibrated", "0.8").inc()
+    http = HttpMetrics(m.registry)  # the API's metrics, as a worker with --http-port has them
+    http.observe("/v1/forecast", 200, 0.1)
+    http.batch_size.observe(4)
+    http.queue_depth.set(0)
 
     server = MetricsServer(m, port=0, host="127.0.0.1")
     port = server.start()

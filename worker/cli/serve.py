@@ -1,7 +1,8 @@
 """`kronos-rt serve`: the HTTP forecast API on its own (no Kafka, no Redis).
 
 The same API mounts inside a streaming worker with `kronos-rt worker --http-port N`, where
-it shares the engine with the stream and waits behind it.
+it shares the engine with the stream and waits behind it. With `--model NAME@latest` it
+follows the registry as the worker does (promotions, rollbacks, SIGHUP).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import signal
 from worker import config
 
 # The worker's model, sampling, batching and HTTP flags; Kafka and Redis ones do not apply.
-FIELDS = ("model", "tokenizer", "registry", "device", "dtype", "max_context", "pred_len", "temperature", "top_k",
+FIELDS = ("model", "tokenizer", "registry", "model_poll_s", "device", "dtype", "max_context", "pred_len", "temperature", "top_k",
           "top_p", "sample_count", "quantiles", "seed", "max_batch", "max_wait_ms", "interval", "sessions",
           "worker_id", "api_token", "http_max_queue", "http_max_bars", "http_max_pred_len", "http_max_series",
           "http_max_body_kb", "http_timeout_s", "http_strict", "http_cors")
@@ -62,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with Standalone(settings, engine, ref) as api:
+            loop.add_signal_handler(signal.SIGHUP, api.reload)  # --model NAME@latest: re-check now
             logging.getLogger("kronos_rt.serve").info(
                 "serving %s@%s on http://%s:%d (docs: /docs)", ref.name, ref.version, settings.http_host, api.port)
             await stop.wait()

@@ -16,7 +16,7 @@ def route_label(path: str) -> str:
 
 class HttpMetrics:
     def __init__(self, registry: CollectorRegistry):
-        r = registry
+        r = self.registry = registry
         self.requests = Counter("kronos_rt_http_requests", "HTTP requests answered, by route and status.",
                                 ["route", "status"], registry=r)
         self.latency = Histogram("kronos_rt_http_request_duration_seconds",
@@ -36,3 +36,13 @@ class HttpMetrics:
         route, code = route_label(path), str(status)
         self.requests.labels(route=route, status=code).inc()
         self.latency.labels(route=route, status=code).observe(seconds)
+
+
+def _http_metric_names() -> frozenset[str]:
+    from worker.metrics import _metric_names
+
+    return _metric_names(HttpMetrics(CollectorRegistry()).registry)
+
+
+# What the API adds to a registry (the worker's, with --http-port): dashboards may use them.
+HTTP_METRIC_NAMES: frozenset[str] = _http_metric_names()

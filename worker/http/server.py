@@ -111,6 +111,12 @@ class Standalone:
         self.ready = {"model_loaded": False}
         self.inference = self.batcher = self.http = None
         self.port: int | None = None
+        self._reload = asyncio.Event()  # SIGHUP: re-check the registry now
+        self._follow: asyncio.Task | None = None
+
+    def reload(self) -> None:
+        """SIGHUP: look for a new model version now (call on the loop)."""
+        self._reload.set()
 
     async def start(self) -> "Standalone":
         from worker.batcher import MicroBatcher
@@ -127,11 +133,24 @@ class Standalone:
         self.batcher.start()
         await self.batcher.run_in_thread(self.inference.warm_up)
         self.ready["model_loaded"] = True
+        from worker.config import is_registry_spec
+        from worker.hotswap import follow_registry, follows_latest
+
+        if follows_latest(s.model) and is_registry_spec(s.model):
+            # As the worker does: a new `latest` is verified, loaded and switched to on the
+            # inference thread, between two batches; each answer names the version that made it.
+            self._follow = asyncio.create_task(follow_registry(
+                s, self.engine, self.model_ref.version, self.metrics, self._reload,
+                lambda loaded: self.batcher.run_in_thread(self.inference.switch, loaded)), name="models")
         self.http = await start_api(s, self.inference, self.batcher, self.metrics.registry, lambda: dict(self.ready))
         self.port = self.http.port
         return self
 
     async def stop(self, timeout: float = 10.0) -> None:
+        if self._follow is not None:
+            self._follow.cancel()
+            await asyncio.gather(self._follow, return_exceptions=True)
+            self._follow = None
         if self.http is not None:
             self.http.service.closed = True
             await self.http.stop(timeout)

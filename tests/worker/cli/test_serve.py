@@ -24,3 +24,23 @@ def test_environment(monkeypatch):
     monkeypatch.setenv("KRONOS_RT_PORT", "9123")
     s = _parse([])
     assert s.api_token == "from-env" and s.http_port == 9123
+
+
+def test_http_limits_are_checked_at_start_up_with_the_flag_named():
+    import pytest
+
+    from worker.config import ConfigError
+
+    bad = [(["--port", "70000"], "--http-port"), (["--http-max-queue", "0"], "--http-max-queue"),
+           (["--http-max-bars", "0"], "--http-max-bars"), (["--http-max-series", "-1"], "--http-max-series"),
+           (["--http-max-body-kb", "0"], "--http-max-body-kb"), (["--http-timeout-s", "0"], "--http-timeout-s"),
+           (["--http-strict", "2"], "--http-strict"),
+           (["--pred-len", "40", "--http-max-pred-len", "32"], "--http-max-pred-len")]
+    for argv, flag in bad:
+        with pytest.raises(ConfigError, match=flag):
+            _parse(argv)
+    assert _parse(["--http-max-pred-len", "12", "--pred-len", "12"]).http_max_pred_len == 12
+
+
+def test_model_poll_flag_for_following_latest():
+    assert _parse(["--model", "par@latest", "--model-poll-s", "0.5"]).model_poll_s == 0.5
