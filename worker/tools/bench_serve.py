@@ -7,7 +7,9 @@ clients run on the main thread (plain keep-alive HTTP/1.1 connections, see _Conn
 sending one-series forecasts back to back.
 Targets (issue 13, CPU): with 64 clients, throughput >= 0.8x the engine's own at the
 batch size the server formed, and p99 latency <= two such engine batches + 50 ms; with 1
-client, server overhead per request (mean latency - engine time of one series) <= 10 ms.
+client, server overhead per request <= 10 ms over the engine call. "overhead ms" is per
+request: the client-measured latency minus the engine call that computed it (the answer's
+latency_ms.inference), so a separately timed engine's run-to-run noise stays out of it.
 "server non-engine ms" is the server's own view of one request's time outside the engine
 (body parse and checks, queue wait, answer built: latency_ms total - inference), without
 the client library's share of the client-measured overhead.
@@ -121,10 +123,12 @@ class _Conn:
 
 
 async def _drive(port: int, bodies: list[bytes], clients: int, seconds: float):
-    """-> (client latencies, server-side time outside the engine per request, wall seconds)."""
+    """-> (client latencies, their engine calls, server-side time outside the engine per
+    request, wall seconds)."""
     import orjson
 
     lat: list[float] = []
+    eng: list[float] = []   # the answer's latency_ms.inference: the engine call that made it
     side: list[float] = []  # the answer's latency_ms: total - inference (parse, queue, answer)
     conns = [_Conn(port) for _ in range(clients)]
 
@@ -138,6 +142,7 @@ async def _drive(port: int, bodies: list[bytes], clients: int, seconds: float):
             if keep:
                 lat.append(time.perf_counter() - t0)
                 ms = orjson.loads(content)["latency_ms"]
+                eng.append(ms["inference"] / 1e3)
                 side.append((ms["total"] - ms["inference"]) / 1e3)
             k += clients
 
@@ -146,7 +151,7 @@ async def _drive(port: int, bodies: list[bytes], clients: int, seconds: float):
         await asyncio.gather(*(one(i, warm, False) for i in range(clients)))
         t0 = time.perf_counter()
         await asyncio.gather(*(one(i, t0 + seconds, True) for i in range(clients)))
-        return lat, side, time.perf_counter() - t0
+        return lat, eng, side, time.perf_counter() - t0
     finally:
         for c in conns:
             c.close()
@@ -186,20 +191,20 @@ def run(args) -> tuple[list[list], list[tuple[str, bool, str]]]:
             jobs = [srv.api.http.service.prepare(ForecastRequest.model_validate(orjson.loads(b))) for b in bodies]
             for n in [int(c) for c in args.clients.split(",") if c.strip()]:
                 srv.sizes.clear()
-                lat, side, wall = asyncio.run(_drive(srv.api.port, bodies, n, args.seconds))
+                lat, calls, side, wall = asyncio.run(_drive(srv.api.port, bodies, n, args.seconds))
                 sizes = list(srv.sizes)
                 b = int(round(statistics.median(sizes))) if sizes else 1
                 # The bare engine on the same windows, same batch size, same thread count, server idle.
                 eng = _engine_time(srv.api.inference, jobs[:b], args.repeats)
                 thr, eng_thr = len(lat) / wall, b / eng
                 p50, p99 = float(np.percentile(lat, 50)) * 1e3, float(np.percentile(lat, 99)) * 1e3
-                mean = statistics.fmean(lat) * 1e3
+                over = statistics.fmean(a - c for a, c in zip(lat, calls)) * 1e3
                 rows.append([shape, n, len(lat), f"{statistics.fmean(sizes) if sizes else 0:.1f}", b,
                              f"{thr:.1f}", f"{eng_thr:.1f}", f"{thr / eng_thr:.2f}", f"{p50:.1f}", f"{p99:.1f}",
-                             f"{eng * 1e3:.1f}", f"{mean - eng * 1e3:.1f}", f"{statistics.fmean(side) * 1e3:.1f}"])
+                             f"{eng * 1e3:.1f}", f"{over:.1f}", f"{statistics.fmean(side) * 1e3:.1f}"])
                 if n == 1:
                     checks.append((f"{shape}, 1 client: overhead over the engine call <= 10 ms",
-                                   mean - eng * 1e3 <= 10, f"{mean - eng * 1e3:.1f} ms"))
+                                   over <= 10, f"{over:.1f} ms"))
                 if n >= 64:
                     checks.append((f"{shape}, {n} clients: throughput >= 0.8x engine at batch {b}",
                                    thr >= 0.8 * eng_thr, f"{thr / eng_thr:.2f}x"))
