@@ -135,6 +135,7 @@ class Settings:
     max_queue: int = 4096
     drain_timeout_s: float = 20.0
     session_timeout_ms: int = 10000
+    group_instance_id: str = ""
     fetch_max_wait_ms: int = 100
     commit_interval_ms: int = 200
     seed: int | None = None
@@ -152,6 +153,9 @@ class Settings:
     calibration_min_scores: int = 20
     calibration_groups: str = "*=all"
     calibration_per_symbol: int = 0
+    # shadow models (worker/shadow.py): candidates run on the same windows after the primary
+    shadow: str = ""
+    shadow_max_queue: int = 64
     # HTTP API (worker/http): ad-hoc forecasts on the same engine, behind the stream
     http_port: int = -1
     http_host: str = "127.0.0.1"
@@ -237,6 +241,9 @@ HELP = {
     "max_queue": "ready windows queued before the worker pauses its partitions (backpressure)",
     "drain_timeout_s": "on SIGTERM/SIGINT, how long to finish queued forecasts and commit before exiting",
     "session_timeout_ms": "consumer-group session timeout: how soon a dead worker's partitions move",
+    "group_instance_id": "static group membership: a stable id per worker (e.g. the pod name); a worker that "
+                         "restarts with it within --session-timeout-ms gets its partitions back without a "
+                         "rebalance, so the others never stop (default: none, dynamic membership)",
     "fetch_max_wait_ms": "longest the broker may hold a fetch when no bars are waiting (idle polling vs latency)",
     "commit_interval_ms": "how often acknowledged offsets are committed",
     "seed": "random seed for sampling (default: none)",
@@ -256,6 +263,11 @@ HELP = {
     "calibration_groups": "calibration pools: SYMBOL_GLOB=GROUP,... (first match wins; others pool as 'all')",
     "calibration_per_symbol": "a symbol uses its own calibration once it has this many scores per step "
                               "(0 = pools only)",
+    "shadow": "candidate model NAME@VERSION run on the same windows after the primary, forecasts to "
+              "<forecasts-topic>.shadow and scored alike; repeat the flag for several (env: comma separated). "
+              "Best effort: skipped, never waited for, when the primary is busy",
+    "shadow_max_queue": "shadow windows are skipped (and counted) while more stream windows than this wait "
+                        "for the primary, or more than this wait for the shadows",
     "http_port": "port of the HTTP forecast API in this process (-1 = off, 0 = pick a free one)",
     "http_host": "bind address of the HTTP API (0.0.0.0 to serve other machines)",
     "api_token": "bearer token the HTTP API requires (empty = no auth; prefer the env variable to the flag)",
@@ -274,12 +286,24 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+class _AppendOverEnv(argparse.Action):
+    """A repeatable flag whose first use on the command line replaces the environment's value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        cur = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, (cur if isinstance(cur, list) else []) + [values])
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add one flag per Settings field; each defaults to its KRONOS_RT_* variable, then to the built-in default."""
     defaults = Settings(worker_id="hostname-pid")
     for f in dataclasses.fields(Settings):
         if f.name == "kafka_security":
             continue  # its flags are the shared ones below
+        if f.name == "shadow":  # repeatable; the environment gives a comma-separated list
+            parser.add_argument("--shadow", dest="shadow", action=_AppendOverEnv, default=None,
+                                metavar="NAME@VERSION", help=HELP["shadow"])
+            continue
         flag = _flag(f.name)
         default = getattr(defaults, f.name)
         shown = ",".join(str(q) for q in default) if f.name == "quantiles" else default
@@ -295,6 +319,8 @@ def from_args(args: argparse.Namespace) -> Settings:
     (argparse applies each flag's type to string defaults, so env values arrive typed.)"""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
              if getattr(args, f.name, None) is not None and f.name != "kafka_security"}
+    if isinstance(given.get("shadow"), list):
+        given["shadow"] = ",".join(given["shadow"])
     return Settings(**given, kafka_security=security.from_args(args))
 
 

@@ -93,6 +93,8 @@ def group_consumer(settings) -> AIOKafkaConsumer:
         s.brokers, security=s.kafka_security, group_id=s.group, client_id=f"kronos-rt-{s.worker_id}",
         enable_auto_commit=False, auto_offset_reset="earliest",
         session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=max(100, s.session_timeout_ms // 4),
+        # Static membership: a restart within the session timeout rejoins without a rebalance.
+        group_instance_id=s.group_instance_id or None,
         # Room for a revoked partition's drain before the group moves on without us.
         rebalance_timeout_ms=max(s.session_timeout_ms, int(s.drain_timeout_s * 1000)),
         # Kafka answers a fetch as soon as a bar is there; some brokers (Tansu) hold it for
