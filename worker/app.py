@@ -37,6 +37,7 @@ from worker.publish import ForecastDoc, Publisher
 from worker.quality import make_live_scoring
 from worker.recovery import Recovery
 from worker.runahead import RunAhead
+from worker.shadow import Shadows, load_shadows, shadow_topic
 from worker.sessions import parse_session_map
 from worker.waiting import wait_until
 from worker.windows import WindowStore
@@ -89,6 +90,7 @@ class Worker:
         self.http = None                     # the HTTP API server (--http-port), when on
         self.http_port: int | None = None
         self.scoring = None                  # live scoring and calibration (worker/quality.py), when on
+        self.shadows: Shadows | None = None  # --shadow candidates (worker/shadow.py), when any
 
     # ------------------------------------------------------------------ public hooks
     def stop(self) -> None:
@@ -148,6 +150,8 @@ class Worker:
 
             self._tasks = [asyncio.create_task(self._tick_loop(), name="tick"),
                            asyncio.create_task(self.health.probe_broker(self.consumer), name="broker-probe")]
+            if self.shadows is not None:
+                self._tasks.append(asyncio.create_task(self.shadows.run(), name="shadows"))
             if follows_latest(s.model) and is_registry_spec(s.model):
                 # A new version is switched to on the inference thread: between two batches.
                 self._tasks.append(asyncio.create_task(follow_registry(
@@ -182,6 +186,8 @@ class Worker:
         self.inference = Inference(self.engine, self.model_ref, s, self.metrics)
         for fn in self._observers:
             self.inference.add_observer(fn)
+        shadow_models = await loop.run_in_executor(None, load_shadows, s, self.engine, self.model_ref,
+                                                   self.metrics) if s.shadow else []
 
         import redis.asyncio as aioredis
         from redis.exceptions import AuthenticationError, ResponseError
@@ -190,7 +196,8 @@ class Worker:
         self.redis = aioredis.from_url(s.redis, socket_connect_timeout=2, socket_timeout=10)
         keys = RedisKeys(s.redis_prefix)
         self.store = WindowStore(self.redis, s.redis_prefix, s.lookback + REDELIVERY_SLACK)
-        self.scoring = make_live_scoring(s, self.redis, keys, self.store, self.metrics, lambda: self.publisher)
+        self.scoring = make_live_scoring(s, self.redis, keys, self.store, self.metrics, lambda: self.publisher,
+                                         models=1 + len(shadow_models))
         if self.scoring is not None:
             self.inference.keep_paths = True  # CRPS from the sample paths
         self.ingest = Ingest(self.store, lookback=s.lookback, min_history=s.min_history, pred_len=s.pred_len,
@@ -212,6 +219,12 @@ class Worker:
                                     s.max_wait_ms / 1000, low_max_queue=s.http_max_queue)
         self.batcher.start()
         await self.batcher.run_in_thread(self.inference.warm_up)
+        if shadow_models:
+            self.shadows = Shadows(shadow_models, s, batcher=self.batcher, primary=self.inference,
+                                   publisher_of=lambda: self.publisher, forecast_doc=ForecastDoc(s),
+                                   scoring=self.scoring, registry=self.metrics.registry)
+            for m in shadow_models:
+                await self.batcher.run_in_thread(m.inference.warm_up)
         self.health.ready["model_loaded"] = True
         if s.http_port >= 0:  # ad-hoc forecasts on this engine, behind the stream (worker/http)
             from worker.http import start_api
@@ -229,7 +242,9 @@ class Worker:
                                 timeout_s=s.startup_timeout_s):
             return False
         await kafka.ensure_topics(s.brokers, {s.forecasts_topic: parts.get(s.bars_topic, 1), s.dlq_topic: 1,
-                                              **({s.scores_topic: parts.get(s.bars_topic, 1)} if s.scores_topic else {})},
+                                              **({s.scores_topic: parts.get(s.bars_topic, 1)} if s.scores_topic else {}),
+                                              **({shadow_topic(s.forecasts_topic): parts.get(s.bars_topic, 1)}
+                                                 if self.shadows is not None else {})},
                                  security=s.kafka_security)
         self.producer = kafka.make_producer(s.brokers, client_id=f"kronos-rt-{s.worker_id}", security=s.kafka_security)
         await self.producer.start()
@@ -374,12 +389,14 @@ class Worker:
             return
         if self.scoring is None:
             await self.publisher.forecasts_of(self.s.forecasts_topic, batch)
-            return
-        await self.scoring.before(batch)  # calibrated bands into the forecasts
-        try:
-            await self.publisher.forecasts_of(self.s.forecasts_topic, batch)
-        finally:
-            await self.scoring.after(batch)  # stored for scoring; steps already realized scored now
+        else:
+            await self.scoring.before(batch)  # calibrated bands into the forecasts
+            try:
+                await self.publisher.forecasts_of(self.s.forecasts_topic, batch)
+            finally:
+                await self.scoring.after(batch)  # stored for scoring; steps already realized scored now
+        if self.shadows is not None:  # the primary's forecasts are handed over: the shadows' turn
+            self.shadows.offer(batch)
 
     # ------------------------------------------------------------------ rebalance
     async def _on_assigned(self, assigned) -> None:

@@ -330,8 +330,8 @@ class Quality:
 
     def _calibrate(self, rec: ForecastRecord, step: int, y: float) -> None:
         h = step - 1
-        if not (math.isfinite(y) and rec.scale > 0 and rec.levels == self.levels):
-            return
+        if rec.shadow or not (math.isfinite(y) and rec.scale > 0 and rec.levels == self.levels):
+            return  # the calibration is the primary's: a shadow's residuals would move its bands
         base = np.asarray(rec.raw_q[h] if rec.raw_q is not None else [rec.mean_close[h]] * len(self.levels))
         r = (y - base) / rec.scale
         served = None if rec.cal_q is None else np.asarray(rec.cal_q[h], dtype=np.float64)
@@ -382,6 +382,8 @@ class Quality:
             "worker_id": self.worker_id,
             "produced_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
         }
+        if rec.shadow:
+            doc["shadow"] = True
         doc.update(fig)
         doc.pop("step", None)
         doc["step"] = c.step

@@ -79,6 +79,7 @@ class ForecastRecord:
     cal_n: int = 0                # scores behind the calibration when it was published
     cal_group: str = ""           # which calibration state it came from (and is updated)
     paths: list[list[float]] | None = None   # [P][S] sampled closes (CRPS), when kept
+    shadow: bool = False          # a shadow model's forecast (worker/shadow.py): scored, never calibrates
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

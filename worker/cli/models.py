@@ -7,6 +7,7 @@
     kronos-rt models promote NAME VERSION [--if-better-than VERSION --on EVAL.json [--metric M --margin F]]
     kronos-rt models rollback NAME
     kronos-rt models verify NAME[@VERSION]
+    kronos-rt models compare NAME@A NAME@B [--brokers B --scores-topic T | --from SCORES.jsonl] [--json]
 
 --registry ROOT (before or after the action) overrides $KRONOS_RT_REGISTRY / ~/.kronos-rt/registry.
 Exit codes: 0 ok, 1 failure (including a failed verify), 2 usage error.
@@ -90,6 +91,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="device for the canary forecast: auto (GPU if any), cpu, cuda:0")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    p = action("compare", "live quality of two versions side by side, per horizon step, from their score.v1 "
+                          "events (the scores topic, or a file): MAE vs persistence, skill, hit rate, band "
+                          "coverage vs nominal, pinball, CRPS")
+    p.add_argument("a", metavar="NAME@A")
+    p.add_argument("b", metavar="NAME@B")
+    p.add_argument("--brokers", default="127.0.0.1:9092", help="Kafka bootstrap servers (default: 127.0.0.1:9092)")
+    p.add_argument("--scores-topic", default="", help="topic of score.v1 events, read up to its current end")
+    p.add_argument("--from", dest="from_file", metavar="SCORES", help="a saved file of score.v1 events instead "
+                   "(JSON lines, a JSON array, or an object with a 'scores' array)")
+    p.add_argument("--all-scores", action="store_true", help="each version's own scores (default: only the "
+                   "steps both versions scored, so both columns describe the same bars)")
+    p.add_argument("--timeout-s", type=float, default=60.0, help="longest the topic read may take (default 60)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    from worker import security
+
+    security.add_args(p)  # a secured broker: the same --security-protocol, --sasl-*, --ssl-* as the worker
+
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     return format_columns(rows, header)
@@ -171,6 +189,8 @@ def _run(args: argparse.Namespace, reg: Registry) -> int:
         mv = reg.rollback(args.name)
         print(f"{mv.name}: latest -> {mv.version} (rolled back)")
         return 0
+    elif args.action == "compare":
+        return _compare(args)
     elif args.action == "verify":
         mv = reg.resolve(args.spec)
         from kronos_rt.registry import verify_version
@@ -188,6 +208,40 @@ def _run(args: argparse.Namespace, reg: Registry) -> int:
     latest = reg.latest(mv.name)
     print(f"{mv.name}: latest -> {latest}" if latest else
           f"{mv.name}: no latest yet; `kronos-rt models promote {mv.name} {mv.version}`")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Side-by-side figures of two versions from their scores (worker/tools/compare.py)."""
+    import asyncio
+
+    from worker.tools import compare
+
+    compare.parse_spec(args.a)
+    compare.parse_spec(args.b)
+    if bool(args.from_file) == bool(args.scores_topic):
+        raise ValueError("give the scores with exactly one of --scores-topic or --from")
+    if args.from_file:
+        scores = compare.load_scores(args.from_file)
+    else:
+        from worker import security
+
+        try:
+            scores = asyncio.run(compare.read_scores(args.brokers, args.scores_topic, args.timeout_s,
+                                                     security.from_args(args)))
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"kronos-rt models compare: error: {exc}", file=sys.stderr)
+            return 1
+    result = compare.compare(scores, args.a, args.b, common=not args.all_scores)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(compare.format_comparison(result))
+    if not result["overall"]["a"]["count"] and not result["overall"]["b"]["count"]:
+        print(f"kronos-rt models compare: no scores of {args.a} or {args.b}"
+              + (" on the same steps (--all-scores takes each one's own)" if not args.all_scores else ""),
+              file=sys.stderr)
+        return 1
     return 0
 
 
