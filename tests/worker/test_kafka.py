@@ -47,3 +47,13 @@ def test_no_private_aiokafka_call_outside_the_kafka_module():
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "worker").rglob("*.py")
                  if p.name != "kafka.py" and pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_the_broker_probe_asks_the_consumers_client_for_metadata():
+    from aiokafka.client import AIOKafkaClient
+
+    assert inspect.iscoroutinefunction(AIOKafkaClient.fetch_all_metadata)
+    assert list(inspect.signature(AIOKafkaClient.fetch_all_metadata).parameters) == ["self"]
+    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    assert isinstance(consumer._client, AIOKafkaClient)
+    assert "_client.fetch_all_metadata" in inspect.getsource(kafka.answers)
