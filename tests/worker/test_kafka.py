@@ -49,7 +49,7 @@ def test_no_private_aiokafka_call_outside_the_kafka_module():
     assert offenders == []
 
 
-def test_the_broker_probe_asks_the_consumers_client_for_metadata():
+async def test_the_broker_probe_asks_the_consumers_client_for_metadata():
     from aiokafka.client import AIOKafkaClient
 
     assert inspect.iscoroutinefunction(AIOKafkaClient.fetch_all_metadata)
