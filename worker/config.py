@@ -149,7 +149,7 @@ class Settings:
     # forecast quality (worker/quality.py)
     scores_topic: str = ""
     calibration_window: int = 0
-    calibration_gamma: float = 0.01
+    calibration_gamma: float = 0.3
     calibration_min_scores: int = 20
     calibration_groups: str = "*=all"
     calibration_per_symbol: int = 0
@@ -258,7 +258,8 @@ HELP = {
                     "(key = symbol; empty = off)",
     "calibration_window": "recent scores per horizon step behind the calibrated bands (calibrated_quantiles "
                           "in forecasts; 0 = off)",
-    "calibration_gamma": "adaptive conformal step: how fast the calibrated levels react to missed coverage",
+    "calibration_gamma": "coverage integrator gain (per miss, in window spreads, divided by sqrt(step)): "
+    "how fast the calibrated bands react to missed coverage",
     "calibration_min_scores": "scores a horizon step needs before its calibrated band is published",
     "calibration_groups": "calibration pools: SYMBOL_GLOB=GROUP,... (first match wins; others pool as 'all')",
     "calibration_per_symbol": "a symbol uses its own calibration once it has this many scores per step "

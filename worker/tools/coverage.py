@@ -13,12 +13,15 @@ band and a naive band (empirical quantiles of the past h-step moves, same window
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from worker.calibration import Calibrator, residual_scale
+from worker.calibration import DEFAULT_GAMMA, DEFAULT_WINDOW, Calibrator, residual_scale
 from worker.tools.tables import format_table
 
 TAPE = Path(__file__).resolve().parent / "data" / "a_share_5min.csv"
@@ -53,7 +56,37 @@ def forecasts(tape, model, tokenizer, *, lookback, min_history, pred_len, sample
     return np.array(idx), np.array(means), np.array(quants), closes
 
 
-def walk(idx, means, quants, closes, levels, *, window=256, gamma=0.01, min_scores=20, warmup=300, mode="cqr"):
+def _fingerprint(path) -> dict:
+    """What identifies a file or a folder of files for the cache: names, sizes, mtimes."""
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return {str(f): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
+
+
+def cached_forecasts(tape, model, tokenizer, *, cache_dir="/tmp", **kw):
+    """forecasts(), kept in CACHE_DIR/kronos_rt_coverage_<key>.npz keyed by the tape, model,
+    tokenizer (paths, sizes, mtimes) and every setting, so calibration variants compare in
+    seconds instead of re-running the model (minutes). cache_dir None: no cache."""
+    if not cache_dir:
+        return forecasts(tape, model, tokenizer, **kw)
+    key = json.dumps({"tape": _fingerprint(tape), "model": _fingerprint(model), "tokenizer": _fingerprint(tokenizer),
+                      **{k: v for k, v in sorted(kw.items())}}, sort_keys=True, default=str)
+    path = Path(cache_dir) / f"kronos_rt_coverage_{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if path.exists():
+        try:
+            z = np.load(path)
+            print(f"forecasts from the cache {path}", file=sys.stderr)
+            return z["idx"], z["means"], z["quants"], z["closes"]
+        except Exception as e:  # a torn or foreign file: recompute and overwrite it
+            print(f"ignoring unreadable cache {path}: {e}", file=sys.stderr)
+    idx, means, quants, closes = forecasts(tape, model, tokenizer, **kw)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, idx=idx, means=means, quants=quants, closes=closes)
+    os.replace(tmp, path)  # whole or absent, never half-written
+    return idx, means, quants, closes
+
+
+def walk(idx, means, quants, closes, levels, *, window=DEFAULT_WINDOW, gamma=DEFAULT_GAMMA, min_scores=20, warmup=300, mode="cqr"):
     """Online calibration in bar order; returns per-step dicts of coverage and widths."""
     P, Q = means.shape[1], len(levels)
     lo, hi = 0, Q - 1
@@ -117,15 +150,19 @@ def main(argv=None) -> int:
     ap.add_argument("--pred-len", type=int, default=12)
     ap.add_argument("--sample-count", type=int, default=8)
     ap.add_argument("--levels", default="0.1,0.5,0.9")
-    ap.add_argument("--window", type=int, default=256)
-    ap.add_argument("--gamma", type=float, default=0.01)
+    ap.add_argument("--window", type=int, default=DEFAULT_WINDOW)
+    ap.add_argument("--gamma", type=float, default=DEFAULT_GAMMA)
     ap.add_argument("--warmup", type=int, default=300, help="forecasts left out of the figures")
     ap.add_argument("--mode", choices=("cqr", "mean", "both"), default="both",
                     help="cqr: around the sample quantiles; mean: around the mean path (as with --sample-count 1)")
+    ap.add_argument("--cache-dir", default=os.environ.get("TMPDIR", "/tmp"),
+                    help="where the model's forecasts for the tape are cached (keyed by model, tape and settings)")
+    ap.add_argument("--no-cache", action="store_true", help="always run the model")
     a = ap.parse_args(argv)
     levels = [float(x) for x in a.levels.split(",")]
-    idx, means, quants, closes = forecasts(a.tape, a.model, a.tokenizer, lookback=a.lookback, min_history=a.min_history,
-                                           pred_len=a.pred_len, sample_count=a.sample_count, levels=levels)
+    idx, means, quants, closes = cached_forecasts(
+        a.tape, a.model, a.tokenizer, cache_dir=None if a.no_cache else a.cache_dir, lookback=a.lookback,
+        min_history=a.min_history, pred_len=a.pred_len, sample_count=a.sample_count, levels=levels)
     for mode in (("cqr", "mean") if a.mode == "both" else (a.mode,)):
         out = walk(idx, means, quants, closes, levels, window=a.window, gamma=a.gamma, warmup=a.warmup, mode=mode)
         print(f"\n{len(closes)} bars, {len(idx)} forecasts, warm-up {a.warmup}; calibration around "
