@@ -150,7 +150,11 @@ class Ingest:
         else:
             result = await self.store.upsert(bar, msg.offset)
         if self.quality is not None:  # scored off the inference thread; published by the worker
-            parsed.scores = self.quality.score(self.quality.claims(parsed.claims, bar.close))
+            try:
+                parsed.scores = self.quality.score(self.quality.claims(parsed.claims, bar.close))
+            except Exception:  # a scoring fault must never send the bar itself to the DLQ
+                log.exception("scoring the steps %s@%s realized failed; they go unscored", bar.symbol, bar.ts)
+                parsed.scores = []
         state.handled(msg.offset)
         status = result.status
         if result.lost:

@@ -115,8 +115,11 @@ def score_step(rec: ForecastRecord, step: int, realized: float) -> dict:
     for name, table in (("raw", rec.raw_q), ("calibrated", rec.cal_q)):
         if table is None or not rec.levels:
             continue
-        qs = [float(v) for v in table[h]]
-        if not all(math.isfinite(v) for v in qs) or not math.isfinite(y):
+        # A step whose band was not published yet (fewer scores than --calibration-min-scores
+        # at that step) is stored as nulls: no band for that step, not an error.
+        row = table[h] if h < len(table) else None
+        qs = [math.nan if v is None else float(v) for v in row or ()]
+        if len(qs) != len(rec.levels) or not all(math.isfinite(v) for v in qs) or not math.isfinite(y):
             continue
         out[name] = {
             "below": [y <= q for q in qs],

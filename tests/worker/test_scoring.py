@@ -58,3 +58,16 @@ def test_non_finite_inputs_give_none_not_nan():
     s = score_step(record(mean_close=[math.nan, 9.0]), 1, 10.2)
     assert s["abs_error"] is None and s["direction_hit"] is None
     assert all(v is None or not (isinstance(v, float) and math.isnan(v)) for v in s.values())
+
+
+def test_a_step_without_a_published_calibrated_band_is_skipped_not_an_error():
+    # Steps fill their windows at different times: step 1 calibrated, step 2 not yet (its
+    # NaN row is stored as JSON nulls). Seen in bench-stream --scoring: it sent bars to the DLQ.
+    from worker import events
+
+    rec = record(cal_q=[[9.5, 10.2, 10.9], [math.nan, math.nan, math.nan]])
+    stored = ForecastRecord.from_dict(events.loads(events.dumps(rec.to_dict())))
+    s1 = score_step(stored, 1, 10.2)
+    assert s1["calibrated"]["bands"] == {"0.8": True}
+    s2 = score_step(stored, 2, 9.5)
+    assert "calibrated" not in s2 and s2["raw"]["bands"] == {"0.8": True}
