@@ -56,6 +56,7 @@ class BenchResult:
     engine_ms: dict[int, float]      # batch size -> median engine-only compute, ms
     worker_inference_ms: list[float]  # per measured burst: the worker's own inference time, summed
     stages_ms: dict[str, list[float]]  # per forecast: the worker's latency_ms fields (receive, queue, ...)
+    scores: int | None = None        # --scoring: score.v1 events the worker published (None: scoring off)
 
     def engine_burst_ms(self, i: int) -> float:
         """Engine-only time for burst i's batches, one after another."""
@@ -93,6 +94,8 @@ class BenchResult:
              f"{statistics.median(ratios):.3f}, {ratios[worst]:.3f} (burst {worst + 1})"),
             (f"target: median <= {TARGET_RATIO:.1f}", "PASS" if self.passed else "FAIL"),
         ]
+        if self.scores is not None:
+            rows.insert(3, ("scores published (scoring on)", f"{self.scores}"))
         return format_columns(rows)
 
 
@@ -155,7 +158,9 @@ async def run_bench(args) -> BenchResult:
         redis_url = args.redis or stack.enter_context(RedisServer()).url
         u = uuid.uuid4().hex[:8]
         bars_topic, fc_topic = f"bench-bars-{u}", f"bench-fc-{u}"
-        await ensure_topics(brokers, {bars_topic: args.partitions, fc_topic: args.partitions})
+        scores_topic = f"bench-scores-{u}" if args.scoring else ""
+        await ensure_topics(brokers, {bars_topic: args.partitions, fc_topic: args.partitions,
+                                      **({scores_topic: args.partitions} if scores_topic else {})})
 
         tape = read_tape(args.tape, symbol="BENCH")
         history = args.lookback
@@ -177,6 +182,9 @@ async def run_bench(args) -> BenchResult:
             temperature=1.0, top_k=1, top_p=1.0, sample_count=1, max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms, metrics_port=0, max_queue=max(4096, 4 * args.symbols),
             worker_id="bench", device=str(engine.device),
+            # --scoring: every forecast stored for scoring, each bar claims the stored steps it
+            # realizes (pipelined with its upsert), scores published, calibrated bands served.
+            scores_topic=scores_topic, calibration_window=256 if args.scoring else 0,
         )
         worker = Worker(settings, engine=engine, model_ref=ref)
         sizes: list[int] = []
@@ -232,6 +240,7 @@ async def run_bench(args) -> BenchResult:
                     burst_batches.append(sizes[first_batch:])
                     burst_inference.append(sum(inference_s[first_batch:]) * 1000)
         finally:
+            scores = worker.scoring.published if worker.scoring is not None else None
             await producer.stop()
             await consumer.stop()
             worker.stop()
@@ -247,7 +256,7 @@ async def run_bench(args) -> BenchResult:
             p50_ms=float(np.percentile(latencies, 50)), p99_ms=float(np.percentile(latencies, 99)),
             forecasts_per_s=len(latencies) / max(1e-9, sum(burst_ms) / 1000),
             burst_batches=burst_batches, burst_ms=burst_ms, engine_ms=engine_ms,
-            worker_inference_ms=burst_inference, stages_ms=stages,
+            worker_inference_ms=burst_inference, stages_ms=stages, scores=scores,
         )
 
 
@@ -301,6 +310,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis", help="Redis URL (default: start a private redis-server)")
     parser.add_argument("--tape", default=str(_default_tape()), help="tape the synthetic symbols come from")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up on a burst after this long")
+    parser.add_argument("--scoring", action="store_true",
+                        help="run with live scoring on: a scores topic and calibrated bands (window 256)")
 
 
 def _default_tape():
@@ -320,7 +331,8 @@ def main(args: argparse.Namespace) -> int:
 
     print(f"kronos-rt bench-stream: torch {torch.__version__}, {args.shape if not args.model else args.model}, "
           f"device {args.device}, lookback {args.lookback}, pred_len {args.pred_len}, max_batch {args.max_batch}, "
-          f"max_wait_ms {args.max_wait_ms:g}, {torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"max_wait_ms {args.max_wait_ms:g}, scoring {'on' if args.scoring else 'off'}, "
+          f"{torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d %H:%M')}, "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(result.table())
     return 0

@@ -12,7 +12,8 @@ writes <out>/report.md with:
 - accuracy of the mean path's close against the realized bars, per horizon step:
   MAE, RMSE, direction hit rate, next to two naive baselines (last close, and drift:
   the mean bar-to-bar change over the last `lookback` bars, extrapolated linearly);
-- coverage of the quantile bands [lowest level, highest level] when present.
+- coverage of the quantile bands [lowest level, highest level] when present, per horizon step:
+  raw (`quantiles`) vs calibrated (`calibrated_quantiles`) vs nominal, as a table and a plot.
 
 A horizon step is matched to the realized bar with the same symbol and ts. Forecasts
 whose as_of bar is not among the bars are left out of the accuracy numbers (the
@@ -64,6 +65,7 @@ class Coverage:
     n: int
     covered: int
     per_step: dict[int, tuple[int, int]] = field(default_factory=dict)  # step -> (n, covered)
+    kind: str = "raw"    # raw: the model's sample quantiles; calibrated: calibrated_quantiles
 
     @property
     def nominal(self) -> float:
@@ -277,10 +279,12 @@ def _accuracy(forecasts: list[dict], bars: list[dict], lookback: int):
             matched += 1
             actual = float(series[target[1]])
             per_step[k].append((actual, last, pred, last + k * drift))
-            q = (entry.get("quantiles") or {}).get("close")
-            if lo_i is not None and q is not None and len(q) == len(levels):
-                key = (levels[lo_i], levels[hi_i])
-                cov = bands.setdefault(key, Coverage(key[0], key[1], 0, 0))
+            for kind, field_name in (("raw", "quantiles"), ("calibrated", "calibrated_quantiles")):
+                q = (entry.get(field_name) or {}).get("close")
+                if lo_i is None or q is None or len(q) != len(levels):
+                    continue
+                key = (levels[lo_i], levels[hi_i], kind)
+                cov = bands.setdefault(key, Coverage(key[0], key[1], 0, 0, kind=kind))
                 inside = int(q[lo_i] <= actual <= q[hi_i])
                 cov.n += 1
                 cov.covered += inside
@@ -289,7 +293,8 @@ def _accuracy(forecasts: list[dict], bars: list[dict], lookback: int):
     steps = [_step_accuracy(k, per_step[k]) for k in sorted(per_step)]
     pooled = [r for k in sorted(per_step) for r in per_step[k]]
     overall = _step_accuracy(0, pooled) if pooled else None
-    return steps, overall, sorted(bands.values(), key=lambda c: (c.lo, c.hi)), matched, unmatched, no_as_of, n_bars
+    coverage = sorted(bands.values(), key=lambda c: (c.lo, c.hi, c.kind != "raw"))
+    return steps, overall, coverage, matched, unmatched, no_as_of, n_bars
 
 
 # -- plots --------------------------------------------------------------------------------------
@@ -351,6 +356,37 @@ def _plot_accuracy(steps: list[StepAccuracy], path: Path, label: str = "") -> No
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("horizon step")
     ax.set_ylabel("MAE of close")
+    ax.legend()
+    fig.savefig(path)
+
+
+def _band_pairs(coverage: list[Coverage]) -> list[tuple[Coverage | None, Coverage | None]]:
+    """(raw, calibrated) per band [lo, hi], either None when the forecasts lack it."""
+    pairs: dict[tuple[float, float], list] = {}
+    for c in coverage:
+        pairs.setdefault((c.lo, c.hi), [None, None])[c.kind == "calibrated"] = c
+    return [tuple(p) for p in pairs.values()]
+
+
+def _plot_coverage(coverage: list[Coverage], path: Path, label: str = "") -> None:
+    fig, ax = _figure()
+    ax.set_title(_plot_title("Band coverage per horizon step: raw vs calibrated vs nominal", label))
+    for raw, cal in _band_pairs(coverage):
+        c0 = raw or cal
+        name = f"[q{c0.lo:g}, q{c0.hi:g}]"
+        for c, style in ((raw, "s--"), (cal, "o-")):
+            if c is not None:
+                steps = sorted(c.per_step)
+                ax.plot(steps, [c.per_step[k][1] / c.per_step[k][0] for k in steps], style,
+                        label=f"{name} {c.kind}")
+        ax.axhline(c0.nominal, color="gray", linestyle=":", label=f"{name} nominal {c0.nominal:.0%}")
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("horizon step")
+    ax.set_ylabel("realized closes inside the band")
     ax.legend()
     fig.savefig(path)
 
@@ -445,13 +481,28 @@ def _markdown(s: ReportSummary, lookback: int, title: str, context: dict[str, st
 
     L += ["## Quantile band coverage (close)", ""]
     if s.coverage:
-        for c in s.coverage:
-            L.append(f"Band [q{c.lo:g}, q{c.hi:g}], nominal {_pct(c.nominal)}: {_pct(c.rate)} of "
-                     f"{c.n} realized closes inside.")
+        for raw, cal in _band_pairs(s.coverage):
+            c0 = raw or cal
+            if raw is not None:
+                L.append(f"Band [q{c0.lo:g}, q{c0.hi:g}], nominal {_pct(c0.nominal)}: {_pct(raw.rate)} of "
+                         f"{raw.n} realized closes inside.")
+            if cal is not None:
+                L.append(f"Calibrated band [q{c0.lo:g}, q{c0.hi:g}] (`calibrated_quantiles`), nominal "
+                         f"{_pct(c0.nominal)}: {_pct(cal.rate)} of {cal.n} realized closes inside.")
             L.append("")
-            L += _table(["step", "n", "coverage"],
-                        [[k, n, _pct(cv / n if n else None)] for k, (n, cv) in sorted(c.per_step.items())])
+            if cal is None:
+                L += _table(["step", "n", "coverage"],
+                            [[k, n, _pct(cv / n if n else None)] for k, (n, cv) in sorted(raw.per_step.items())])
+            else:
+                def cell(c, k):
+                    n, cv = c.per_step.get(k, (0, 0)) if c is not None else (0, 0)
+                    return [n, _pct(cv / n if n else None)]
+                steps = sorted(set(cal.per_step) | set(raw.per_step if raw is not None else ()))
+                L += _table(["step", "n raw", "raw coverage", "n calibrated", "calibrated coverage", "nominal"],
+                            [[k, *cell(raw, k), *cell(cal, k), _pct(c0.nominal)] for k in steps])
             L.append("")
+        if any(p.name == "coverage.png" for p in s.files):
+            L += ["![Band coverage per horizon step](coverage.png)", ""]
     else:
         L += ["Skipped: no matched forecast carries close quantiles (sample_count 1 or no levels).", ""]
     return "\n".join(L)
@@ -492,6 +543,9 @@ def build_report(forecasts: list[dict], bars: list[dict], out_dir, *, lookback: 
     if steps:
         _plot_accuracy(steps, out_dir / "accuracy.png", label)
         summary.files.append(out_dir / "accuracy.png")
+    if any(c.kind == "calibrated" for c in coverage):  # the raw-only report keeps its table alone
+        _plot_coverage(coverage, out_dir / "coverage.png", label)
+        summary.files.append(out_dir / "coverage.png")
     summary.report_path.write_text(_markdown(summary, lookback, title, context, distinct))
     summary.files.insert(0, summary.report_path)
     return summary

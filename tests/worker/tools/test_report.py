@@ -171,3 +171,27 @@ def test_report_command_reads_the_topics(broker, tmp_path, capsys):
     rc = cli_main(["report", "--brokers", broker, "--forecasts-topic", unique_topic("missing"),
                    "--bars-topic", btopic, "--out", str(tmp_path / "x"), "--timeout", "10"])
     assert rc == 1 and "does not exist" in capsys.readouterr().err
+
+
+def test_calibrated_coverage_per_step_beside_raw(tmp_path):
+    forecasts, bars = dataset()
+    f1, f2 = forecasts[0], forecasts[1]
+    # Calibrated bands: F1 step 1 [11.5, 12.8] holds 12, step 2 [14, 14.5] misses 15;
+    # F2 step 1 [14, 16] holds 15, step 2 [15.5, 17] misses 15.
+    f1["horizon"][0]["calibrated_quantiles"] = {"close": [11.5, 12.5, 12.8]}
+    f1["horizon"][1]["calibrated_quantiles"] = {"close": [14.0, 14.2, 14.5]}
+    f2["horizon"][0]["calibrated_quantiles"] = {"close": [14.0, 15.0, 16.0]}
+    f2["horizon"][1]["calibrated_quantiles"] = {"close": [15.5, 16.0, 17.0]}
+    s = build_report([f1, f2], bars, tmp_path / "out", lookback=3)
+
+    raw, cal = s.coverage
+    assert (raw.kind, raw.per_step) == ("raw", {1: (2, 0), 2: (2, 2)})  # as without calibration
+    assert (cal.kind, cal.lo, cal.hi, cal.n, cal.covered) == ("calibrated", 0.1, 0.9, 4, 2)
+    assert cal.per_step == {1: (2, 2), 2: (2, 0)}
+    assert "coverage.png" in [p.name for p in s.files]
+    assert (tmp_path / "out" / "coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = s.report_path.read_text()
+    assert "Calibrated band [q0.1, q0.9] (`calibrated_quantiles`), nominal 80.0%: 50.0% of 4" in md
+    assert "| 1 | 2 | 0.0% | 2 | 100.0% | 80.0% |" in md
+    assert "| 2 | 2 | 100.0% | 2 | 0.0% | 80.0% |" in md
+    assert "![Band coverage per horizon step](coverage.png)" in md
