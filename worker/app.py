@@ -1,14 +1,20 @@
 """`kronos-rt worker`: Kafka bars in, micro-batched Kronos forecasts out.
 
-The Worker wires small parts and runs the loops; each part is testable without Kafka:
-- ingest (worker/ingest.py): parse, upsert into the symbol's Redis window, ready item or DLQ item;
-- inference (worker/inference.py): engine calls on the micro-batcher's one thread, model swaps
-  between batches;
+The Worker wires small parts and runs the loops (fetch, tick, broker probe, registry follow,
+shadows); each part is testable without Kafka:
+- ingest (worker/ingest.py): parse and validate, upsert into the symbol's Redis window, a ready
+  item or a DLQ item; poison.py keeps one bad message from stopping its partition;
+- inference (worker/inference.py): engine calls on the micro-batcher's one thread (batcher.py),
+  model swaps between batches (hotswap.py);
 - publish (worker/publish.py): forecast and DLQ sends, retried; acks mark offsets done;
 - commit (worker/commit.py): commit what every earlier copy's ack allows, with the re-read
   position in the metadata;
 - recovery (worker/recovery.py): partition markers, the check on assignment, rebuilds from
-  the bar topic when Redis lost the windows.
+  the bar topic when Redis lost the windows;
+- flow control (worker/flow.py, runahead.py): backpressure, run-ahead and outage pauses;
+  health (worker/health.py) and start-up waits (worker/waiting.py): what /readyz says;
+- optional: live scoring and calibration (worker/quality.py), shadow models (worker/shadow.py),
+  the HTTP API on the same engine (worker/http/).
 One PartitionState per owned partition (worker/partition.py); revoking drops it.
 """
 from __future__ import annotations
