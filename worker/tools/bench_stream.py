@@ -23,9 +23,11 @@ import logging
 import os
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -57,6 +59,7 @@ class BenchResult:
     worker_inference_ms: list[float]  # per measured burst: the worker's own inference time, summed
     stages_ms: dict[str, list[float]]  # per forecast: the worker's latency_ms fields (receive, queue, ...)
     scores: int | None = None        # --scoring: score.v1 events the worker published (None: scoring off)
+    shadow_forecasts: int | None = None  # --shadow: shadow forecasts published (None: no shadow)
 
     def engine_burst_ms(self, i: int) -> float:
         """Engine-only time for burst i's batches, one after another."""
@@ -96,6 +99,9 @@ class BenchResult:
         ]
         if self.scores is not None:
             rows.insert(3, ("scores published (scoring on)", f"{self.scores}"))
+        if self.shadow_forecasts is not None:
+            rows.insert(3, ("shadow forecasts (shadow on; each burst sent once it is idle)",
+                            f"{self.shadow_forecasts}"))
         return format_columns(rows)
 
 
@@ -175,6 +181,16 @@ async def run_bench(args) -> BenchResult:
         await _warm_history(redis_url, prefix, args.lookback, synthetic[synthetic["n"] < history])
 
         engine, ref = _engine_and_ref(args)
+        shadow = {}
+        if args.shadow:  # the same shape with other random weights, as a candidate version
+            from kronos_rt.shapes import random_pair
+
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-shadow-")))
+            model, tokenizer, _ = random_pair(args.shape, seed=1)
+            model.save_pretrained(folder / "candidate")
+            tokenizer.save_pretrained(folder / "tokenizer")
+            shadow = dict(shadow=str(folder / "candidate"), tokenizer=str(folder / "tokenizer"),
+                          shadow_max_queue=max(64, 4 * args.symbols))
         settings = Settings(
             brokers=brokers, redis=redis_url, redis_prefix=prefix, group=f"bench-{u}", bars_topic=bars_topic,
             forecasts_topic=fc_topic, dlq_topic=f"bench-dlq-{u}", lookback=args.lookback,
@@ -184,7 +200,7 @@ async def run_bench(args) -> BenchResult:
             worker_id="bench", device=str(engine.device),
             # --scoring: every forecast stored for scoring, each bar claims the stored steps it
             # realizes (pipelined with its upsert), scores published, calibrated bands served.
-            scores_topic=scores_topic, calibration_window=256 if args.scoring else 0,
+            scores_topic=scores_topic, calibration_window=256 if args.scoring else 0, **shadow,
         )
         worker = Worker(settings, engine=engine, model_ref=ref)
         sizes: list[int] = []
@@ -211,6 +227,11 @@ async def run_bench(args) -> BenchResult:
         stages: dict[str, list[float]] = {}
         try:
             for burst in range(sent_bursts):
+                # Live bars come minutes apart: the shadows run in between, so a burst is sent
+                # once they are idle (what a shadow costs the primary is then what remains of
+                # a shadow batch the burst may still meet).
+                while worker.shadows is not None and worker.shadows.pending:
+                    await asyncio.sleep(0.01)
                 warmup = burst < args.warmup_bursts
                 first_batch = len(sizes)
                 rows = synthetic[synthetic["n"] == history + burst]
@@ -241,6 +262,10 @@ async def run_bench(args) -> BenchResult:
                     burst_inference.append(sum(inference_s[first_batch:]) * 1000)
         finally:
             scores = worker.scoring.published if worker.scoring is not None else None
+            shadow_forecasts = None if worker.shadows is None else int(sum(
+                sample.value for metric in worker.metrics.registry.collect()
+                if metric.name == "kronos_rt_shadow_forecasts" for sample in metric.samples
+                if sample.name.endswith("_total")))
             await producer.stop()
             await consumer.stop()
             worker.stop()
@@ -257,6 +282,7 @@ async def run_bench(args) -> BenchResult:
             forecasts_per_s=len(latencies) / max(1e-9, sum(burst_ms) / 1000),
             burst_batches=burst_batches, burst_ms=burst_ms, engine_ms=engine_ms,
             worker_inference_ms=burst_inference, stages_ms=stages, scores=scores,
+            shadow_forecasts=shadow_forecasts,
         )
 
 
@@ -310,6 +336,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--redis", help="Redis URL (default: start a private redis-server)")
     parser.add_argument("--tape", default=str(_default_tape()), help="tape the synthetic symbols come from")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up on a burst after this long")
+    parser.add_argument("--shadow", action="store_true",
+                        help="run a shadow model too (the same shape, other random weights)")
     parser.add_argument("--scoring", action="store_true",
                         help="run with live scoring on: a scores topic and calibrated bands (window 256)")
 

@@ -48,3 +48,15 @@ def test_bench_stream_measures_every_burst(broker, redis_url):
 def test_bench_stream_rejects_bad_counts(capsys):
     assert bench_stream.main(_args(bursts=0)) == 2
     assert "--bursts" in capsys.readouterr().err
+
+
+def test_bench_stream_with_a_shadow_model(broker, redis_url):
+    """--shadow: the primary's bursts are measured as without it; the shadow forecasts the
+    windows in between (each burst is sent once the shadow is idle)."""
+    args = _args(symbols=6, bursts=2, warmup_bursts=1, shape="mini", lookback=24, pred_len=2, max_batch=8,
+                 max_wait_ms=20.0, partitions=2, device="cpu", repeats=1, brokers=broker, redis=redis_url,
+                 timeout_s=120.0, shadow=True)
+    result = asyncio.run(bench_stream.run_bench(args))
+    assert result.forecasts == 6 * 2
+    assert result.shadow_forecasts >= 6 * 2  # the warm-up and first burst at least, before the last was sent
+    assert "shadow forecasts" in result.table()
