@@ -56,10 +56,13 @@ RUNAHEAD_LIMIT = REDELIVERY_SLACK - 2
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
-    """What a Redis that went away (restart, outage, password rotated) raises."""
-    from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
+    """What a Redis that went away (restart, outage, password rotated) or refuses writes for
+    a while (out of memory, a replica that is read-only after a failover) raises."""
+    from redis.exceptions import (
+        ConnectionError as RedisConnectionError, OutOfMemoryError, ReadOnlyError, TimeoutError as RedisTimeoutError,
+    )
 
-    return (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+    return (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError, ConnectionError, TimeoutError)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -345,18 +348,22 @@ class Worker:
     async def _redis_outage(self, err: BaseException) -> None:
         """Redis stopped answering mid-stream: pause every partition, say not ready, wait for
         it with backoff; when it answers, rebuild the windows if it came back empty."""
-        self.health.ready["redis"] = False
+        self.health.redis_down(True)
         paused = self.flow.pause_all()
         log.warning("Redis stopped answering (%r): paused %d partitions", err, len(paused))
         t0 = time.monotonic()
-        answered = await wait_until(self._redis_back, "Redis", stopping=lambda: self.stopping)
+        try:
+            answered = await wait_until(self._redis_back, "Redis", stopping=lambda: self.stopping)
+        finally:
+            self.health.redis_down(False)
         if answered:
-            self.health.ready["redis"] = True
             log.warning("Redis is back after %.1fs: resuming", time.monotonic() - t0)
         self.flow.resume(paused)
 
     async def _redis_back(self) -> None:
         await self.store.ping()
+        # A write, too: a Redis out of memory or read-only answers pings but refuses this.
+        await self.redis.set(RedisKeys(self.s.redis_prefix).probe(), self.s.worker_id, ex=60)
         if await self.recovery.lost_any(list(self.partitions.values())):
             self._lost = True  # came back empty: rebuild from the bar topic before going on
 

@@ -17,16 +17,24 @@ log = logging.getLogger(__name__)
 class Health:
     def __init__(self):
         self.ready = {"model_loaded": False, "kafka": False, "redis": False}
+        self._redis_down = False  # the fetch loop is waiting Redis out
 
     def checks(self) -> dict[str, bool]:
         return dict(self.ready)
+
+    def redis_down(self, down: bool) -> None:
+        """The fetch loop's word: Redis failed a command and is being waited out (down=True),
+        or answered again. A Redis refusing writes still answers pings, so a ping alone must
+        not say ready meanwhile."""
+        self._redis_down = down
+        self.ready["redis"] = not down
 
     async def ping_redis(self, store, timeout_s: float = 2.0) -> bool:
         try:
             ok = await asyncio.wait_for(store.ping(), timeout_s)
         except Exception:
             ok = False
-        self.ready["redis"] = bool(ok)
+        self.ready["redis"] = bool(ok) and not self._redis_down
         return self.ready["redis"]
 
     async def probe_broker(self, consumer, period_s: float = 1.0, timeout_s: float = 3.0) -> None:

@@ -15,6 +15,7 @@ may touch them all:
     {prefix}:calpool:{GROUP}             hash, step -> calibration state of a symbol pool
     {prefix}:partition:{TOPIC}:{N}       partition marker: present while Redis holds the
                                          windows of that partition (a flush removes it)
+    {prefix}:probe                       a write test while Redis refuses writes (expires)
 """
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ class RedisKeys:
 
     def partition_marker(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:partition:{topic}:{partition}"
+
+    def probe(self) -> str:
+        """Written while the worker waits for Redis to accept writes again (expires by itself)."""
+        return f"{self.prefix}:probe"
 
     def pattern(self) -> str:
         """Every key of this prefix (for SCAN-based clean-up by tools and tests)."""

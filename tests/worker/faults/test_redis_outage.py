@@ -78,3 +78,40 @@ async def test_wrong_redis_password_is_a_clear_startup_error(broker):
             await asyncio.wait_for(worker.run(), 30)
     assert "Redis" in str(err.value) and "wrong-secret" not in str(err.value)
     assert not worker.partitions
+
+
+async def test_redis_refusing_writes_is_waited_out(broker):
+    """Redis out of memory (maxmemory reached, noeviction) answers pings but refuses writes:
+    the worker pauses, says not ready, stays up, and goes on once writes are accepted."""
+    import redis as sync_redis
+
+    topics = names("redis-oom")
+    await ensure_topics(broker, {topics["bars_topic"]: 2})
+    rows = prepare(TAPE, fanout=3, limit=110)
+    want = expected_keys(rows)
+    before, during = prepare(TAPE, fanout=3, limit=60), prepare(TAPE, fanout=3, skip=60, limit=50)
+    with RedisServer() as server:
+        admin = sync_redis.Redis(port=server.port)
+        settings = make_settings(broker, server.url, "krt", topics)
+        async with running_worker(settings) as worker:
+            task = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Worker.run")
+            await replay(before, broker, topics["bars_topic"])
+            await consume(broker, topics["forecasts_topic"],
+                          lambda got: _covered(got) >= expected_keys(before), timeout=60)
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)  # every write is refused from now on
+            await replay(during, broker, topics["bars_topic"])
+            await _until(lambda: readyz(worker.metrics_port)[0] == 503, 15, "/readyz to say 503")
+            await asyncio.sleep(2.5)  # past a slow tick: its ping answers, /readyz must stay 503
+            status, checks = readyz(worker.metrics_port)
+            assert status == 503 and checks["redis"] is False
+            assert not task.done(), "the worker must ride out a Redis that refuses writes"
+            admin.config_set("maxmemory", 0)
+            t0 = time.monotonic()
+            msgs = await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=90)
+            recovery = time.monotonic() - t0
+            await _until(lambda: readyz(worker.metrics_port)[0] == 200, 15, "/readyz to say 200 again")
+        admin.close()
+    row = tally("Redis out of memory", len(rows), want, msgs, recovery)
+    assert row.lost == 0
+    assert row.identical
