@@ -91,7 +91,6 @@ class Worker:
         self.bars = 0
         self._stop = asyncio.Event()
         self._ready_event = asyncio.Event()  # set once partitions are assigned
-        self._lost = False                   # Redis lost windows: rebuild before going on
         self.health = Health()                # what /readyz says
         self._tasks: list[asyncio.Task] = []
         self._observers: list = []
@@ -312,7 +311,7 @@ class Worker:
         redis_errors = _redis_errors()
         while not self.stopping:
             try:
-                if self._lost:
+                if self.recovery.lost:
                     await self._rebuild_all()
                 if not todo:
                     batch = await self.consumer.getmany(timeout_ms=100, max_records=500)
@@ -343,29 +342,8 @@ class Worker:
                 # Whatever of the fetch was not handled is handled again once Redis answers (the
                 # message being handled too: a repeated upsert is a redelivery, forecast again).
                 parsed = None
-                await self._redis_outage(err)
-
-    async def _redis_outage(self, err: BaseException) -> None:
-        """Redis stopped answering mid-stream: pause every partition, say not ready, wait for
-        it with backoff; when it answers, rebuild the windows if it came back empty."""
-        self.health.redis_down(True)
-        paused = self.flow.pause_all()
-        log.warning("Redis stopped answering (%r): paused %d partitions", err, len(paused))
-        t0 = time.monotonic()
-        try:
-            answered = await wait_until(self._redis_back, "Redis", stopping=lambda: self.stopping)
-        finally:
-            self.health.redis_down(False)
-        if answered:
-            log.warning("Redis is back after %.1fs: resuming", time.monotonic() - t0)
-        self.flow.resume(paused)
-
-    async def _redis_back(self) -> None:
-        await self.store.ping()
-        # A write, too: a Redis out of memory or read-only answers pings but refuses this.
-        await self.redis.set(RedisKeys(self.s.redis_prefix).probe(), self.s.worker_id, ex=60)
-        if await self.recovery.lost_any(list(self.partitions.values())):
-            self._lost = True  # came back empty: rebuild from the bar topic before going on
+                await self.recovery.ride_out(err, self.flow, self.health, lambda: list(self.partitions.values()),
+                                             lambda: self.stopping)
 
     async def _handle(self, st: PartitionState, msg, parsed) -> None:
         self.bars += 1
@@ -447,12 +425,7 @@ class Worker:
         log.info("revoked %s", sorted(st.tp.partition for st in states))
 
     async def _rebuild_all(self) -> None:
-        self._lost = False
-        try:
-            await self.recovery.rebuild_all(list(self.partitions.values()))
-        except BaseException:
-            self._lost = True  # interrupted (Redis went away again): start over when it is back
-            raise
+        await self.recovery.rebuild_all(list(self.partitions.values()))
 
     # ------------------------------------------------------------------ housekeeping
     async def _tick_loop(self) -> None:
@@ -479,6 +452,6 @@ class Worker:
             hw = self.consumer.highwater(st.tp)
             if hw is not None and st.processed is not None:
                 self.metrics.consumer_lag.labels(st.tp.topic, str(st.tp.partition)).set(max(0, hw - st.processed))
-        if self.health.ready["redis"] and not self._lost:
-            self._lost = await self.recovery.lost_any(list(self.partitions.values()))
+        if self.health.ready["redis"]:
+            await self.recovery.notice_loss(list(self.partitions.values()))
         self.inference.report_memory()

@@ -5,6 +5,10 @@ its windows: a FLUSHALL, or a failover onto an empty Redis, removes both. A miss
 at the first message after assignment, or later on a tick, means the windows are gone:
 the partition's bars from `PartitionState.rebuild_from()` up to where the worker had got
 are re-read (outside the consumer group) and upserted again, without forecasting them.
+
+`ride_out` is what the fetch loop does when Redis fails a command (gone, restarting, out of
+memory, read-only): pause every partition, say not ready, wait until Redis accepts a write
+again, and note whether it came back empty (`lost`: rebuild before the next bar).
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ class Recovery:
         self.worker_id = worker_id
         self.metrics = metrics
         self.rebuilds = 0
+        self.lost = False  # Redis lost windows: rebuild them before the next bar
 
     def _marker(self, state: PartitionState) -> str:
         return self.keys.partition_marker(state.tp.topic, state.tp.partition)
@@ -58,10 +63,46 @@ class Recovery:
         return False
 
     async def rebuild_all(self, states: list[PartitionState]) -> None:
-        for st in sorted(states, key=lambda s: (s.tp.topic, s.tp.partition)):
-            if st.processed is not None:
-                await self.rebuild(st, st.processed)
-                await self.redis.set(self._marker(st), self.worker_id)
+        self.lost = False
+        try:
+            for st in sorted(states, key=lambda s: (s.tp.topic, s.tp.partition)):
+                if st.processed is not None:
+                    await self.rebuild(st, st.processed)
+                    await self.redis.set(self._marker(st), self.worker_id)
+        except BaseException:
+            self.lost = True  # interrupted (Redis went away again): start over when it is back
+            raise
+
+    async def notice_loss(self, states: list[PartitionState]) -> None:
+        """On a tick: a flush while no bars arrive shows as a missing marker."""
+        if not self.lost:
+            self.lost = await self.lost_any(states)
+
+    async def ride_out(self, err: BaseException, flow, health, states: Callable[[], list[PartitionState]],
+                       stopping: Callable[[], bool]) -> None:
+        """Redis failed a command mid-stream: pause every partition, say not ready, wait with
+        backoff until it accepts a write; note whether it came back empty."""
+        from worker.waiting import wait_until
+
+        health.redis_down(True)
+        paused = flow.pause_all()
+        log.warning("Redis stopped answering (%r): paused %d partitions", err, len(paused))
+        t0 = time.monotonic()
+
+        async def back() -> None:
+            await self.store.ping()
+            # A write, too: a Redis out of memory or read-only answers pings but refuses this.
+            await self.redis.set(self.keys.probe(), self.worker_id, ex=60)
+            if await self.lost_any(states()):
+                self.lost = True  # came back empty: rebuild from the bar topic before going on
+
+        try:
+            answered = await wait_until(back, "Redis", stopping=stopping)
+        finally:
+            health.redis_down(False)
+        if answered:
+            log.warning("Redis is back after %.1fs: resuming", time.monotonic() - t0)
+        flow.resume(paused)
 
     async def rebuild(self, state: PartitionState, end: int) -> None:
         """Re-upsert the partition's bars in [rebuild_from, end) into Redis, forecasting nothing."""

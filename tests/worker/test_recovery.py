@@ -77,3 +77,46 @@ async def test_a_flush_is_noticed_by_the_missing_marker_and_rebuilt_up_to_the_pr
     assert parts.reads == [(TP, 8, 24)]  # the oldest offset any window still held
     assert list((await parts.store.window("BBB", refresh=True)).offsets) == [9, 11, 13, 15, 17, 19, 21, 23]
     assert not await parts.rec.lost_any([st])
+
+
+class _Flow:
+    def __init__(self):
+        self.paused = self.resumed = None
+
+    def pause_all(self):
+        self.paused = ["p0", "p1"]
+        return self.paused
+
+    def resume(self, paused):
+        self.resumed = paused
+
+
+async def test_ride_out_waits_until_redis_accepts_writes_and_notes_an_empty_comeback(private_redis, redis_prefix):
+    """Out of memory: pings answer, writes do not. Partitions stay paused and /readyz says
+    not ready until a write succeeds; the missing marker marks the windows lost."""
+    import asyncio
+
+    import redis as sync_redis
+
+    from worker.health import Health
+
+    client = aioredis.from_url(private_redis)
+    admin = sync_redis.Redis.from_url(private_redis)
+    keys = RedisKeys(redis_prefix)
+    rec = Recovery(client, WindowStore(client, redis_prefix, 8), keys, None, "w1", WorkerMetrics())
+    st = PartitionState(TP, checked=True)
+    st.handled(5)
+    flow, health = _Flow(), Health()
+    health.ready["redis"] = True
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)
+    task = asyncio.create_task(rec.ride_out(RuntimeError("OOM"), flow, health, lambda: [st], lambda: False))
+    await asyncio.sleep(0.6)
+    assert not task.done() and flow.paused and flow.resumed is None
+    assert await health.ping_redis(rec.store) is False  # a ping answers, yet not ready
+    admin.config_set("maxmemory", 0)
+    await asyncio.wait_for(task, 10)
+    assert flow.resumed == flow.paused and health.ready["redis"] is True
+    assert rec.lost  # no marker for a partition that had handled bars: rebuild before going on
+    admin.close()
+    await client.aclose()
