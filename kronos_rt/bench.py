@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from . import shapes
-from .engine import Engine, resolve_device
+from .engine import Engine
 from .features import COLUMNS, denormalize, normalize, time_features
 from .naive import naive_forecast_arrays
 from .predictor import KronosPredictor
@@ -71,7 +71,7 @@ def load_tape(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     import pandas as pd  # only the bench reads CSV; keep `import kronos_rt.bench` light otherwise
 
     df = pd.read_csv(path)
-    bars = df[["open", "high", "low", "close", "volume", "amount"]].to_numpy(np.float64)
+    bars = df[list(COLUMNS)].to_numpy(np.float64)
     times = pd.to_datetime(df["timestamps"]).to_numpy().astype("datetime64[m]")
     return bars, times
 
@@ -147,6 +147,18 @@ def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
+
+
+def _alternate(run_a, run_b, repeats: int):
+    """Median seconds of run_a and of run_b, timed alternately so load from elsewhere hits
+    both alike, and the outputs of their last runs."""
+    ta, tb, out_a, out_b = [], [], None, None
+    for _ in range(repeats):
+        t, out_a = _timed(run_a)
+        ta.append(t)
+        t, out_b = _timed(run_b)
+        tb.append(t)
+    return statistics.median(ta), statistics.median(tb), out_a, out_b
 
 
 @torch.inference_mode()
@@ -232,11 +244,7 @@ def bench_point(engine: Engine, shape: str, x, x_stamp, y_stamp, pred_len: int, 
     with PeakMemory(engine.device) as mem_engine:  # the warm-up call, full size
         run_engine()
     run_floor()
-    engine_t, floor_t = [], []
-    for _ in range(repeats):  # alternate, so load from elsewhere hits both alike
-        t, engine_out = _timed(run_engine)
-        engine_t.append(t)
-        floor_t.append(_timed(run_floor)[0])
+    engine_s, floor_s, engine_out, _ = _alternate(run_engine, run_floor, repeats)
 
     run_naive = lambda: naive_forecast_arrays(engine, x, x_stamp, y_stamp, pred_len, GREEDY)[0]  # noqa: E731
     naive_forecast_arrays(engine, x, x_stamp, y_stamp[:, :1], 1, GREEDY)  # warm-up: same kernels, one step
@@ -245,8 +253,8 @@ def bench_point(engine: Engine, shape: str, x, x_stamp, y_stamp, pred_len: int, 
     naive_t = [t] + [_timed(run_naive)[0] for _ in range(naive_repeats - 1)]
 
     return Row(shape=shape, device=str(engine.device), dtype=str(engine.dtype).replace("torch.", ""),
-               batch=B, lookback=L, pred_len=pred_len, engine_s=statistics.median(engine_t),
-               naive_s=statistics.median(naive_t), floor_s=statistics.median(floor_t),
+               batch=B, lookback=L, pred_len=pred_len, engine_s=engine_s,
+               naive_s=statistics.median(naive_t), floor_s=floor_s,
                engine_peak_mib=mem_engine.peak_bytes / 2**20, naive_peak_mib=mem_naive.peak_bytes / 2**20,
                identical=bool(np.array_equal(engine_out, naive_out)))
 
@@ -258,12 +266,10 @@ def bench_samples(engine: Engine, shape: str, x, x_stamp, y_stamp, pred_len: int
     one = SamplingParams(temperature=1.0, top_k=0, top_p=0.9, sample_count=1, seed=0)
     many = SamplingParams(temperature=1.0, top_k=0, top_p=0.9, sample_count=sample_count, seed=0)
     engine.forecast_arrays(x, x_stamp, y_stamp, pred_len, many)  # warm-up
-    t1, tn = [], []
-    for _ in range(repeats):
-        t1.append(_timed(lambda: engine.forecast_arrays(x, x_stamp, y_stamp, pred_len, one))[0])
-        tn.append(_timed(lambda: engine.forecast_arrays(x, x_stamp, y_stamp, pred_len, many))[0])
+    s1_s, sn_s, _, _ = _alternate(lambda: engine.forecast_arrays(x, x_stamp, y_stamp, pred_len, one),
+                                  lambda: engine.forecast_arrays(x, x_stamp, y_stamp, pred_len, many), repeats)
     return SampleRow(shape=shape, batch=x.shape[0], lookback=x.shape[1], pred_len=pred_len,
-                     sample_count=sample_count, s1_s=statistics.median(t1), sn_s=statistics.median(tn))
+                     sample_count=sample_count, s1_s=s1_s, sn_s=sn_s)
 
 
 @dataclass
@@ -312,16 +318,11 @@ def compare_predictor(predictor: KronosPredictor, shape: str, frames, x_ts, y_ts
     run_engine = lambda: engine.forecast_arrays(xs, xst, yst, pred_len, GREEDY)[0]  # noqa: E731
     run_predictor()
     run_engine()
-    predictor_t, engine_t = [], []
-    for _ in range(repeats):  # alternate, so load from elsewhere hits both alike
-        t, frames_out = _timed(run_predictor)
-        predictor_t.append(t)
-        t, engine_out = _timed(run_engine)
-        engine_t.append(t)
+    predictor_s, engine_s, frames_out, engine_out = _alternate(run_predictor, run_engine, repeats)
     identical = all(np.array_equal(out.to_numpy(), denormalize(engine_out[i], *stats[i]))
                     for i, out in enumerate(frames_out))
     return PredictorRow(shape=shape, batch=len(frames), lookback=len(frames[0]), pred_len=pred_len,
-                        predictor_s=statistics.median(predictor_t), engine_s=statistics.median(engine_t),
+                        predictor_s=predictor_s, engine_s=engine_s,
                         identical=identical)
 
 
