@@ -13,12 +13,13 @@ import numpy as np
 import pandas as pd
 
 from .engine import Engine
-from .features import denormalize, normalize, time_features
+from .features import COLUMNS, PRICE_COLUMNS, denormalize, normalize, time_features
 from .sampling import SamplingParams
 
-PRICE_COLS = ["open", "high", "low", "close"]
-VOL_COL, AMT_COL = "volume", "amount"
-ALL_COLS = PRICE_COLS + [VOL_COL, AMT_COL]
+# The reference predictor's names for features.COLUMNS (kept: its attributes below use them).
+PRICE_COLS = list(PRICE_COLUMNS)
+VOL_COL, AMT_COL = COLUMNS[4:]
+ALL_COLS = list(COLUMNS)
 
 
 @dataclass
