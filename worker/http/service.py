@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kronos_rt.features import COLUMNS, PRICE_COLUMNS
 from worker import events
 from worker.batcher import MicroBatcher, QueueFull
 from worker.config import Settings, parse_interval
@@ -88,11 +89,19 @@ def _common_times(ts: list) -> np.ndarray | None:
 def _check_bars(series: Series, p: str) -> np.ndarray:
     """Bar by bar, in order: ApiError for the first fault, naming it; else the times."""
     times = []
-    for i, (ts, (o, h, lo, c)) in enumerate(zip(series.ts, series.values[:, :4].tolist())):
+    for i, (ts, row) in enumerate(zip(series.ts, series.values.tolist())):
+        o, h, lo, c = row[:4]
         try:
             t = events.parse_time(ts)
         except events.InvalidEvent as exc:
             raise _bad(f"{p}bars[{i}].ts", exc.detail) from None
+        # The stream's value policy (events.parse_bar): such a bar would poison the window.
+        for name, v in zip(COLUMNS, row):
+            if name in PRICE_COLUMNS and v <= 0:
+                raise _bad(f"{p}bars[{i}].{name}", f"prices must be > 0, got {v}")
+            if abs(v) > events.MAX_MAGNITUDE:  # NaN (missing volume/amount) compares False
+                raise _bad(f"{p}bars[{i}].{name}", f"{v:g}: |values| above {events.MAX_MAGNITUDE:g} "
+                                                   "cannot be normalized in float32")
         if times and t <= times[-1]:
             raise _bad(f"{p}bars[{i}].ts", f"{ts} {'duplicates' if t == times[-1] else 'is before'} "
                                            f"bars[{i - 1}].ts: bars must be in strictly increasing time order")
@@ -136,7 +145,8 @@ class ForecastService:
             raise _bad(f"{p}bars", f"need 1 to {s.http_max_bars} bars, got {len(series.ts)}")
         v = series.values
         times = _common_times(series.ts)
-        if (times is None or not (times[1:] > times[:-1]).all() or not (v[:, 1] >= v[:, 2]).all()
+        if (times is None or not (times[1:] > times[:-1]).all() or not (v[:, :4] > 0).all()
+                or (np.abs(v) > events.MAX_MAGNITUDE).any() or not (v[:, 1] >= v[:, 2]).all()
                 or not (v[:, 1] >= np.maximum(v[:, 0], v[:, 3])).all()
                 or not (v[:, 2] <= np.minimum(v[:, 0], v[:, 3])).all()):
             times = _check_bars(series, p)  # bar by bar: the first fault, named; or other valid ts forms

@@ -117,6 +117,11 @@ BAD = [  # (name, mutation of a good body, status, field)
     ("quantile", lambda b: b.update(quantiles=[0.5, 1.5]), 422, "quantiles[1]"),
     ("bad interval", lambda b: b.update(interval="soon"), 422, "interval"),
     ("bad symbol", lambda b: b.update(symbol="a b"), 422, "symbol"),
+    # the stream's value policy: such bars would poison a window (events.parse_bar)
+    ("non-positive prices", lambda b: b["bars"][2].update(open=-1.0, high=-1.0, low=-1.0, close=-1.0), 422,
+     "bars[2].open"),
+    ("price too large", lambda b: b["bars"][2].update(high=1e300), 422, "bars[2].high"),
+    ("volume too large", lambda b: b["bars"][2].update(volume=1e300), 422, "bars[2].volume"),
 ]
 
 
