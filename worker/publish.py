@@ -76,11 +76,12 @@ class Publisher:
         self.dlq_topic = dlq_topic              # where forecasts the broker refuses send their bar
         self.dlq_max_bytes = dlq_max_bytes
 
-    async def send(self, topic: str, key, value, headers, state: PartitionState, offset: int,
+    async def send(self, topic: str, key, value, headers, state: PartitionState | None, offset: int,
                    on_ack: Callable[[], None] | None = None, attempt: int = 0,
                    on_reject: Callable[[BaseException], Awaitable[None]] | None = None) -> None:
         """Produce; on the broker's ack run on_ack and mark the source offset done. The caller
-        has added the offset to the partition's offsets (state.offsets.add) beforehand.
+        has added the offset to the partition's offsets (state.offsets.add) beforehand;
+        state None: the send gates no commit (shadow forecasts and their scores).
         A record refused for good goes to on_reject (which adds its own work for the offset)
         instead of being retried."""
         def retry(err) -> None:
@@ -112,11 +113,12 @@ class Publisher:
                 return
             if on_ack is not None:
                 on_ack()
-            state.offsets.done(offset)
+            if state is not None:
+                state.offsets.done(offset)
 
         fut.add_done_callback(done)
 
-    async def _rejected(self, topic: str, err: BaseException, state: PartitionState, offset: int,
+    async def _rejected(self, topic: str, err: BaseException, state: PartitionState | None, offset: int,
                         on_reject) -> None:
         try:
             if on_reject is not None:
@@ -125,7 +127,8 @@ class Publisher:
                 log.error("%s refused a record from offset %s for good (%r): given up", topic, offset, err)
                 self.metrics.dlq.labels(reason="dlq_rejected").inc()
         finally:
-            state.offsets.done(offset)
+            if state is not None:
+                state.offsets.done(offset)
 
     async def dead_letter(self, topic: str, item: DeadLetter) -> None:
         self.metrics.dlq.labels(reason=item.reason).inc()

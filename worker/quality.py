@@ -417,7 +417,8 @@ class LiveScoring:
             return
         pub = self.publisher_of()
         for doc in docs:
-            state.offsets.add(offset)
+            if state is not None:  # None: gates no commit (a shadow's scores)
+                state.offsets.add(offset)
             await pub.send(self.topic, doc["symbol"].encode(), events.dumps(doc), None, state, offset)
             self.published += 1
 

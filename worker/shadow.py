@@ -34,12 +34,9 @@ from worker import events
 from worker.config import ModelRef, Settings, is_registry_spec
 from worker.errors import ConfigError
 from worker.inference import Inference, build_engine
-from worker.partition import PartitionState
 
 log = logging.getLogger(__name__)
 
-# The partition state of sends that gate no commit (nobody ever commits it).
-DETACHED = PartitionState(tp=None)
 SUFFIX = ".shadow"
 
 
@@ -192,7 +189,7 @@ class Shadows:
             doc = self.forecast_doc(dataclasses.replace(it, quality=rec), fc, ref, latency)
             doc["batch_size"] = len(items)
             doc["shadow"] = True
-            await pub.send(self.topic, it.bar.symbol.encode(), events.dumps(doc), None, DETACHED, 0,
+            await pub.send(self.topic, it.bar.symbol.encode(), events.dumps(doc), None, None, 0,
                            on_ack=self.metrics.forecasts.labels(ref.name, ref.version).inc,
                            on_reject=self._refused(ref))
         if stored:
@@ -209,6 +206,6 @@ class Shadows:
         try:
             todo = [(rec, it.horizon, await self.scoring.store.window(it.bar.symbol)) for rec, it in stored]
             for cs in await self.scoring.quality.store(todo):
-                await self.scoring.publish(DETACHED, 0, self.scoring.quality.score(cs))
+                await self.scoring.publish(None, 0, self.scoring.quality.score(cs))
         except Exception:  # scoring a shadow never stops anything
             log.warning("storing %d shadow forecasts for scoring failed", len(stored), exc_info=True)

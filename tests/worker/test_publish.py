@@ -179,3 +179,13 @@ async def test_a_refused_copy_that_cannot_shrink_is_given_up_not_retried_forever
     assert producer.refused == 2 and producer.sent == []  # the copy, then the cut-down copy
     assert pub.metrics.dlq.labels(reason="dlq_rejected")._value.get() == 1
     assert st.offsets.committable() == 2
+
+
+async def test_a_send_that_gates_no_commit_takes_no_partition_state():
+    """Shadow forecasts and their scores: state None, acked without any offset bookkeeping."""
+    producer = ScriptedProducer(failures=2)
+    pub = publisher(producer)
+    acks = []
+    await pub.send("fc.shadow", b"k", b"v", None, None, 0, on_ack=lambda: acks.append(1))
+    await until(lambda: acks)
+    assert acks == [1] and len(producer.sent) == 3
