@@ -86,6 +86,9 @@ class Calibrator:
         self.adj = np.zeros((pred_len, q))                # integrator per (step, level), residual units
         self.gain = gamma / np.sqrt(np.arange(1, pred_len + 1))  # per step: its feedback is h bars late
         self.dirty: set[int] = set()                      # steps changed since the last save
+        # offsets() per min_scores, until the state changes: every forecast of a batch asks for
+        # the same bands, and each costs a sort of every step's window.
+        self._offsets: dict[int, np.ndarray] = {}
 
     def spread(self, h: int) -> np.ndarray:
         """[Q] 10-90 % inter-quantile range of step h's residuals per level (the integrator's unit)."""
@@ -103,6 +106,7 @@ class Calibrator:
         r = np.asarray(residuals, dtype=np.float64)
         if not 0 <= h < self.pred_len or r.shape != self.levels.shape or not np.all(np.isfinite(r)):
             return False
+        self._offsets.clear()
         self.buf[h, self.pos[h]] = r
         self.pos[h] = (self.pos[h] + 1) % self.window
         self.count[h] = min(self.count[h] + 1, self.window)
@@ -116,7 +120,10 @@ class Calibrator:
 
     def offsets(self, min_scores: int = DEFAULT_MIN_SCORES) -> np.ndarray:
         """[P, Q] residual quantiles plus integrators; NaN for steps with fewer than
-        min_scores residuals."""
+        min_scores residuals. Read-only: cached until update() or load_step()."""
+        cached = self._offsets.get(min_scores)
+        if cached is not None:
+            return cached
         out = np.full((self.pred_len, len(self.levels)), np.nan)
         for h in range(self.pred_len):
             n = int(self.count[h])
@@ -126,6 +133,8 @@ class Calibrator:
             # Conformal rank: the ceil(q (n + 1))-th smallest, clamped to the window.
             k = np.clip(np.ceil(self.levels * (n + 1)).astype(np.int64) - 1, 0, n - 1)
             out[h] = win[k, np.arange(len(self.levels))] + self.adj[h]
+        out.flags.writeable = False
+        self._offsets[min_scores] = out
         return out
 
     def bands(self, base: np.ndarray, scale: float, min_scores: int = DEFAULT_MIN_SCORES) -> np.ndarray | None:
@@ -172,6 +181,7 @@ class Calibrator:
             return
         rows = rows.reshape(-1, q)
         rows = rows[np.all(np.isfinite(rows), axis=1)][-self.window:]
+        self._offsets.clear()
         n = len(rows)
         self.buf[h, :n] = rows
         self.count[h] = n

@@ -128,3 +128,20 @@ def test_residual_scale():
     assert residual_scale(closes) == pytest.approx(closes[-1] * 0.01, rel=0.01)
     assert residual_scale(np.full(50, 5.0)) == pytest.approx(5.0 * 1e-5)
     assert math.isnan(residual_scale(np.array([math.nan])))
+
+
+def test_offsets_are_reused_until_the_state_changes():
+    cal = Calibrator(3, (0.1, 0.9), window=16)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        for step in (1, 2, 3):
+            cal.update(step, rng.normal(size=2))
+    first = cal.offsets(4)
+    assert cal.offsets(4) is first and not first.flags.writeable  # one computation for a batch
+    cal.update(2, [5.0, 5.0])
+    fresh = cal.offsets(4)
+    assert fresh is not first and not np.array_equal(fresh[1], first[1])
+    other = Calibrator(3, (0.1, 0.9), window=16)
+    for h in range(3):
+        other.load_step(h, cal.step_state(h))
+    np.testing.assert_array_equal(other.offsets(4), fresh)  # loaded state: computed anew, same numbers
