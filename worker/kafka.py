@@ -249,6 +249,27 @@ async def read_range(brokers: str, tps: list, *, start: dict | None = None, end:
         await consumer.stop()
 
 
+async def read_topic(brokers: str, topic: str, *, timeout_s: float = 60.0, client_id: str = "kronos-rt-reader",
+                     security=None) -> AsyncIterator:
+    """Every message of `topic` up to the high-watermarks seen at the start (read_range over
+    all its partitions). A missing topic is an error, checked with list_topics first:
+    describing a missing topic auto-creates it on brokers that allow that (Tansu does), and
+    a typo would then read as an empty topic."""
+    admin = make_admin(brokers, security, client_id=client_id)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic]) if topic in await admin.list_topics() else []
+    finally:
+        await admin.close()
+    n_parts = next((len(t["partitions"]) for t in described
+                    if t.get("error_code", 0) == 0 and t.get("partitions")), 0)
+    if not n_parts:
+        raise RuntimeError(f"topic {topic!r} does not exist on {brokers}")
+    async for msg in read_range(brokers, [TopicPartition(topic, p) for p in range(n_parts)], timeout_s=timeout_s,
+                                client_id=client_id, security=security):
+        yield msg
+
+
 def read_partition(brokers: str, tp: TopicPartition, start: int, end: int, timeout_s: float = 30.0,
                    security=None) -> AsyncIterator:
     """Messages of one partition with start <= offset < end (window rebuilds)."""

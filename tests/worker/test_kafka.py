@@ -57,3 +57,20 @@ async def test_the_broker_probe_asks_the_consumers_client_for_metadata():
     consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
     assert isinstance(consumer._client, AIOKafkaClient)
     assert "_client.fetch_all_metadata" in inspect.getsource(kafka.answers)
+
+
+async def test_reading_a_missing_topic_is_an_error_and_does_not_create_it(broker):
+    import uuid
+
+    import pytest
+
+    name = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(RuntimeError, match="does not exist"):
+        async for _ in kafka.read_topic(broker, name, timeout_s=5):
+            pass
+    admin = kafka.make_admin(broker)
+    await admin.start()
+    try:
+        assert name not in await admin.list_topics()
+    finally:
+        await admin.close()

@@ -42,16 +42,10 @@ def load_scores(path) -> list[dict]:
 
 async def read_scores(brokers: str, topic: str, timeout_s: float = 60.0, security=None) -> list[dict]:
     """score.v1 events of `topic` up to its current end (outside any consumer group)."""
-    from aiokafka import TopicPartition
+    from worker.kafka import read_topic
 
-    from worker.kafka import read_range, topic_partitions
-
-    n = (await topic_partitions(brokers, [topic], security)).get(topic)
-    if not n:
-        raise RuntimeError(f"topic {topic!r} does not exist on {brokers}")
     out = []
-    async for m in read_range(brokers, [TopicPartition(topic, p) for p in range(n)], timeout_s=timeout_s,
-                              client_id="kronos-rt-compare", security=security):
+    async for m in read_topic(brokers, topic, timeout_s=timeout_s, client_id="kronos-rt-compare", security=security):
         try:
             doc = json.loads(m.value)
         except (ValueError, TypeError):

@@ -559,24 +559,10 @@ async def read_topic(brokers: str, topic: str, timeout_s: float = 60.0, security
 
     The end comes from the fetch high-watermark rather than ListOffsets, which the
     embedded broker does not answer reliably (see worker/kafka.py)."""
-    from aiokafka import TopicPartition
+    from worker.kafka import read_topic as messages_of
 
-    from worker.kafka import make_admin, read_range, topic_partitions
-
-    # list_topics first: describing a missing topic auto-creates it on brokers that allow
-    # that (Tansu does), and a typo would then read as an empty replay.
-    admin = make_admin(brokers, security, client_id="kronos-rt-report")
-    await admin.start()
-    try:
-        exists = topic in await admin.list_topics()
-    finally:
-        await admin.close()
-    n_parts = (await topic_partitions(brokers, [topic], security)).get(topic) if exists else None
-    if not n_parts:
-        raise RuntimeError(f"topic {topic!r} does not exist on {brokers}")
-    tps = [TopicPartition(topic, p) for p in range(n_parts)]
     values, bad = [], 0
-    async for m in read_range(brokers, tps, timeout_s=timeout_s, client_id="kronos-rt-report", security=security):
+    async for m in messages_of(brokers, topic, timeout_s=timeout_s, client_id="kronos-rt-report", security=security):
         try:
             values.append(orjson.loads(m.value))
         except (orjson.JSONDecodeError, TypeError):

@@ -112,18 +112,12 @@ async def tape_from_topic(brokers: str, topic: str, security=None, timeout_s: fl
     high-watermarks seen at the start. Messages that are not valid bars are counted, not
     kept; a bar sent again (same symbol and time) keeps its latest value, as a window does.
     Returns (DataFrame, {"messages", "invalid", "offsets": {partition: [first, last]}})."""
-    from aiokafka import TopicPartition
-
     from worker import events
-    from worker.kafka import read_range, topic_partitions
+    from worker.kafka import read_topic
 
-    n_parts = (await topic_partitions(brokers, [topic], security)).get(topic)
-    if not n_parts:
-        raise ValueError(f"topic {topic!r} does not exist on {brokers}")
     rows: dict[tuple[str, str], list] = {}
     stats = {"messages": 0, "invalid": 0, "offsets": {}}
-    tps = [TopicPartition(topic, p) for p in range(n_parts)]
-    async for msg in read_range(brokers, tps, timeout_s=timeout_s, client_id="kronos-rt-tape", security=security):
+    async for msg in read_topic(brokers, topic, timeout_s=timeout_s, client_id="kronos-rt-tape", security=security):
         stats["messages"] += 1
         span = stats["offsets"].setdefault(msg.partition, [msg.offset, msg.offset])
         span[1] = msg.offset
