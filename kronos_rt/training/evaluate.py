@@ -160,10 +160,8 @@ class Candidate:
 def evaluate(candidates: list[Candidate], tapes: TapeSet, test: Interval, config: EvalConfig,
              log=lambda msg: None) -> dict:
     """Score every candidate and the baselines on the same walk-forward windows -> report dict."""
-    from ..engine import Engine
-    from ..model import Kronos
+    from ..loading import load_engine
     from ..sampling import SamplingParams
-    from ..tokenizer import KronosTokenizer
 
     c = config
     w = walk_forward(tapes, test, c.lookback, c.pred_len, c.stride, c.max_windows)
@@ -197,11 +195,9 @@ def evaluate(candidates: list[Candidate], tapes: TapeSet, test: Interval, config
     sampling = SamplingParams(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
                               sample_count=c.sample_count, seed=c.seed)
     for cand in candidates:
-        model = Kronos.from_pretrained(cand.model_dir)
-        tokenizer = KronosTokenizer.from_pretrained(cand.tokenizer_dir)
         if c.lookback + c.pred_len > cand.max_context:
             log(f"{cand.label}: lookback + pred_len > max_context {cand.max_context}: windows slide (exact, slower)")
-        engine = Engine(model, tokenizer, device=c.device, max_context=cand.max_context)
+        engine = load_engine(cand.model_dir, cand.tokenizer_dir, device=c.device, max_context=cand.max_context)
         point = np.empty((N, c.pred_len))
         paths = np.empty((N, c.sample_count, c.pred_len)) if c.sample_count > 1 else None
         t0 = time.perf_counter()
@@ -225,7 +221,7 @@ def evaluate(candidates: list[Candidate], tapes: TapeSet, test: Interval, config
             ex.update(lo=lo.tolist(), hi=hi.tolist())
         examples["forecasts"][cand.label] = ex
         log(f"{cand.label}: {N} windows in {seconds:.2f} s ({N / max(seconds, 1e-9):.1f} windows/s) on {engine.device}")
-        del engine, model, tokenizer
+        del engine
 
     return {
         "format": 1,

@@ -25,26 +25,16 @@ def _rope(rotary, T: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return rotary.cos_sin(torch.arange(T, device=like.device), like.dtype)
 
 
-def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    B, T, d = x.shape
-    return x.view(B, T, n_heads, d // n_heads).transpose(1, 2)
-
-
-def _merge(y: torch.Tensor) -> torch.Tensor:
-    B, H, T, hd = y.shape
-    return y.transpose(1, 2).reshape(B, T, H * hd)
-
-
 def block_forward(block: TransformerBlock, x: torch.Tensor, cos, sin, attn_p: float, resid_p: float,
                   ffn_p: float, training: bool) -> torch.Tensor:
     """TransformerBlock.forward with the reference's dropouts, through the unfused projections
     (the engine's fused copies are inference-only and may be stale while training)."""
     attn = block.self_attn
     h = block.norm1(x)
-    q, k, v = (_heads(p(h), attn.n_heads) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    q, k, v = (attn._heads(p(h)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=attn_p if training else 0.0)
-    x = x + F.dropout(attn.out_proj(_merge(y)), resid_p, training)
+    x = x + F.dropout(attn._merge(y), resid_p, training)  # _merge applies out_proj
     ffn, h = block.ffn, block.norm2(x)
     return x + F.dropout(ffn.w2(F.silu(ffn.w1(h)) * ffn.w3(h)), ffn_p, training)
 
@@ -122,11 +112,11 @@ def dependency_s2_logits(model, h: torch.Tensor, s1_query: torch.Tensor) -> torc
     a causal pass with RoPE positions 0..T-1 for queries and keys (as the reference trains
     it; at inference RoPE is the identity there)."""
     attn = model.dep_layer.cross_attn
-    q = _heads(attn.q_proj(model.embedding.emb_s1(s1_query)), attn.n_heads)
-    k, v = _heads(attn.k_proj(h), attn.n_heads), _heads(attn.v_proj(h), attn.n_heads)
+    q = attn._heads(attn.q_proj(model.embedding.emb_s1(s1_query)))
+    k, v = attn._heads(attn.k_proj(h)), attn._heads(attn.v_proj(h))
     cos, sin = _rope(attn.rotary, h.shape[1], h)
     a = F.scaled_dot_product_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, is_causal=True)
-    return model.head.proj_s2(model.dep_layer.norm(h + attn.out_proj(_merge(a))))
+    return model.head.proj_s2(model.dep_layer.norm(h + attn._merge(a)))
 
 
 def predictor_loss(model, tokenizer, x: torch.Tensor, x_stamp: torch.Tensor, teacher_forcing: bool = True,
