@@ -38,7 +38,7 @@ import torch
 
 from .decode import DecodePlan
 from .features import denormalize, fill_missing, normalize, time_features
-from .model import DEP_HEADS, Kronos
+from .model import Kronos
 from .modules import KVCache, fill_rows
 from .packing import prepare
 from .sampling import SamplingParams, sample

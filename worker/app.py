@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import re
 import time
 
 from aiokafka import ConsumerRebalanceListener
@@ -45,6 +44,7 @@ from worker.recovery import Recovery
 from worker.runahead import RunAhead
 from worker.shadow import Shadows, load_shadows, shadow_topic
 from worker.sessions import parse_session_map
+from worker.errors import hide_password
 from worker.waiting import wait_until
 from worker.windows import WindowStore
 
@@ -217,7 +217,7 @@ class Worker:
                                                                                security=s.kafka_security),
                                  s.worker_id, self.metrics, parse=self.ingest.parse)
         # A refused password (or a ResponseError such as NOAUTH) will not fix itself: say so and exit.
-        where = re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", s.redis)  # no password in logs
+        where = hide_password(s.redis)  # no password in logs
         if not await wait_until(self.store.ping, f"Redis at {where}", stopping=lambda: self.stopping,
                                 timeout_s=s.startup_timeout_s, fatal=(AuthenticationError, ResponseError)):
             return False

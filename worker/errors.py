@@ -3,6 +3,8 @@ their message in one or two lines instead of a traceback: ConfigError exits 2 (f
 or the environment), StartupError exits 1 (something the command needs is not there)."""
 from __future__ import annotations
 
+import re
+
 
 class ConfigError(ValueError):
     """A flag, environment variable or input file that cannot work as given."""
@@ -10,3 +12,8 @@ class ConfigError(ValueError):
 
 class StartupError(RuntimeError):
     """A service or resource the command needs at start-up is unreachable or missing."""
+
+
+def hide_password(url: str) -> str:
+    """redis://user:secret@host -> redis://user:***@host (for logs and messages)."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", str(url))

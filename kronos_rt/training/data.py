@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..features import COLUMNS, EPS, fill_missing, time_features
+from ..features import COLUMNS, EPS, PRICE_COLUMNS, fill_missing, time_features
 from ..registry import file_sha256
 
 TIME_COLUMNS = ("timestamps", "timestamp", "ts", "time", "date", "datetime")
-PRICE_COLUMNS = COLUMNS[:4]
 TAPE_SUFFIXES = (".csv", ".parquet", ".pq")
 CLIP = 5.0
 
@@ -148,9 +147,7 @@ def load_tapes(paths, drop_bad_rows: bool = False, max_examples: int = 3) -> Tap
                 cols.append(pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64))
             else:
                 cols.append(np.full(len(df), np.nan))
-        raw = np.stack(cols, axis=1)
-        if "volume" not in df.columns:
-            raw[:, 4] = np.nan  # fill_missing: no volume -> volume = amount = 0
+        raw = np.stack(cols, axis=1)  # a missing column is NaN: fill_missing fills it as the reference does
         bars = fill_missing(raw)
         symbols = df["symbol"].astype(str).to_numpy() if "symbol" in df.columns else np.full(len(df), path.stem)
 

