@@ -29,10 +29,10 @@ from aiokafka import ConsumerRebalanceListener
 from worker import events, kafka, poison
 from worker.batcher import Batch, MicroBatcher
 from worker.commit import Committer, inherited_floor
-from worker.config import ModelRef, Settings, is_registry_spec, resolve_model
+from worker.config import ModelRef, Settings, resolve_model
 from worker.flow import Flow
 from worker.health import Health
-from worker.hotswap import follow_registry, follows_latest
+from worker.hotswap import follow_registry
 from worker.inference import Inference, build_engine
 from worker.ingest import REDELIVERY_SLACK, DeadLetter, Ingest, Ready
 from worker.keys import RedisKeys
@@ -160,11 +160,8 @@ class Worker:
                            asyncio.create_task(self.health.probe_broker(self.consumer), name="broker-probe")]
             if self.shadows is not None:
                 self._tasks.append(asyncio.create_task(self.shadows.run(), name="shadows"))
-            if follows_latest(s.model) and is_registry_spec(s.model):
-                # A new version is switched to on the inference thread: between two batches.
-                self._tasks.append(asyncio.create_task(follow_registry(
-                    s, self.engine, self.model_ref.version, self.metrics, self._reload,
-                    lambda loaded: self.batcher.run_in_thread(self.inference.switch, loaded)), name="models"))
+            self._tasks.append(asyncio.create_task(  # --model NAME@latest only
+                follow_registry(s, self.inference, self.batcher, self.metrics, self._reload), name="models"))
             fetch = asyncio.create_task(self._fetch_loop(), name="fetch")
             stop_wait = asyncio.create_task(self._stop.wait())
             await asyncio.wait([fetch, stop_wait], return_when=asyncio.FIRST_COMPLETED)

@@ -110,16 +110,20 @@ class ModelWatcher:
             self.metrics.model_swaps.labels(result=result).inc()
 
 
-async def follow_registry(settings, engine, current_version: str, metrics, reload: asyncio.Event,
-                          switch: Callable[[LoadedModel], Awaitable[None]]) -> None:
-    """For --model NAME@latest: follow the registry's `latest` (and re-check on `reload`),
-    loading each new version on the serving engine's device and dtype, and hand it to
-    switch(), which runs it between two batches. Used by the worker and `kronos-rt serve`."""
+async def follow_registry(settings, inference, batcher, metrics, reload: asyncio.Event) -> None:
+    """For --model NAME@latest (returns at once otherwise): follow the registry's `latest`
+    (and re-check on `reload`), load each new version on the serving engine's device and
+    dtype, and switch `inference` to it on the batcher's thread, between two batches. Used by
+    the worker and `kronos-rt serve`."""
     import dataclasses
 
     from kronos_rt.registry import Registry
     from worker import config
     from worker.inference import build_engine
+
+    if not (follows_latest(settings.model) and config.is_registry_spec(settings.model)):
+        return
+    engine = inference.engine
 
     name = settings.model.partition("@")[0]
     same_tokenizer = config.tokenizer_spec(settings) == settings.model
@@ -129,7 +133,7 @@ async def follow_registry(settings, engine, current_version: str, metrics, reloa
     def load(mv):
         return build_engine(on_device, str(mv.model_dir), str(mv.tokenizer_dir) if same_tokenizer else None)[0]
 
-    watcher = ModelWatcher(Registry(settings.registry or None), name, current_version, load, metrics,
+    watcher = ModelWatcher(Registry(settings.registry or None), name, inference.model_ref.version, load, metrics,
                            verify_device=engine.device)
-    await watcher.follow(reload, settings.model_poll_s, switch)
+    await watcher.follow(reload, settings.model_poll_s, lambda loaded: batcher.run_in_thread(inference.switch, loaded))
 

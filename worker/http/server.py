@@ -133,15 +133,12 @@ class Standalone:
         self.batcher.start()
         await self.batcher.run_in_thread(self.inference.warm_up)
         self.ready["model_loaded"] = True
-        from worker.config import is_registry_spec
-        from worker.hotswap import follow_registry, follows_latest
+        from worker.hotswap import follow_registry
 
-        if follows_latest(s.model) and is_registry_spec(s.model):
-            # As the worker does: a new `latest` is verified, loaded and switched to on the
-            # inference thread, between two batches; each answer names the version that made it.
-            self._follow = asyncio.create_task(follow_registry(
-                s, self.engine, self.model_ref.version, self.metrics, self._reload,
-                lambda loaded: self.batcher.run_in_thread(self.inference.switch, loaded)), name="models")
+        # --model NAME@latest, as the worker does: a new `latest` is verified, loaded and switched
+        # to between two batches; each answer names the version that made it.
+        self._follow = asyncio.create_task(
+            follow_registry(s, self.inference, self.batcher, self.metrics, self._reload), name="models")
         self.http = await start_api(s, self.inference, self.batcher, self.metrics.registry, lambda: dict(self.ready))
         self.port = self.http.port
         return self
