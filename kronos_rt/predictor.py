@@ -58,7 +58,7 @@ class KronosPredictor:
 
         mv = Registry(root).resolve(spec)
         predictor = cls(Kronos.from_pretrained(mv.model_dir), KronosTokenizer.from_pretrained(mv.tokenizer_dir),
-                        device=device, max_context=max_context or int(mv.metadata.get("max_context") or 512),
+                        device=device, max_context=max_context or mv.max_context,
                         **kwargs)
         predictor.version = mv
         return predictor

@@ -35,6 +35,9 @@ from .hub import HubError, snapshot
 METADATA_NAME = "metadata.json"
 LATEST = "latest"
 FORMAT_VERSION = 1
+# The context length of a version whose metadata records none (imports and pulls record
+# none; `init` and fine-tunes do): the published Kronos models' 512.
+DEFAULT_MAX_CONTEXT = 512
 
 # semver.org 2.0.0 grammar.
 _SEMVER_RE = re.compile(
@@ -107,6 +110,17 @@ class ModelVersion:
     def random_weights(self) -> bool:
         return bool(self.metadata.get("random_weights"))
 
+    @property
+    def max_context(self) -> int:
+        """The context length to serve this version with (DEFAULT_MAX_CONTEXT if unrecorded)."""
+        return metadata_max_context(self.metadata)
+
+
+def metadata_max_context(metadata: dict) -> int:
+    """max_context from a version's metadata.json contents; DEFAULT_MAX_CONTEXT (512) when
+    it records none (or null/0)."""
+    return int(metadata.get("max_context") or DEFAULT_MAX_CONTEXT)
+
 
 @dataclass
 class Check:
@@ -140,6 +154,17 @@ class VerifyReport:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+def pair_issues(model_config: dict, tokenizer_config: dict) -> list[str]:
+    """Why a tokenizer does not fit a model (empty when it does): its codes must be the
+    model's vocabulary (same s1_bits and s2_bits) and its input the six COLUMNS."""
+    issues = [f"{k}: model {model_config.get(k)} vs tokenizer {tokenizer_config.get(k)}"
+              for k in ("s1_bits", "s2_bits") if model_config.get(k) != tokenizer_config.get(k)]
+    if tokenizer_config.get("d_in") != len(COLUMNS):
+        issues.append(f"tokenizer d_in is {tokenizer_config.get('d_in')}, expected {len(COLUMNS)} "
+                      f"({', '.join(COLUMNS)})")
+    return issues
+
 
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks (checkpoints, training tapes)."""
@@ -444,10 +469,7 @@ def verify_version(mv: ModelVersion, device=None, pred_len: int = 4, window: int
     try:
         mcfg = json.loads((mv.model_dir / CONFIG_NAME).read_text())
         tcfg = json.loads((mv.tokenizer_dir / CONFIG_NAME).read_text())
-        issues = [f"{k}: model {mcfg.get(k)} vs tokenizer {tcfg.get(k)}"
-                  for k in ("s1_bits", "s2_bits") if mcfg.get(k) != tcfg.get(k)]
-        if tcfg.get("d_in") != len(COLUMNS):
-            issues.append(f"tokenizer d_in is {tcfg.get('d_in')}, expected {len(COLUMNS)} ({', '.join(COLUMNS)})")
+        issues = pair_issues(mcfg, tcfg)
         compatible = not issues
         report.add("compatibility", compatible, "; ".join(issues) or
                    f"s1_bits={mcfg['s1_bits']} s2_bits={mcfg['s2_bits']} d_in={len(COLUMNS)}")
@@ -457,10 +479,9 @@ def verify_version(mv: ModelVersion, device=None, pred_len: int = 4, window: int
     # 3. Strict load (every tensor used, every parameter filled) into the Engine that serves it.
     from .loading import load_engine
 
-    max_context = int(mv.metadata.get("max_context") or 512)
     engine = None
     try:
-        engine = load_engine(mv.model_dir, mv.tokenizer_dir, device=device, max_context=max_context)
+        engine = load_engine(mv.model_dir, mv.tokenizer_dir, device=device, max_context=mv.max_context)
         report.device = str(engine.device)
         report.add("load", True, f"model and tokenizer load strictly, on {report.device}")
     except Exception as exc:  # CheckpointError, missing files, bad safetensors, unusable device

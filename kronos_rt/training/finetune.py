@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..checkpoint import CONFIG_NAME
-from ..registry import ModelVersion, Registry, RegistryError
+from ..registry import (DEFAULT_MAX_CONTEXT, ModelVersion, Registry, RegistryError, metadata_max_context,
+                        pair_issues)
 from .data import DataError, TapeSet, WindowDataset, default_splits, load_tapes
 from .trainer import TrainConfig, finished_stage, train_stage
 
@@ -42,27 +43,18 @@ def resolve_base(spec: str, registry: Registry, tokenizer_hub_id: str | None = N
         meta = {}
         if (path / "metadata.json").is_file():
             meta = json.loads((path / "metadata.json").read_text())
-        return Base(spec, path / "model", path / "tokenizer", int(meta.get("max_context") or 512),
+        return Base(spec, path / "model", path / "tokenizer", metadata_max_context(meta),
                     bool(meta.get("random_weights")), {"type": "directory", "path": str(path.resolve())})
     if "@" in spec or (registry.root / spec.split("@")[0]).is_dir() or "/" not in spec:
         mv: ModelVersion = registry.resolve(spec)
-        return Base(mv.spec, mv.model_dir, mv.tokenizer_dir, int(mv.metadata.get("max_context") or 512),
+        return Base(mv.spec, mv.model_dir, mv.tokenizer_dir, mv.max_context,
                     mv.random_weights, {"type": "registry", "spec": mv.spec, "source": mv.metadata.get("source")})
     if not tokenizer_hub_id:
         raise DataError(f"--base {spec} looks like a Hub id: give its tokenizer with --base-tokenizer HUB_ID")
     from ..checkpoint import resolve_checkpoint
 
-    return Base(spec, resolve_checkpoint(spec), resolve_checkpoint(tokenizer_hub_id), 512, False,
+    return Base(spec, resolve_checkpoint(spec), resolve_checkpoint(tokenizer_hub_id), DEFAULT_MAX_CONTEXT, False,
                 {"type": "hub", "model": spec, "tokenizer": tokenizer_hub_id})
-
-
-def check_pair(model_cfg: dict, tokenizer_cfg: dict, where: str) -> None:
-    problems = [f"{k}: model {model_cfg.get(k)} vs tokenizer {tokenizer_cfg.get(k)}"
-                for k in ("s1_bits", "s2_bits") if model_cfg.get(k) != tokenizer_cfg.get(k)]
-    if tokenizer_cfg.get("d_in") != 6:
-        problems.append(f"tokenizer d_in {tokenizer_cfg.get('d_in')}, expected 6")
-    if problems:
-        raise DataError(f"{where}: the tokenizer does not fit the model ({'; '.join(problems)})")
 
 
 def library_versions() -> dict:
@@ -114,7 +106,9 @@ def finetune(base_spec: str, data, name: str, registry: Registry, config: TrainC
     base = resolve_base(base_spec, registry, base_tokenizer)
     model_cfg = json.loads((base.model_dir / CONFIG_NAME).read_text())
     tokenizer_cfg = json.loads((base.tokenizer_dir / CONFIG_NAME).read_text())
-    check_pair(model_cfg, tokenizer_cfg, f"base {base.spec}")
+    problems = pair_issues(model_cfg, tokenizer_cfg)  # the registry's check, as verify() runs it
+    if problems:
+        raise DataError(f"base {base.spec}: the tokenizer does not fit the model ({'; '.join(problems)})")
     window = config.lookback + config.horizon
     if window > base.max_context + 1:
         raise DataError(f"lookback + horizon = {window} exceeds the base's max_context + 1 = {base.max_context + 1}")

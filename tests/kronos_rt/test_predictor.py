@@ -106,3 +106,18 @@ def test_long_lookback_beyond_context(predictor, tape):
     out = predictor.predict(ctx, ctx["timestamps"], fut["timestamps"], 4, top_k=1)
     assert out.shape == (4, 6) and np.isfinite(out.values).all()
     assert isinstance(out, pd.DataFrame)
+
+
+def test_from_registry_takes_the_versions_max_context(tmp_path):
+    from pathlib import Path
+
+    from kronos_rt.registry import Registry
+
+    parity = Path(__file__).resolve().parents[1] / "fixtures" / "parity"
+    reg = Registry(tmp_path / "reg")
+    reg.import_dirs("p", parity / "model", parity / "tokenizer", extra={"max_context": 64})
+    reg.import_dirs("q", parity / "model", parity / "tokenizer")  # records none: the default
+    p = KronosPredictor.from_registry("p", device="cpu", root=reg.root)
+    assert p.max_context == 64 and p.version.spec == "p@0.1.0"
+    assert KronosPredictor.from_registry("p@0.1.0", device="cpu", root=reg.root, max_context=32).max_context == 32
+    assert KronosPredictor.from_registry("q", device="cpu", root=reg.root).max_context == 512

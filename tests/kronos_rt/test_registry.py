@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kronos_rt import KronosTokenizer
-from kronos_rt.registry import (Registry, RegistryError, default_root, next_patch, parse_semver, semver_key)
+from kronos_rt.registry import (DEFAULT_MAX_CONTEXT, ModelVersion, Registry, RegistryError, default_root,
+                                next_patch, pair_issues, parse_semver, semver_key)
 
 PARITY = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "parity"
 MODEL, TOKENIZER = PARITY / "model", PARITY / "tokenizer"
@@ -192,6 +193,26 @@ def test_verify_fails_on_incompatible_pair(reg, tmp_path):
     assert "canary" not in [c.name for c in report.checks]
 
 
+def test_pair_issues_is_the_one_compatibility_check():
+    mcfg = json.loads((MODEL / "config.json").read_text())
+    tcfg = json.loads((TOKENIZER / "config.json").read_text())
+    assert pair_issues(mcfg, tcfg) == []
+    assert pair_issues(mcfg, {**tcfg, "s2_bits": 9, "d_in": 5}) == [
+        "s2_bits: model 10 vs tokenizer 9",
+        "tokenizer d_in is 5, expected 6 (open, high, low, close, volume, amount)"]
+
+
+def test_max_context_from_metadata(reg):
+    assert DEFAULT_MAX_CONTEXT == 512
+    assert reg.import_dirs("plain", MODEL, TOKENIZER).max_context == 512  # an import records none
+    assert reg.import_dirs("long", MODEL, TOKENIZER, extra={"max_context": 1024}).max_context == 1024
+
+    def mv(meta):
+        return ModelVersion("x", "1.0.0", Path("."), meta, Path("."), Path("."))
+
+    assert mv({"max_context": None}).max_context == 512 and mv({"max_context": "256"}).max_context == 256
+
+
 def test_record_metrics_merges(reg):
     reg.import_dirs("m", MODEL, TOKENIZER)
     reg.record_metrics("m", "0.1.0", {"mae_close": 0.12})
@@ -204,7 +225,7 @@ def test_init_marks_random_weights(reg):
     mv = reg.init("rnd", "mini", seed=3)
     assert mv.metadata["random_weights"] is True
     assert mv.metadata["source"] == {"type": "random-init", "shape": "mini", "seed": 3}
-    assert mv.metadata["max_context"] == 2048
+    assert mv.metadata["max_context"] == 2048 and mv.max_context == 2048
     assert mv.metadata["model_config"]["d_model"] == 256
     assert reg.latest("rnd") == "0.1.0"
     again = reg.init("rnd", "mini", seed=3)
