@@ -38,7 +38,7 @@ class TrainConfig:
     grad_accum: int = 1
     precision: str = "fp32"  # fp32 | bf16 | fp16
     teacher_forcing: bool = True
-    device: str = "auto"
+    device: str = "auto"  # as the Engine takes it (kronos_rt.engine.resolve_device): auto, cpu, cuda, cuda:N
     seed: int = 0
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -188,8 +188,8 @@ def _trainer_classes():
     return KronosTrainer, StopOnRequest, Throughput
 
 
-def _autocast_ok(precision: str, device: str) -> None:
-    if precision == "fp16" and device == "cpu":
+def _autocast_ok(precision: str, device: torch.device) -> None:
+    if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 needs a GPU; on CPU use --precision bf16 or fp32")
 
 
@@ -208,15 +208,13 @@ def train_stage(module: nn.Module, tokenizer: nn.Module | None, train_ds, val_ds
     when `stop` is set during training."""
     from transformers import EarlyStoppingCallback, TrainingArguments
 
+    from ..engine import resolve_device
+
     cfg = config.resolved()
     run_dir = Path(run_dir)
     KronosTrainer, StopOnRequest, Throughput = _trainer_classes()
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.device)  # the Engine's rule; RuntimeError for CUDA without CUDA
     _autocast_ok(cfg.precision, device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
 
     per_step = cfg.batch_size * cfg.grad_accum
     if cfg.steps is not None:
@@ -260,7 +258,7 @@ def train_stage(module: nn.Module, tokenizer: nn.Module | None, train_ds, val_ds
         logging_first_step=True,
         bf16=cfg.precision == "bf16",
         fp16=cfg.precision == "fp16",
-        use_cpu=device == "cpu",
+        use_cpu=device.type == "cpu",
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=0,

@@ -60,3 +60,17 @@ def test_resume_without_checkpoint_and_fp16_on_cpu_are_errors(tape, tmp_path):
         train_stage(model, tok, train, val, TrainConfig(steps=2, device="cpu"), tmp_path / "none", resume=True)
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         train_stage(model, tok, train, val, TrainConfig(steps=2, device="cpu", precision="fp16"), tmp_path / "x")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_is_resolved_as_the_engine_resolves_it(tape, tmp_path):
+    train, val = datasets(tape)
+    tok = KronosTokenizer.from_pretrained(PARITY / "tokenizer")
+    model = Kronos.from_pretrained(PARITY / "model")
+    # auto is the cpu here, so fp16 is refused as on an explicit cpu
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        train_stage(model, tok, train, val, TrainConfig(steps=2, device="auto", precision="fp16"), tmp_path / "a")
+    # the Engine's message for CUDA without CUDA, before any work
+    with pytest.raises(RuntimeError, match="CUDA is not available on this machine .*--device cpu"):
+        train_stage(model, tok, train, val, TrainConfig(steps=2, device="cuda"), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
