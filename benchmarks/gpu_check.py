@@ -47,10 +47,10 @@ from kronos_rt.features import COLUMNS, fill_missing, normalize  # noqa: E402
 from kronos_rt.model import Kronos  # noqa: E402
 from kronos_rt.naive import naive_forecast_arrays  # noqa: E402
 from kronos_rt.tokenizer import KronosTokenizer  # noqa: E402
+from worker.tools import TAPE  # noqa: E402  (= shared/data/a_share_5min.csv, which cases.json names)
 from worker.tools.tables import format_table  # noqa: E402
 
 PARITY = ROOT / "tests" / "fixtures" / "parity"
-TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"  # = shared/data/a_share_5min.csv, which cases.json names
 
 FULL = dict(agree_batch=64, agree_lookback=500, agree_pred_len=12, batches=(64, 256, 1024), lookback=500,
             pred_len=12, naive_batch=64, repeats=3)

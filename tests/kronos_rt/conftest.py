@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 
 from kronos_rt import Kronos, KronosTokenizer
+from worker.tools import TAPE
 
 ROOT = Path(__file__).resolve().parents[2]
 PARITY = ROOT / "tests" / "fixtures" / "parity"
-TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"
 
 
 @pytest.fixture(scope="session")

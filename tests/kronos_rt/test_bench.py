@@ -12,9 +12,9 @@ import pytest
 
 from kronos_rt import KronosPredictor, bench, shapes
 from kronos_rt.engine import Engine
+from worker.tools import TAPE
 
 ROOT = Path(__file__).resolve().parents[2]
-TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"
 
 
 def _markdown_tables(text: str) -> list[list[list[str]]]:

@@ -22,10 +22,10 @@ from worker.app import Worker
 from worker.inference import build_engine
 from worker.config import Settings
 from worker.kafka import ensure_topics
+from worker.tools import TAPE
 from worker.tools.replay import prepare, replay
 
 ROOT = Path(__file__).resolve().parents[2]
-TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"
 MODEL = ROOT / "tests" / "fixtures" / "parity" / "model"
 TOKENIZER = ROOT / "tests" / "fixtures" / "parity" / "tokenizer"
 COLUMNS = list(FEATURE_COLUMNS)

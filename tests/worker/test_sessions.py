@@ -1,13 +1,12 @@
 """worker/sessions.py: future bar timestamps, checked against a real A-share tape."""
 import datetime as dt
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from worker.sessions import SessionCalendar, parse_session_map
+from worker.tools import TAPE
 
-TAPE = Path(__file__).resolve().parents[2] / "worker" / "tools" / "data" / "a_share_5min.csv"
 FIVE = dt.timedelta(minutes=5)
 
 

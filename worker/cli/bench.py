@@ -8,15 +8,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from kronos_rt import bench, shapes
 from kronos_rt.engine import resolve_device
+from worker.tools import TAPE
 from worker.tools.tables import format_table
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "tools" / "data" / "a_share_5min.csv"
 
 COLUMNS = ["shape", "batch", "lookback", "pred_len", "engine fc/s", "naive fc/s", "speedup", "engine/floor",
            "engine ms", "naive ms", "floor ms", "engine peak MiB", "naive peak MiB", "greedy identical"]
@@ -114,7 +112,7 @@ def configure(parser) -> None:
                         help="skip KronosPredictor.predict_batch vs Engine.forecast_arrays at the largest point")
     parser.add_argument("--predictor-only", action="store_true",
                         help="only the predictor comparison, at the largest batch, lookback and pred_len")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="CSV tape the input windows are cut from")
+    parser.add_argument("--data", default=str(TAPE), help="CSV tape the input windows are cut from")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     parser.add_argument("--no-pack", action="store_true",
                         help="plain MKL products on CPU instead of prepacked oneDNN weights (kronos_rt/packing.py)")

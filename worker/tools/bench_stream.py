@@ -34,6 +34,7 @@ import orjson
 
 from kronos_rt.features import COLUMNS
 from worker import events
+from worker.tools import TAPE
 from worker.tools.tables import format_columns
 from worker.config import ModelRef, Settings
 from worker.kafka import ensure_topics, make_producer
@@ -334,18 +335,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="engine-only timing repeats per batch size")
     parser.add_argument("--brokers", help="Kafka bootstrap servers (default: start an embedded broker)")
     parser.add_argument("--redis", help="Redis URL (default: start a private redis-server)")
-    parser.add_argument("--tape", default=str(_default_tape()), help="tape the synthetic symbols come from")
+    parser.add_argument("--tape", default=str(TAPE), help="tape the synthetic symbols come from")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up on a burst after this long")
     parser.add_argument("--shadow", action="store_true",
                         help="run a shadow model too (the same shape, other random weights)")
     parser.add_argument("--scoring", action="store_true",
                         help="run with live scoring on: a scores topic and calibrated bands (window 256)")
-
-
-def _default_tape():
-    from pathlib import Path
-
-    return Path(__file__).resolve().parent / "data" / "a_share_5min.csv"
 
 
 def main(args: argparse.Namespace) -> int:

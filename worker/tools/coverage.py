@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from worker.calibration import DEFAULT_GAMMA, DEFAULT_WINDOW, Calibrator, residual_scale
+from worker.tools import TAPE
 from worker.tools.tables import format_table
-
-TAPE = Path(__file__).resolve().parent / "data" / "a_share_5min.csv"
 
 
 def forecasts(tape, model, tokenizer, *, lookback, min_history, pred_len, sample_count, levels, batch=64, seed=0):

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from worker.errors import ConfigError, StartupError
+from worker.tools import TAPE
 
-TAPE = Path(__file__).resolve().parent / "data" / "a_share_5min.csv"
 DEMO_NAME = "demo-random"
 TOPICS = {"bars": "demo.bars.5m", "forecasts": "demo.forecasts.5m", "dlq": "demo.bars.dlq"}
 

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from worker.cli import main
+from worker.tools import TAPE
 from worker.tools.services import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
-TAPE = ROOT / "worker" / "tools" / "data" / "a_share_5min.csv"
 
 
 def run(capsys, *argv) -> tuple[int, str]:

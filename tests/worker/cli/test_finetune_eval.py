@@ -13,11 +13,12 @@ import pytest
 from kronos_rt.model import Kronos
 from kronos_rt.registry import Registry
 from kronos_rt.tokenizer import KronosTokenizer
+from worker import tools
 from worker.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
 PARITY = ROOT / "tests" / "fixtures" / "parity"
-TAPE = str(ROOT / "worker" / "tools" / "data" / "a_share_5min.csv")
+TAPE = str(tools.TAPE)
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

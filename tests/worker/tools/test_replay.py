@@ -1,16 +1,15 @@
 import asyncio
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from aiokafka import AIOKafkaConsumer
 
 from worker.events import parse_bar
+from worker.tools import TAPE
 from worker.tools.replay import parse_speed, prepare, replay
 from worker.tools.tape import interleave, read_tape
 
-TAPE = Path(__file__).resolve().parents[3] / "worker" / "tools" / "data" / "a_share_5min.csv"
 
 
 def test_read_tape_csv_and_parquet_agree(tmp_path):
