@@ -25,11 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-COLUMNS = ["open", "high", "low", "close", "volume", "amount"]
-
-
-def _default_tape() -> Path:
-    return Path(__file__).resolve().parent / "data" / "a_share_5min.csv"
+from worker.tools import TAPE
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -41,22 +37,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=64, help="server --max-batch (default 64)")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="server --max-wait-ms (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="engine-only timings per batch size (median; default 3)")
-    parser.add_argument("--tape", default=str(_default_tape()), help="tape the request windows are cut from")
+    parser.add_argument("--tape", default=str(TAPE), help="tape the request windows are cut from")
 
 
 def _bodies(tape: Path, n: int, lookback: int, pred_len: int) -> list[bytes]:
+    """n one-series /v1/forecast bodies (windows spread over the tape), built by the project's
+    HTTP client (worker.http.client) and encoded once, so the timed loop only sends them."""
     import orjson
     import pandas as pd
 
+    from worker.http.client import HttpForecastClient
+
     df = pd.read_csv(tape, parse_dates=["timestamps"])
     step = max(1, (len(df) - lookback) // n)
-    out = []
-    for i in range(n):
-        w = df.iloc[i * step % (len(df) - lookback):][:lookback]
-        bars = [{"ts": t.strftime("%Y-%m-%dT%H:%M:%S"), **dict(zip(COLUMNS, r))}
-                for t, r in zip(w["timestamps"], w[COLUMNS].to_numpy(dtype=float).tolist())]
-        out.append(orjson.dumps({"symbol": f"B{i}", "bars": bars, "pred_len": pred_len}))
-    return out
+    return [orjson.dumps(HttpForecastClient.request(df.iloc[i * step % (len(df) - lookback):][:lookback],
+                                                    pred_len=pred_len, symbol=f"B{i}"))
+            for i in range(n)]
 
 
 class _ServerThread:
@@ -180,8 +176,7 @@ def run(args) -> tuple[list[list], list[tuple[str, bool, str]]]:
     for shape in [s.strip() for s in args.shapes.split(",") if s.strip()]:
         model, tok, max_context = random_pair(shape, seed=0)
         engine = Engine(model, tok, device="cpu", max_context=max_context)
-        ref = ModelRef(f"random-{shape}", f"random-{shape}", "random", random_weights=True) \
-            if "random_weights" in ModelRef.__dataclass_fields__ else ModelRef(f"random-{shape}", f"random-{shape}", "random")
+        ref = ModelRef(f"random-{shape}", f"random-{shape}", "random", random_weights=True)
         s = Settings(model=f"random-{shape}", device="cpu", dtype="float32", max_context=max_context,
                      lookback=args.lookback, min_history=1, pred_len=args.pred_len, max_batch=args.max_batch,
                      max_queue=max(4096, args.max_batch), max_wait_ms=args.max_wait_ms, http_port=0,
