@@ -213,7 +213,10 @@ def train_stage(module: nn.Module, tokenizer: nn.Module | None, train_ds, val_ds
     cfg = config.resolved()
     run_dir = Path(run_dir)
     KronosTrainer, StopOnRequest, Throughput = _trainer_classes()
-    device = resolve_device(cfg.device)  # the Engine's rule; RuntimeError for CUDA without CUDA
+    try:
+        device = resolve_device(cfg.device)  # the Engine's rule and messages
+    except RuntimeError as exc:  # CUDA without CUDA, an unknown device name: a bad setting, as before
+        raise ValueError(str(exc)) from exc
     _autocast_ok(cfg.precision, device)
 
     per_step = cfg.batch_size * cfg.grad_accum

@@ -70,7 +70,7 @@ def test_device_is_resolved_as_the_engine_resolves_it(tape, tmp_path):
     # auto is the cpu here, so fp16 is refused as on an explicit cpu
     with pytest.raises(ValueError, match="fp16 needs a GPU"):
         train_stage(model, tok, train, val, TrainConfig(steps=2, device="auto", precision="fp16"), tmp_path / "a")
-    # the Engine's message for CUDA without CUDA, before any work
-    with pytest.raises(RuntimeError, match="CUDA is not available on this machine .*--device cpu"):
+    # the Engine's message for CUDA without CUDA (a ValueError: a bad setting), before any work
+    with pytest.raises(ValueError, match="CUDA is not available on this machine .*--device cpu"):
         train_stage(model, tok, train, val, TrainConfig(steps=2, device="cuda"), tmp_path / "c")
     assert not (tmp_path / "c").exists()
