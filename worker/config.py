@@ -295,22 +295,30 @@ class _AppendOverEnv(argparse.Action):
         setattr(namespace, self.dest, (cur if isinstance(cur, list) else []) + [values])
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per Settings field; each defaults to its KRONOS_RT_* variable, then to the built-in default."""
+def add_flags(parser: argparse.ArgumentParser, names=None) -> None:
+    """One flag per Settings field named (default: every field but kafka_security, in field
+    order), typed from the field's default, with HELP's text and the default said once. Each
+    defaults to None, so fields left unset keep the dataclass default. The worker and
+    `kronos-rt serve` (a subset) build their flags here."""
     defaults = Settings(worker_id="hostname-pid")
-    for f in dataclasses.fields(Settings):
-        if f.name == "kafka_security":
-            continue  # its flags are the shared ones below
-        if f.name == "shadow":  # repeatable; the environment gives a comma-separated list
+    known = [f.name for f in dataclasses.fields(Settings) if f.name != "kafka_security"]
+    for name in known if names is None else names:
+        if name not in known:
+            raise ValueError(f"no Settings field {name!r} to make a flag of")
+        if name == "shadow":  # repeatable; the environment gives a comma-separated list
             parser.add_argument("--shadow", dest="shadow", action=_AppendOverEnv, default=None,
                                 metavar="NAME@VERSION", help=HELP["shadow"])
             continue
-        flag = _flag(f.name)
-        default = getattr(defaults, f.name)
-        shown = ",".join(str(q) for q in default) if f.name == "quantiles" else default
-        kind = int if f.name == "seed" else {int: int, float: float}.get(type(default), str)
-        parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
-                            help=HELP[f.name] if "(default" in HELP[f.name] else f"{HELP[f.name]} (default: {shown})")
+        default = getattr(defaults, name)
+        shown = ",".join(str(q) for q in default) if name == "quantiles" else default
+        kind = int if name == "seed" else {int: int, float: float}.get(type(default), str)
+        parser.add_argument(_flag(name), dest=name, type=kind, default=None, metavar=name.upper(),
+                            help=HELP[name] if "(default" in HELP[name] else f"{HELP[name]} (default: {shown})")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per Settings field; each defaults to its KRONOS_RT_* variable, then to the built-in default."""
+    add_flags(parser)
     security.add_args(parser)
     apply_env(parser)  # KRONOS_RT_<FLAG> for each, named in its help
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import signal
 
@@ -22,23 +21,12 @@ FIELDS = ("model", "tokenizer", "registry", "model_poll_s", "device", "dtype", "
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    defaults = config.Settings(worker_id="hostname-pid")
-    types = {f.name: f for f in dataclasses.fields(config.Settings)}
     parser.add_argument("--host", dest="http_host", default=None,
                         help="bind address (default: 127.0.0.1; 0.0.0.0 serves other machines)")
     parser.add_argument("--port", dest="http_port", type=int, default=None, help="port (default: 8000; 0 = any free)")
-    for name in FIELDS:
-        default = getattr(defaults, name)
-        shown = ",".join(str(q) for q in default) if name == "quantiles" else default
-        kind = int if name == "seed" else {int: int, float: float}.get(type(default), str)
-        assert name in types
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                            metavar=name.upper(),
-                            help=config.HELP[name] if "(default" in config.HELP[name] else
-                            f"{config.HELP[name]} (default: {shown})")
+    config.add_flags(parser, FIELDS)  # the worker's own flag builder: same types, help and defaults
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
-    if hasattr(config, "apply_env"):
-        config.apply_env(parser)  # KRONOS_RT_<FLAG> for each flag
+    config.apply_env(parser)  # KRONOS_RT_<FLAG> for each flag
 
 
 def settings_from(args: argparse.Namespace) -> config.Settings:
