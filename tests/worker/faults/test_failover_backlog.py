@@ -15,7 +15,7 @@ from tests.worker.test_app_e2e import (
     TAPE, consume, expected_keys, make_settings, names, one_torch_thread, running_worker,
 )
 from tests.worker.test_app_failover import WorkerProcess, wait_for
-from worker.app import RUNAHEAD_LIMIT
+from worker.ownership import RUNAHEAD_LIMIT
 from worker.kafka import ensure_topics
 from worker.tools.replay import prepare, replay
 
