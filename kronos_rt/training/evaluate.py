@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, Interval, TapeSet, _iso
+from .data import DataError, Interval, TapeSet, _iso, window_starts
 
 CLOSE = 3
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -60,12 +60,9 @@ def walk_forward(tapes: TapeSet, test: Interval, lookback: int, pred_len: int, s
         raise DataError(f"need lookback >= 2, pred_len >= 1, stride >= 1 (got {lookback}, {pred_len}, {stride})")
     ser, org = [], []
     for i, s in enumerate(tapes.series):
-        inside = test.mask(s.times)
-        # Origins t: lookback rows before it exist, and rows t .. t+pred_len-1 are all in the test range.
-        if len(s) < lookback + pred_len:
-            continue
-        counts = np.convolve(inside.astype(np.int64), np.ones(pred_len, np.int64), mode="valid")
-        t = np.flatnonzero(counts == pred_len)
+        # Origins t: rows t .. t+pred_len-1 all in the test range (a window of pred_len rows
+        # inside it starts at t), and lookback rows before it exist.
+        t = window_starts(s, test, pred_len)
         t = t[t >= lookback][::stride]
         ser.append(np.full(len(t), i))
         org.append(t)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kronos_rt.training.data import DataError, load_tapes, parse_range
-from kronos_rt.training.evaluate import Candidate, EvalConfig, compare, evaluate, score
+from kronos_rt.training.evaluate import Candidate, EvalConfig, compare, evaluate, score, walk_forward
 from worker.tools.eval_report import markdown, write_report
 
 from .conftest import make_tape
@@ -47,6 +47,23 @@ def test_linear_trend_drift_is_exact(tmp_path):
     assert drift["summary"]["hit_rate"] == 1.0
     # Persistence misses by h steps of the trend, and the MASE scale is one step: MASE_h = h.
     np.testing.assert_allclose(persistence["per_step"]["mase"], [1, 2, 3, 4, 5], rtol=1e-6)
+
+
+def test_walk_forward_origins_by_hand(tmp_path):
+    make_tape(tmp_path / "a.csv", np.linspace(10, 11, 120), symbol="AAA")
+    make_tape(tmp_path / "b.csv", np.linspace(20, 21, 40), start="2024-01-02 15:00", symbol="BBB")  # starts later
+    tapes = load_tapes([tmp_path])
+    test = parse_range("0.4:0.9", "--test", tapes.start, tapes.end)
+    lookback, pred_len, stride = 20, 5, 3
+    w = walk_forward(tapes, test, lookback, pred_len, stride)
+    expected = []
+    for i, s in enumerate(tapes.series):
+        inside = test.mask(s.times)
+        # t needs lookback rows before it and rows t .. t + pred_len - 1 inside the test range.
+        ok = [t for t in range(lookback, len(s) - pred_len + 1) if inside[t:t + pred_len].all()]
+        expected += [(i, t) for t in ok[::stride]]
+    assert {i for i, _ in expected} == {0, 1}
+    assert list(zip(w.series.tolist(), w.origin.tolist())) == expected
 
 
 def test_score_by_hand():
