@@ -8,9 +8,9 @@ controls let it (worker/flow.py: backpressure, run-ahead).
 When Redis or the broker fails (worker/poison.py tells which kind):
 - an outage is waited out, every partition paused; what of the fetch was not handled yet
   is parsed and handled again (a repeated upsert is a redelivery: forecast again);
-- a reply error is retried with a growing pause, the failing message parsed alone; after
-  poison.REPLY_RETRIES failures in a row it goes to the DLQ (`infrastructure_error`) and
-  the partition moves on. An error with no message to blame (a fetch, a rebuild) is
+- a reply error is retried with a growing pause, the rest of the fetch parsed one message
+  at a time (no pipelined upserts); after poison.REPLY_RETRIES failures in a row a message
+  goes to the DLQ (`infrastructure_error`) and the partition moves on. An error with no message to blame (a fetch, a rebuild) is
   retried, pausing at most 5 s, for as long as it lasts.
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ class FetchLoop:
         todo: collections.deque = collections.deque()  # (tp, state, msg) of the fetch not handled yet
         parsed = None
         failures = 0  # reply errors in a row
+        careful = False  # after a reply error: the rest of the fetch is parsed one message at a time
         while not self.stopping():
             blame = None  # the message a reply error is charged to
             try:
@@ -52,11 +53,12 @@ class FetchLoop:
                 if not todo:
                     batch = await p.consumer.getmany(timeout_ms=100, max_records=500)
                     todo.extend((tp, self.states.get(tp), msg) for tp, msgs in batch.items() for msg in msgs)
-                    parsed = None
+                    parsed = careful = None
                 if parsed is None and todo:
                     blame = todo[0]
-                    # After a reply error the message at the head is parsed alone: a failure is then its own.
-                    parsed = await self._parse([todo[0]] if failures else todo)
+                    # Careful: a failure is then the head message's own, and one bad message does
+                    # not re-run the pipelined upserts of the whole fetch at every retry.
+                    parsed = await self._parse([todo[0]] if careful else todo)
                 while todo and not self.stopping():
                     tp, st, msg = blame = todo[0]
                     if st is None or self.states.get(tp) is not st:
@@ -64,7 +66,7 @@ class FetchLoop:
                         continue
                     await p.flow.backpressure(lambda: p.batcher.pending, self.s.max_queue)
                     item = parsed.get((tp, msg.offset))
-                    if item is None:  # parsed alone after a failure: the rest of the fetch pipelined again
+                    if item is None:  # parsed alone (careful): the next one is parsed now
                         parsed = None
                         break
                     if isinstance(item.bar, events.Bar) and not await p.flow.within_runahead(
@@ -82,6 +84,7 @@ class FetchLoop:
                     failures = 0
                     await p.recovery.ride_out(err, p.flow, p.health, self.owned, self.stopping)
                 else:
+                    careful = True
                     failures = await self._reply_error(err, todo, blame, failures + 1)
 
     async def _parse(self, items) -> dict:
