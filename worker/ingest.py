@@ -118,15 +118,8 @@ class Ingest:
         return parsed
 
     def parse(self, msg) -> events.Bar | events.InvalidEvent:
-        """The message's Bar, or why it is none: never raises (a surprise is `internal_error`)."""
-        try:
-            return events.parse_bar(msg.value, msg.key, policy=self.policy, timestamp_ms=msg.timestamp)
-        except events.InvalidEvent as err:
-            return err
-        except Exception as exc:  # noqa: BLE001 - one message must not stop the partition
-            poison.log_internal("parsing", getattr(msg, "topic", "?"), getattr(msg, "partition", "?"),
-                                msg.offset, exc)
-            return poison.as_invalid(exc)
+        """The message's Bar, or why it is none, under this worker's bar policy."""
+        return parse_message(msg, self.policy)
 
     async def handle(self, state: PartitionState, msg, parsed: Parsed) -> Ready | DeadLetter | None:
         """One message, in partition order: upsert its bar, and say what else it needs.
@@ -196,3 +189,16 @@ class Ingest:
         horizon = self.calendar_for(bar.symbol).next_times(bar.time, self.interval, self.pred_len)
         return Ready(bar, state, msg.offset, msg.key, msg.value, msg.timestamp / 1000, received,
                      window.values[-self.lookback:], window.times[-self.lookback:], horizon)
+
+
+def parse_message(msg, policy: events.BarPolicy | None = None) -> events.Bar | events.InvalidEvent:
+    """A bar message's Bar, or why it is none: never raises (a surprise is `internal_error`).
+    The one parse of the live path and of rebuilds (worker/recovery.py), so a rebuild never
+    stores a bar the DLQ got."""
+    try:
+        return events.parse_bar(msg.value, msg.key, policy=policy, timestamp_ms=getattr(msg, "timestamp", None))
+    except events.InvalidEvent as err:
+        return err
+    except Exception as exc:  # noqa: BLE001 - one message must not stop the partition
+        poison.log_internal("parsing", getattr(msg, "topic", "?"), getattr(msg, "partition", "?"), msg.offset, exc)
+        return poison.as_invalid(exc)

@@ -29,11 +29,11 @@ Reader = Callable[..., AsyncIterator]
 
 class Recovery:
     def __init__(self, redis, store: WindowStore, keys: RedisKeys, read: Reader, worker_id: str, metrics,
-                 parse: Callable | None = None):
+                 parse: Callable):
         self.redis = redis
         # message -> Bar or InvalidEvent: the live path's checks (Ingest.parse), so a rebuild
         # never stores a bar the DLQ got.
-        self.parse = parse or _parse
+        self.parse = parse
         self.store = store
         self.keys = keys
         self.read = read
@@ -127,9 +127,3 @@ class Recovery:
         log.warning("rebuilt %d windows of %s from %d bars (offsets %d..%d) in %.2fs",
                     len(symbols), state.tp, n, start, end - 1, time.monotonic() - t0)
 
-
-def _parse(msg) -> events.Bar | events.InvalidEvent:
-    try:
-        return events.parse_bar(msg.value, msg.key)
-    except Exception as exc:  # noqa: BLE001 - the live path sent it to the DLQ
-        return exc if isinstance(exc, events.InvalidEvent) else events.InvalidEvent("internal_error", repr(exc))

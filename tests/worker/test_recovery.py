@@ -7,6 +7,7 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
 from worker import events
+from worker.ingest import parse_message
 from worker.keys import RedisKeys
 from worker.metrics import WorkerMetrics
 from worker.partition import PartitionState
@@ -38,7 +39,7 @@ async def parts(redis_url, redis_prefix):
             yield m
 
     store = WindowStore(client, redis_prefix, 8)
-    rec = Recovery(client, store, RedisKeys(redis_prefix), read, "w1", WorkerMetrics())
+    rec = Recovery(client, store, RedisKeys(redis_prefix), read, "w1", WorkerMetrics(), parse=parse_message)
     yield SimpleNamespace(client=client, store=store, rec=rec, reads=reads, keys=RedisKeys(redis_prefix))
     await client.aclose()
 
@@ -103,7 +104,8 @@ async def test_ride_out_waits_until_redis_accepts_writes_and_notes_an_empty_come
     client = aioredis.from_url(private_redis)
     admin = sync_redis.Redis.from_url(private_redis)
     keys = RedisKeys(redis_prefix)
-    rec = Recovery(client, WindowStore(client, redis_prefix, 8), keys, None, "w1", WorkerMetrics())
+    rec = Recovery(client, WindowStore(client, redis_prefix, 8), keys, None, "w1", WorkerMetrics(),
+                   parse=parse_message)
     st = PartitionState(TP, checked=True)
     st.handled(5)
     flow, health = _Flow(), Health()
