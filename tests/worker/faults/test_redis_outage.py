@@ -29,40 +29,58 @@ async def _until(cond, timeout: float, what: str):
         await asyncio.sleep(0.1)
 
 
-async def test_redis_restart_mid_stream(broker):
-    topics = names("redis-restart")
+async def _outage(broker, tag: str, server: RedisServer, fault, heal, while_down=None):
+    """Replay 60 bars per symbol and wait for their forecasts; `fault()`; replay 50 more;
+    check the worker says not ready and stays up (and `while_down(worker)` 2 s in); `heal()`; wait for every owed forecast and
+    for /readyz 200. Returns (rows, owed, forecast messages, recovery seconds, worker)."""
+    topics = names(tag)
     await ensure_topics(broker, {topics["bars_topic"]: 2})
     rows = prepare(TAPE, fanout=3, limit=110)
     want = expected_keys(rows)
     before, during = prepare(TAPE, fanout=3, limit=60), prepare(TAPE, fanout=3, skip=60, limit=50)
+    settings = make_settings(broker, server.url, "krt", topics)
+    async with running_worker(settings) as worker:
+        task = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Worker.run")
+        await replay(before, broker, topics["bars_topic"])
+        await consume(broker, topics["forecasts_topic"],
+                      lambda got: _covered(got) >= expected_keys(before), timeout=60)
+        fault()
+        await replay(during, broker, topics["bars_topic"])
+        await _until(lambda: readyz(worker.metrics_port)[0] == 503, 15, "/readyz to say 503")
+        status, checks = readyz(worker.metrics_port)
+        assert checks["redis"] is False and checks["kafka"] is True
+        await asyncio.sleep(2.0)  # past a slow tick (1 s)
+        if while_down is not None:
+            while_down(worker)
+        assert not task.done(), "the worker must ride out the outage"
+        heal()
+        t0 = time.monotonic()
+        msgs = await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=90)
+        recovery = time.monotonic() - t0
+        await _until(lambda: readyz(worker.metrics_port)[0] == 200, 15, "/readyz to say 200 again")
+    return rows, want, msgs, recovery, worker, len(during)
+
+
+async def test_redis_restart_mid_stream(broker):
     server = RedisServer().start()
     port = server.port
+    restarted = []
+
+    def restart():
+        restarted.append(RedisServer(port=port).start())
+
     try:
-        settings = make_settings(broker, server.url, "krt", topics)
-        async with running_worker(settings) as worker:
-            task = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Worker.run")
-            await replay(before, broker, topics["bars_topic"])
-            await consume(broker, topics["forecasts_topic"],
-                          lambda got: _covered(got) >= expected_keys(before), timeout=60)
-            server.stop()  # everything Redis held is gone with it
-            await replay(during, broker, topics["bars_topic"])
-            await _until(lambda: readyz(worker.metrics_port)[0] == 503, 15, "/readyz to say 503")
-            status, checks = readyz(worker.metrics_port)
-            assert checks["redis"] is False and checks["kafka"] is True
-            await asyncio.sleep(2.0)
-            assert not task.done(), "the worker must ride out a Redis outage"
-            server = RedisServer(port=port).start()
-            t0 = time.monotonic()
-            msgs = await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=90)
-            recovery = time.monotonic() - t0
-            await _until(lambda: readyz(worker.metrics_port)[0] == 200, 15, "/readyz to say 200 again")
+        rows, want, msgs, recovery, worker, n_during = await _outage(
+            broker, "redis-restart", server, fault=server.stop, heal=restart)  # stop: everything it held is gone
         assert worker.stats["rebuilds"] >= 1  # Redis came back empty
     finally:
         server.stop()
+        for s in restarted:
+            s.stop()
     row = tally("Redis restart (2 s away)", len(rows), want, msgs, recovery)
     assert row.lost == 0
     assert row.identical
-    assert row.duplicates <= len(during)  # only bars handled again after the outage
+    assert row.duplicates <= n_during  # only bars handled again after the outage
 
 
 async def test_wrong_redis_password_is_a_clear_startup_error(broker):
@@ -85,33 +103,23 @@ async def test_redis_refusing_writes_is_waited_out(broker):
     the worker pauses, says not ready, stays up, and goes on once writes are accepted."""
     import redis as sync_redis
 
-    topics = names("redis-oom")
-    await ensure_topics(broker, {topics["bars_topic"]: 2})
-    rows = prepare(TAPE, fanout=3, limit=110)
-    want = expected_keys(rows)
-    before, during = prepare(TAPE, fanout=3, limit=60), prepare(TAPE, fanout=3, skip=60, limit=50)
+    def past_a_slow_tick(worker):  # its ping answers, yet /readyz must stay 503
+        status, checks = readyz(worker.metrics_port)
+        assert status == 503 and checks["redis"] is False
+
     with RedisServer() as server:
         admin = sync_redis.Redis(port=server.port)
-        settings = make_settings(broker, server.url, "krt", topics)
-        async with running_worker(settings) as worker:
-            task = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Worker.run")
-            await replay(before, broker, topics["bars_topic"])
-            await consume(broker, topics["forecasts_topic"],
-                          lambda got: _covered(got) >= expected_keys(before), timeout=60)
+
+        def refuse_writes():
             admin.config_set("maxmemory-policy", "noeviction")
             admin.config_set("maxmemory", 1)  # every write is refused from now on
-            await replay(during, broker, topics["bars_topic"])
-            await _until(lambda: readyz(worker.metrics_port)[0] == 503, 15, "/readyz to say 503")
-            await asyncio.sleep(2.5)  # past a slow tick: its ping answers, /readyz must stay 503
-            status, checks = readyz(worker.metrics_port)
-            assert status == 503 and checks["redis"] is False
-            assert not task.done(), "the worker must ride out a Redis that refuses writes"
-            admin.config_set("maxmemory", 0)
-            t0 = time.monotonic()
-            msgs = await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=90)
-            recovery = time.monotonic() - t0
-            await _until(lambda: readyz(worker.metrics_port)[0] == 200, 15, "/readyz to say 200 again")
-        admin.close()
-    row = tally("Redis out of memory", len(rows), want, msgs, recovery)
+
+        try:
+            rows, want, msgs, recovery, _, _ = await _outage(
+                broker, "redis-oom", server, fault=refuse_writes, heal=lambda: admin.config_set("maxmemory", 0),
+                while_down=past_a_slow_tick)
+        finally:
+            admin.close()
+    row = tally("Redis out of memory", len(rows), want, msgs, recovery, "writes refused")
     assert row.lost == 0
     assert row.identical
