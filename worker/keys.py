@@ -47,7 +47,3 @@ class RedisKeys:
     def probe(self) -> str:
         """Written while the worker waits for Redis to accept writes again (expires by itself)."""
         return f"{self.prefix}:probe"
-
-    def pattern(self) -> str:
-        """Every key of this prefix (for SCAN-based clean-up by tools and tests)."""
-        return f"{self.prefix}:*"

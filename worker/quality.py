@@ -172,7 +172,6 @@ class Quality:
         self._claim = redis.register_script(_CLAIM_LUA)
         self._store = redis.register_script(_STORE_LUA)
         self._cals: dict[tuple[str, bool], Calibrator] = {}
-        self.missing = 0
 
     # ------------------------------------------------------------- calibration state
     def _key(self, name: str, per_symbol: bool) -> str:
@@ -221,10 +220,6 @@ class Quality:
                 n += 1
         if n:
             await pipe.execute()
-
-    def forget(self) -> None:
-        """Drop cached calibration states (Redis was flushed: reload what is left)."""
-        self._cals.clear()
 
     # ------------------------------------------------------------- forecasts
     def record(self, symbol: str, as_of: str, horizon, values: np.ndarray, fc, ref) -> ForecastRecord:
@@ -318,8 +313,7 @@ class Quality:
         for c in claims:
             rec = c.record
             if rec is None or not 1 <= c.step <= len(rec.mean_close):
-                self.missing += 1
-                continue
+                continue  # the stored forecast is gone (or unreadable): that step goes unscored
             y = c.realized
             fig = score_step(rec, c.step, y)
             self._observe(rec, c, fig)

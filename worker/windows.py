@@ -203,7 +203,6 @@ class WindowStore:
         if not 1 <= lookback <= MAX_LOOKBACK:
             raise ValueError(f"lookback must be in 1..{MAX_LOOKBACK}, got {lookback}")
         self.redis = redis
-        self.prefix = prefix
         self.lookback = lookback
         self._keys = RedisKeys(prefix)
         self._upsert = redis.register_script(_UPSERT_LUA)

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from worker.keys import RedisKeys
-from worker.quality import Quality, QualityMetrics
+from worker.quality import Claim, Quality, QualityMetrics
 
 T0 = _dt.datetime(2024, 1, 2, 10, 0)
 STEP = _dt.timedelta(minutes=5)
@@ -116,3 +116,21 @@ async def test_calibration_state_reaches_another_worker_and_nan_stays_out(client
     rec = other.record("AAA", "x", [T0] * P, window_of([10.0, 10.1, 10.0]), forecast([10.0] * P), ref)
     assert rec.cal_q is not None and rec.cal_n == 12
     assert all(lo <= mid <= hi for lo, mid, hi in rec.cal_q)
+
+
+class _NoScripts:
+    def register_script(self, _):
+        return None
+
+
+def test_a_claim_whose_forecast_is_gone_or_too_short_is_skipped_not_scored():
+    q = quality(_NoScripts(), "p")
+    ref = SimpleNamespace(name="m", version="1")
+    horizon = [T0 + STEP * k for k in range(1, P + 1)]
+    rec = q.record("AAA", "2024-01-02T10:00:00", horizon, window_of([10.0, 10.0]), forecast([10.5, 11.0, 11.5]), ref)
+    gone = Claim("m@1|x#1", 1, "new", None, None, 10.2)
+    beyond = Claim("m@1|x#9", 9, "new", rec, None, 10.2)
+    assert q.score([gone, beyond]) == [] and q._cals == {}
+    assert q.metrics.scores.labels("m", "1", "9", "new")._value.get() == 0
+    [ok] = q.score([Claim("m@1|x#1", 1, "new", rec, None, 10.2)])
+    assert ok["step"] == 1 and ok["abs_error"] == pytest.approx(0.3)
