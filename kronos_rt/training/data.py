@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,11 @@ class Series:
 
     def __len__(self) -> int:
         return len(self.times)
+
+    @cached_property
+    def stamps(self) -> np.ndarray:
+        """int64 [N, 5] time features of every row, computed once for all the splits' windows."""
+        return time_features(self.times)
 
 
 @dataclass
@@ -308,7 +314,6 @@ class WindowDataset(torch.utils.data.Dataset):
             raise DataError(f"lookback must be >= 2 and horizon >= 0 (got {lookback}, {horizon})")
         self.series = tapes.series
         self.lookback, self.length, self.clip = lookback, lookback + horizon, clip
-        self.stamps = [time_features(s.times) for s in self.series]
         refs = [(i, int(st)) for i, s in enumerate(self.series)
                 for st in window_starts(s, interval, self.length, stride)]
         if not refs:
@@ -330,7 +335,7 @@ class WindowDataset(torch.utils.data.Dataset):
         sl = slice(ref.start, ref.start + self.length)
         x, _, _ = normalize_window(self.series[ref.series].bars[sl], self.lookback, self.clip)
         return {"x": torch.from_numpy(np.ascontiguousarray(x)),
-                "x_stamp": torch.from_numpy(self.stamps[ref.series][sl])}
+                "x_stamp": torch.from_numpy(self.series[ref.series].stamps[sl])}
 
     def time_range(self) -> tuple[str, str]:
         first = min(self.series[r.series].times[r.start] for r in self.refs)

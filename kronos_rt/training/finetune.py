@@ -120,7 +120,8 @@ def finetune(base_spec: str, data, name: str, registry: Registry, config: TrainC
     train_ds = WindowDataset(tapes, splits["train"], config.lookback, config.horizon, "train")
     val_ds = WindowDataset(tapes, splits["val"], config.lookback, config.horizon, "val",
                            max_windows=config.eval_windows)
-    log(f"{len(train_ds)} train windows {train_ds.time_range()}, {len(val_ds)} val windows {val_ds.time_range()}")
+    train_range, val_range = train_ds.time_range(), val_ds.time_range()
+    log(f"{len(train_ds)} train windows {train_range}, {len(val_ds)} val windows {val_range}")
 
     out_dir = Path(out_dir or Path("kronos-finetune") / name)
     tokenizer = KronosTokenizer.from_pretrained(base.tokenizer_dir)
@@ -159,8 +160,8 @@ def finetune(base_spec: str, data, name: str, registry: Registry, config: TrainC
             "base": {"spec": base.spec, "source": base.source, "random_weights": base.random_weights},
             "data": {"files": [f.as_dict() for f in tapes.files], "bad_rows_dropped": tapes.bad_rows,
                      "splits": {k: v.describe() for k, v in splits.items()},
-                     "train_windows": {"count": len(train_ds), "range": train_ds.time_range()},
-                     "val_windows": {"count": len(val_ds), "range": val_ds.time_range()}},
+                     "train_windows": {"count": len(train_ds), "range": train_range},
+                     "val_windows": {"count": len(val_ds), "range": val_range}},
             "hyperparameters": hyper,
             "stages": stages,
             "libraries": library_versions(),

@@ -49,6 +49,24 @@ def test_windows_stay_inside_their_split(tape):
     assert train.time_range()[1] < val.time_range()[0]
 
 
+def test_time_features_once_per_series(tape, monkeypatch):
+    import kronos_rt.training.data as data
+    from kronos_rt.features import time_features
+
+    calls = []
+    monkeypatch.setattr(data, "time_features", lambda t: calls.append(len(t)) or time_features(t))
+    tapes = load_tapes([tape])
+    splits = default_splits(tapes, None, None, None)
+    train = WindowDataset(tapes, splits["train"], 16, 4)
+    val = WindowDataset(tapes, splits["val"], 16, 4, "val")
+    items = [train[0], train[len(train) - 1], val[0], val[len(val) - 1]]
+    assert calls == [len(tapes.series[0])]  # one series: one computation, shared by both splits
+    times = tapes.series[0].times
+    for ds, item, k in zip((train, train, val, val), items, (0, len(train) - 1, 0, len(val) - 1)):
+        st = ds.refs[k].start
+        np.testing.assert_array_equal(item["x_stamp"].numpy(), time_features(times[st:st + 20]))
+
+
 def test_dates_and_symbol_column_and_folders(tmp_path):
     make_tape(tmp_path / "a.csv", np.linspace(10, 11, 100), symbol="AAA")
     make_tape(tmp_path / "b.csv", np.linspace(20, 21, 100), symbol="BBB")
