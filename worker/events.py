@@ -120,14 +120,19 @@ def _has_non_finite(doc) -> bool:
     return False
 
 
-def parse_time(ts: str) -> _dt.datetime:
-    """ISO 8601 string -> naive wall-clock datetime (offset dropped, not converted)."""
+def _parse_ts(ts: str) -> _dt.datetime:
+    """ISO 8601 string -> datetime as written (aware when it carries an offset)."""
     if type(ts) is not str or not TS_RE.fullmatch(ts):
         raise InvalidEvent("bad_ts", f"ts must be an ISO 8601 date-time string, got {ts!r}")
     try:
-        t = _dt.datetime.fromisoformat(ts)
+        return _dt.datetime.fromisoformat(ts)
     except ValueError as e:
         raise InvalidEvent("bad_ts", f"{ts!r}: {e}") from None
+
+
+def parse_time(ts: str) -> _dt.datetime:
+    """ISO 8601 string -> naive wall-clock datetime (offset dropped, not converted)."""
+    t = _parse_ts(ts)
     return t.replace(tzinfo=None) if t.tzinfo is not None else t
 
 
@@ -171,7 +176,8 @@ def parse_bar(value: bytes | None, key: bytes | None = None, max_bytes: int = 40
     ts = obj.get("ts")
     if ts is None:
         raise InvalidEvent("schema", "missing ts")
-    time = parse_time(ts)
+    written = _parse_ts(ts)  # parsed once: the policy takes its offset from here
+    time = written.replace(tzinfo=None) if written.tzinfo is not None else written
 
     for name in PRICE_COLUMNS:
         if name not in obj:
@@ -192,7 +198,7 @@ def parse_bar(value: bytes | None, key: bytes | None = None, max_bytes: int = 40
         raise InvalidEvent("high_low", f"inconsistent bar o={o} h={h} l={lo} c={c}")
     bar = Bar(symbol, ts, time, o, h, lo, c, vol, amt)
     if policy is not None:
-        policy.check(bar, timestamp_ms)
+        policy.check(bar, timestamp_ms, written.utcoffset())
     return bar
 
 
@@ -217,7 +223,8 @@ class BarPolicy:
     max_past_age: _dt.timedelta | None = None
     calendar_for: object = None   # symbol -> SessionCalendar (worker/sessions.py); None: midnight/epoch grid
 
-    def check(self, bar: Bar, timestamp_ms: int | None) -> None:
+    def check(self, bar: Bar, timestamp_ms: int | None, utc_offset: _dt.timedelta | None) -> None:
+        """utc_offset: the offset bar.ts carries (None: written without one); parse_bar has it."""
         if not self._on_grid(bar):
             raise InvalidEvent("off_grid", f"ts {bar.ts!r} is not on the {self.interval} grid")
         if timestamp_ms is None or timestamp_ms < 0:
@@ -227,7 +234,7 @@ class BarPolicy:
         except OverflowError:
             return  # a producer-set timestamp past year 9999: nothing to compare with
         try:
-            utc = _as_utc(bar)
+            utc = bar.time - utc_offset if utc_offset is not None else bar.time  # naive UTC
         except OverflowError:  # e.g. 9999-12-31T23:00-05:00 has no UTC datetime
             raise InvalidEvent("future_ts", f"ts {bar.ts!r} is beyond the datetime range") from None
         if utc - broker > self.max_future_skew:
@@ -256,15 +263,6 @@ class BarPolicy:
 
 _EPOCH = _dt.datetime(1970, 1, 1)
 _ZERO = _dt.timedelta(0)
-
-
-def _as_utc(bar: Bar) -> _dt.datetime:
-    """The bar time as naive UTC: converted when its ts carries an offset, as written when not."""
-    if bar.ts.endswith("Z") or "+" in bar.ts or bar.ts.count("-") > 2:
-        aware = _dt.datetime.fromisoformat(bar.ts)
-        if aware.tzinfo is not None:
-            return aware.astimezone(_dt.timezone.utc).replace(tzinfo=None)
-    return bar.time
 
 
 def dumps(obj) -> bytes:

@@ -275,6 +275,23 @@ def test_policy_future_skew_and_past_age():
     assert policy_reason(bar(ts="2099-06-18 11:15:00"), -1) is None
 
 
+def test_policy_compares_every_offset_form_in_utc():
+    at = utc_ms(2024, 6, 18, 11, 20)
+    tight = dict(max_future_skew=timedelta(minutes=1), max_past_age=timedelta(minutes=10))
+    # 11:15 UTC written in each form the schema allows: on time, all of them.
+    for ts in ("2024-06-18T11:15:00Z", "2024-06-18T11:15:00+00:00", "2024-06-18T19:15:00+0800",
+               "2024-06-18T06:15:00-05:00", "2024-06-18T06:15:00-0500", "2024-06-18 11:15"):
+        assert policy_reason(bar(ts=ts), at, **tight) is None, ts
+    # 10 minutes later (too far ahead) and 15 minutes earlier (too old), again in each form.
+    for ts in ("2024-06-18T11:25:00Z", "2024-06-18T19:25:00+08:00", "2024-06-18T06:25:00-0500"):
+        assert policy_reason(bar(ts=ts), at, **tight) == "future_ts", ts
+    for ts in ("2024-06-18T11:00:00Z", "2024-06-18T19:00:00+08:00", "2024-06-18T06:00:00-0500"):
+        assert policy_reason(bar(ts=ts), at, **tight) == "stale_ts", ts
+    # Both ends of the datetime range: no UTC datetime, refused as out of range, never a crash.
+    assert policy_reason(bar(ts="0001-01-01T00:05:00+01:00"), at) == "future_ts"
+    assert policy_reason(bar(ts="9999-12-31T23:55:00-05:00"), at) == "future_ts"
+
+
 def test_forecast_identity_is_symbol_as_of_and_model_version():
     from worker.events import identity_of
 
