@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -47,6 +48,41 @@ CORPUS = [
 ]
 
 
+async def send_through_worker(broker: str, settings, messages, n_forecasts: int, n_dead: int, producer=None):
+    """Send (key, value) messages to the bars topic of a running worker; wait for n_forecasts
+    forecasts and n_dead DLQ copies. (worker, forecast msgs, DLQ msgs, seconds from the last
+    send acknowledged to the last forecast)."""
+    async with running_worker(settings) as worker:
+        producer = producer or make_producer(broker)
+        await producer.start()
+        try:
+            futs = [await producer.send(settings.bars_topic, key=k, value=v) for k, v in messages]
+            await asyncio.gather(*futs)
+        finally:
+            await producer.stop()
+        t0 = time.monotonic()
+        fc_msgs = await consume(broker, settings.forecasts_topic, lambda got: len(got) >= n_forecasts)
+        recovery = time.monotonic() - t0
+        dlq_msgs = await consume(broker, settings.dlq_topic, lambda got: len(got) >= n_dead)
+        await asyncio.sleep(0.3)  # a moment for stray extras to show up
+        assert not worker.stopping  # alive and consuming throughout
+    return worker, fc_msgs, dlq_msgs, recovery
+
+
+def check_dead_letters(dlq_msgs, offsets: list[int], corpus, topic: str) -> None:
+    """Each DLQ copy: its reason, a detail, where it came from, and the original message
+    (cut-down copies of oversized ones are checked by their test)."""
+    assert len(dlq_msgs) == len(corpus)
+    for msg, offset, (key, value, reason) in zip(dlq_msgs, offsets, corpus):
+        h = {k: v for k, v in msg.headers}
+        assert h["error.reason"].decode() == reason, h
+        assert h["error.detail"]
+        assert h["source.topic"].decode() == topic and h["source.partition"] == b"0"
+        assert int(h["source.offset"]) == offset and msg.key == key
+        if "source.truncated" not in h:
+            assert msg.value == value  # the original event, untouched
+
+
 async def test_malformed_events_land_on_dlq_and_valid_bars_are_forecast(broker, redis_url, redis_prefix):
     topics = names("dlq")
     await ensure_topics(broker, {topics["bars_topic"]: 1})
@@ -63,30 +99,11 @@ async def test_malformed_events_land_on_dlq_and_valid_bars_are_forecast(broker, 
     assert len(bad_at) == len(CORPUS)
 
     settings = make_settings(broker, redis_url, redis_prefix, topics)
-    async with running_worker(settings) as worker:
-        producer = make_producer(broker)
-        await producer.start()
-        try:
-            futs = [await producer.send(topics["bars_topic"], key=k, value=v) for k, v in messages]
-            await asyncio.gather(*futs)
-        finally:
-            await producer.stop()
-        fc_msgs = await consume(broker, topics["forecasts_topic"], lambda got: len(got) >= len(want))
-        dlq_msgs = await consume(broker, topics["dlq_topic"], lambda got: len(got) >= len(CORPUS))
+    worker, fc_msgs, dlq_msgs, _ = await send_through_worker(broker, settings, messages, len(want), len(CORPUS))
 
     counts = Counter((f["symbol"], f["as_of"]) for f in forecasts_of(fc_msgs))
     assert set(counts) == want and max(counts.values()) == 1
-
-    assert len(dlq_msgs) == len(CORPUS)
-    for msg, offset, (key, value, reason) in zip(dlq_msgs, bad_at, CORPUS):
-        headers = {k: v.decode() for k, v in msg.headers}
-        assert headers["error.reason"] == reason, headers
-        assert headers["error.detail"]
-        assert headers["source.topic"] == topics["bars_topic"]
-        assert headers["source.partition"] == "0"
-        assert int(headers["source.offset"]) == offset
-        assert (msg.key, msg.value) == (key, value)  # the original event, untouched
-
+    check_dead_letters(dlq_msgs, bad_at, CORPUS, topics["bars_topic"])
     assert worker.stats["dlq"] == len(CORPUS)
     by_reason = Counter(reason for _, _, reason in CORPUS)
     for reason, n in by_reason.items():
