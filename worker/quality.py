@@ -26,7 +26,6 @@ each copy is a valid window of recent residuals of that pool.
 from __future__ import annotations
 
 import datetime as _dt
-import fnmatch
 import logging
 import math
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from worker import events
 from worker.calibration import DEFAULT_GAMMA, DEFAULT_MIN_SCORES, DEFAULT_WINDOW, Calibrator, residual_scale
 from worker.keys import RedisKeys
 from worker.scoring import ForecastRecord, band_name, band_pairs, score_step
+from worker.sessions import symbol_map
 from worker.windows import epoch_seconds
 
 log = logging.getLogger(__name__)
@@ -142,19 +142,6 @@ class Claim:
     realized: float
 
 
-def _group_map(spec: str):
-    rules = []
-    for part in (spec or "").split(","):
-        part = part.strip()
-        if part:
-            pattern, sep, name = part.rpartition("=")
-            rules.append((pattern.strip() if sep else "*", name.strip()))
-
-    def group(symbol: str) -> str:
-        return next((g for p, g in rules if fnmatch.fnmatchcase(symbol, p)), "all")
-    return group
-
-
 class Quality:
     def __init__(self, redis, keys: RedisKeys, *, pred_len: int, levels, metrics: QualityMetrics,
                  window: int = DEFAULT_WINDOW, gamma: float = DEFAULT_GAMMA, min_scores: int = DEFAULT_MIN_SCORES,
@@ -165,7 +152,9 @@ class Quality:
         self.levels = sorted(float(q) for q in levels)
         self.metrics = metrics
         self.window, self.gamma, self.min_scores = window, gamma, min_scores
-        self.group_of = _group_map(groups)
+        # symbol -> pool name; symbols no rule matches pool as 'all'. Lenient, as --calibration-groups
+        # always was: an entry with an empty pattern matches nothing.
+        self.group_of = symbol_map(groups, str, "all", strict=False)
         self.per_symbol = per_symbol  # a symbol's own calibration once it has this many scores (0 = pools only)
         self.keep = (2 * pred_len + 16) * max(1, models)
         self.worker_id = worker_id

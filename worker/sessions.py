@@ -15,6 +15,9 @@ from __future__ import annotations
 import datetime as _dt
 import fnmatch
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 WEEKDAYS = frozenset(range(5))  # Monday=0 .. Friday=4
 ALL_DAYS = frozenset(range(7))
@@ -102,30 +105,39 @@ CALENDARS: dict[str, SessionCalendar] = {
 }
 
 
-def parse_session_map(spec: str) -> Callable[[str], SessionCalendar]:
-    """'continuous' or 'PATTERN=NAME,...' (fnmatch, case-sensitive, first match
-    wins; a bare NAME means '*=NAME') -> symbol -> SessionCalendar. Symbols that
-    match nothing get 'continuous'."""
-    rules: list[tuple[str, SessionCalendar]] = []
+def symbol_map(spec: str, value_of: Callable[[str], T], default: T, *, what: str = "session map",
+               strict: bool = True) -> Callable[[str], T]:
+    """'PATTERN=NAME,...' (fnmatch, case-sensitive, first match wins; a bare NAME means
+    '*=NAME') -> symbol -> value_of(NAME); symbols that match nothing get `default`. Each
+    symbol's answer is cached. An entry with an empty pattern is an error (strict) or a
+    rule that matches nothing (strict=False)."""
+    rules: list[tuple[str, T]] = []
     for part in (spec or "").split(","):
         part = part.strip()
         if not part:
             continue
         pattern, sep, name = part.rpartition("=")
         pattern = pattern.strip() if sep else "*"
-        if not pattern:
-            raise ValueError(f"empty symbol pattern in session map entry {part!r}")
-        rules.append((pattern, SessionCalendar.named(name.strip())))
-    default = CALENDARS["continuous"]
-    cache: dict[str, SessionCalendar] = {}
+        if not pattern and strict:
+            raise ValueError(f"empty symbol pattern in {what} entry {part!r}")
+        rules.append((pattern, value_of(name.strip())))
+    cache: dict[str, T] = {}
 
-    def lookup(symbol: str) -> SessionCalendar:
-        cal = cache.get(symbol)
-        if cal is None:
-            cal = next((c for p, c in rules if fnmatch.fnmatchcase(symbol, p)), default)
-            if len(cache) >= 100_000:  # bound memory if a feed sends endless new symbols
-                cache.clear()
-            cache[symbol] = cal
-        return cal
+    def lookup(symbol: str) -> T:
+        try:
+            return cache[symbol]
+        except KeyError:
+            pass
+        value = next((v for p, v in rules if fnmatch.fnmatchcase(symbol, p)), default)
+        if len(cache) >= 100_000:  # bound memory if a feed sends endless new symbols
+            cache.clear()
+        cache[symbol] = value
+        return value
 
     return lookup
+
+
+def parse_session_map(spec: str) -> Callable[[str], SessionCalendar]:
+    """'continuous' or 'PATTERN=NAME,...' (symbol_map's rules) -> symbol -> SessionCalendar.
+    Symbols that match nothing get 'continuous'."""
+    return symbol_map(spec, SessionCalendar.named, CALENDARS["continuous"])

@@ -88,3 +88,36 @@ def test_session_map_defaults():
     assert parse_session_map("*.SH=ashare")("BTC-USD").name == "continuous"
     with pytest.raises(ValueError):
         parse_session_map("=ashare")
+
+
+def test_symbol_map_is_one_rule_set_for_calendars_and_calibration_pools():
+    from worker.sessions import symbol_map
+
+    names = []
+
+    def value_of(name):
+        names.append(name)
+        return name.upper()
+
+    lookup = symbol_map(" *.SH = a , AAPL=b,, A*=c", value_of, "none")
+    assert names == ["a", "b", "c"]  # each NAME resolved once, when the spec is read
+    assert [lookup(s) for s in ("600000.SH", "AAPL", "AMZN", "MSFT", "600000.sh")] == ["A", "B", "C", "none", "none"]
+    assert symbol_map("pool", str, "all")("anything") == "pool"  # a bare NAME means *=NAME
+    with pytest.raises(ValueError, match="empty symbol pattern in session map entry '=x'"):
+        symbol_map("=x", str, "all")
+    assert symbol_map("=x,*.SH=sh", str, "all", strict=False)("600000.SH") == "sh"  # lenient: matches nothing
+    assert symbol_map("=x", str, "all", strict=False)("AAPL") == "all"
+
+
+def test_symbol_map_answers_from_its_cache(monkeypatch):
+    import fnmatch
+
+    from worker import sessions
+
+    lookup = parse_session_map("*.SH=ashare")
+    calls = []
+    real = fnmatch.fnmatchcase
+    monkeypatch.setattr(sessions.fnmatch, "fnmatchcase", lambda s, p: calls.append(s) or real(s, p))
+    assert lookup("600000.SH").name == lookup("600000.SH").name == "ashare"
+    assert lookup("BTC-USD").name == lookup("BTC-USD").name == "continuous"
+    assert calls == ["600000.SH", "BTC-USD"]  # matched once per symbol, then cached
