@@ -3,6 +3,7 @@ and started again. Every bar still gets its forecast; duplicates are few and ide
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 
@@ -79,6 +81,27 @@ async def wait_for(cond, timeout: float, what: str, procs=()) -> None:
         await asyncio.sleep(0.1)
 
 
+def split(a: WorkerProcess, b: WorkerProcess) -> bool:
+    """A and B share the 4 partitions between them."""
+    return bool(a.partitions() and b.partitions() and sorted(a.partitions() + b.partitions()) == [0, 1, 2, 3])
+
+
+@contextlib.asynccontextmanager
+async def worker_pair(broker: str, redis_url: str, prefix: str, topics: dict, log_dir, extra=lambda name: []):
+    """Worker processes A and B in one group (extra(name): more flags each), once they split
+    the 4 partitions; both are sent SIGTERM on the way out and their exit codes put in .codes."""
+    a, b = (WorkerProcess(f"worker-{n}", broker, redis_url, prefix, topics, log_dir) for n in "ab")
+    for p in (a, b):
+        p.args += extra(p.name)
+        p.start()
+    pair = SimpleNamespace(a=a, b=b, procs=(a, b), codes=[])
+    try:
+        await wait_for(lambda: split(a, b), 60, "a 2+2 split", pair.procs)
+        yield pair
+    finally:
+        pair.codes = [p.terminate() for p in pair.procs]
+
+
 async def test_kill9_and_restart_loses_no_forecast(broker, redis_url, redis_prefix, tmp_path):
     topics = names("failover")
     await ensure_topics(broker, {topics["bars_topic"]: 4})
@@ -86,15 +109,8 @@ async def test_kill9_and_restart_loses_no_forecast(broker, redis_url, redis_pref
     want = expected_keys(rows)
     phases = [prepare(TAPE, fanout=8, skip=a, limit=b - a) for a, b in ((0, 45), (45, 70), (70, 100))]
 
-    a = WorkerProcess("worker-a", broker, redis_url, redis_prefix, topics, tmp_path)
-    b = WorkerProcess("worker-b", broker, redis_url, redis_prefix, topics, tmp_path)
-    procs = (a, b)
-    a.start()
-    b.start()
-    try:
-        await wait_for(lambda: a.partitions() and b.partitions()
-                       and sorted(a.partitions() + b.partitions()) == [0, 1, 2, 3], 60, "a 2+2 split", procs)
-
+    async with worker_pair(broker, redis_url, redis_prefix, topics, tmp_path) as pair:
+        a, b, procs = pair.a, pair.b, pair.procs
         await replay(phases[0], broker, topics["bars_topic"])
         n0 = len(expected_keys(phases[0]))
         first = await consume(broker, topics["forecasts_topic"], lambda got: len(got) >= n0, timeout=60)
@@ -108,17 +124,14 @@ async def test_kill9_and_restart_loses_no_forecast(broker, redis_url, redis_pref
         await wait_for(lambda: b.partitions() == [0, 1, 2, 3], 30, "B to take over all partitions", procs)
 
         a.start()
-        await wait_for(lambda: a.partitions() and b.partitions()
-                       and sorted(a.partitions() + b.partitions()) == [0, 1, 2, 3], 60, "A to rejoin", procs)
+        await wait_for(lambda: split(a, b), 60, "A to rejoin", procs)
         await replay(phases[2], broker, topics["bars_topic"])
 
         def complete(got) -> bool:
             return {(f["symbol"], f["as_of"]) for f in forecasts_of(got)} >= want
 
         msgs = await consume(broker, topics["forecasts_topic"], complete, timeout=90)
-    finally:
-        codes = [p.terminate() for p in procs]
-    assert codes == [0, 0], "workers did not exit cleanly on SIGTERM"
+    assert pair.codes == [0, 0], "workers did not exit cleanly on SIGTERM"
     assert "rebuilt" not in a.log() + b.log()  # Redis kept the windows: nothing to rebuild
 
     by_bar = defaultdict(list)

@@ -7,14 +7,13 @@ again. Static: A's restart takes over its old membership at once; B is revoked a
 test broker still runs one). Every bar gets its forecast either way; the figures are printed."""
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 
 import pytest
 
 from tests.worker.test_app_e2e import TAPE, consume, expected_keys, forecasts_of, names
-from tests.worker.test_app_failover import WorkerProcess, wait_for
+from tests.worker.test_app_failover import WorkerProcess, split, wait_for, worker_pair
 from worker.kafka import ensure_topics
 from worker.tools.replay import prepare, replay
 
@@ -34,18 +33,11 @@ async def test_a_killed_worker_restarting_stalls_the_group_only_with_dynamic_mem
     rows = prepare(TAPE, fanout=8, limit=70)
     want = expected_keys(rows)
     phases = [prepare(TAPE, fanout=8, skip=a, limit=b - a) for a, b in ((0, 45), (45, 70))]
-    a = WorkerProcess("worker-a", broker, redis_url, redis_prefix, topics, tmp_path)
-    b = WorkerProcess("worker-b", broker, redis_url, redis_prefix, topics, tmp_path)
-    if static:
-        a.args += ["--group-instance-id", "a"]
-        b.args += ["--group-instance-id", "b"]
-    a.args[a.args.index("--session-timeout-ms") + 1] = b.args[b.args.index("--session-timeout-ms") + 1] = "6000"
-    procs = (a, b)
-    a.start()
-    b.start()
-    try:
-        await wait_for(lambda: a.partitions() and b.partitions()
-                       and sorted(a.partitions() + b.partitions()) == [0, 1, 2, 3], 60, "a 2+2 split", procs)
+    def flags(name: str) -> list[str]:  # static: instance ids "a" and "b"
+        return ["--session-timeout-ms", "6000"] + (["--group-instance-id", name[-1]] if static else [])
+
+    async with worker_pair(broker, redis_url, redis_prefix, topics, tmp_path, extra=flags) as pair:
+        a, b, procs = pair.a, pair.b, pair.procs
         b_parts, b_revokes = b.partitions(), revokes(b)
         await replay(phases[0], broker, topics["bars_topic"])
         await consume(broker, topics["forecasts_topic"], lambda got: len(got) >= len(expected_keys(phases[0])))
@@ -53,15 +45,12 @@ async def test_a_killed_worker_restarting_stalls_the_group_only_with_dynamic_mem
         a.kill9()
         t0 = time.monotonic()
         a.start()
-        await wait_for(lambda: a.partitions() and sorted(a.partitions() + b.partitions()) == [0, 1, 2, 3]
-                       and (static or revokes(b) > b_revokes), 60, "A back in the group", procs)
+        await wait_for(lambda: split(a, b) and (static or revokes(b) > b_revokes), 60, "A back in the group", procs)
         STALLS["static" if static else "dynamic"] = time.monotonic() - t0
         await replay(phases[1], broker, topics["bars_topic"])
         msgs = await consume(broker, topics["forecasts_topic"],
                              lambda got: {(f["symbol"], f["as_of"]) for f in forecasts_of(got)} >= want, timeout=90)
-    finally:
-        codes = [p.terminate() for p in procs]
-    assert codes == [0, 0]
+    assert pair.codes == [0, 0]
     assert {(f["symbol"], f["as_of"]) for f in forecasts_of(msgs)} >= want  # nothing lost either way
     if static:
         assert revokes(b) - b_revokes <= 1 and sorted(b.partitions()) == sorted(b_parts)
