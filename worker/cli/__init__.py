@@ -13,7 +13,9 @@ import importlib
 import os
 import sys
 
-# name -> (module, help). Each module defines configure(parser) and main(args) -> int.
+# name -> (module, help). Each module defines configure(parser) and main(args) -> int; errors
+# it raises are printed by worker/cli/errors.py, and it may name USAGE_ERRORS / FAILURE_ERRORS:
+# exception classes that exit 2 / 1 with a one-line message when errors.py knows no better.
 COMMANDS = {
     "demo": ("worker.tools.demo", "one-command demo: embedded broker, Redis, worker, replay"),
     "worker": ("worker.cli.worker", "run a streaming worker (Kafka bars -> forecasts)"),
@@ -195,14 +197,17 @@ def main(argv: list[str] | None = None) -> int:
 def _report(name: str, exc: BaseException, args, debug: bool) -> int:
     from worker.cli.errors import explain
 
-    explained = explain(exc, args)
+    module = sys.modules.get(COMMANDS[name][0])
+    explained = explain(exc, args, usage=getattr(module, "USAGE_ERRORS", ()),
+                        failure=getattr(module, "FAILURE_ERRORS", ()))
     if explained is None or debug:
         if explained is None:
             raise exc  # not a set-up problem: a bug, whose traceback is worth reading
         import traceback
 
         traceback.print_exception(exc)
-    for line in explained.lines(name):
+    action = getattr(args, "action", None)  # `kronos-rt models verify: error: ...`
+    for line in explained.lines(f"{name} {action}" if action else name):
         print(line, file=sys.stderr)
     return explained.code
 

@@ -13,6 +13,7 @@ import torch
 
 from kronos_rt import bench, shapes
 from kronos_rt.engine import resolve_device
+from worker.errors import ConfigError
 from worker.tools import TAPE
 from worker.tools.tables import format_table
 
@@ -124,14 +125,11 @@ def main(args) -> int:
     names = [s.strip() for s in args.shapes.split(",") if s.strip()]
     for name in names:
         if name not in shapes.PAIRS:
-            print(f"unknown shape {name!r}; choose from {sorted(shapes.PAIRS)}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"unknown shape {name!r}; choose from {sorted(shapes.PAIRS)}")
     if args.repeats < 1 or args.naive_repeats < 1:
-        print("--repeats and --naive-repeats must be >= 1", file=sys.stderr)
-        return 2
+        raise ConfigError("--repeats and --naive-repeats must be >= 1")
     if args.predictor_only and args.no_predictor:
-        print("--predictor-only and --no-predictor exclude each other", file=sys.stderr)
-        return 2
+        raise ConfigError("--predictor-only and --no-predictor exclude each other")
     load_before = os.getloadavg()[0]
     rows, sample_rows, predictor_rows = bench.run(
         args.data, names, args.batch, args.lookback, args.pred_len, device=device, dtype=args.dtype,

@@ -3,8 +3,10 @@
 explain(exc, args) turns the errors people actually meet (a broker or Redis that does not
 answer, a model that is not there, CUDA that is not there, a bad tape, Ctrl-C) into
 (exit code, what failed and why, what to do). Anything it does not know is a bug and
-keeps its traceback. Exit codes: 2 bad flags or configuration, 1 runtime failure,
-130 interrupted.
+keeps its traceback, unless the command declared its class (USAGE_ERRORS / FAILURE_ERRORS in
+the command's module: explain's usage and failure arguments). Exit codes: 2 bad flags or
+configuration, 1 runtime failure, 130 interrupted. Every `kronos-rt` command's errors go
+through here (worker/cli/__init__.py main): commands raise, they do not print errors.
 """
 from __future__ import annotations
 
@@ -39,15 +41,23 @@ def _where(args, name: str, fallback: str) -> str:
     return hide_password(value) if value else fallback
 
 
-def explain(exc: BaseException, args=None) -> Explained | None:
+def explain(exc: BaseException, args=None, usage: tuple = (), failure: tuple = ()) -> Explained | None:
+    """usage / failure: classes the command declares as bad input (exit 2, the message) and
+    runtime failures (exit 1, type and message) when nothing more specific is known of them."""
     if isinstance(exc, KeyboardInterrupt):
         return Explained(INTERRUPTED, "interrupted (Ctrl-C); everything this command started was stopped")
+    if _is(exc, "kronos_rt.training.trainer", "TrainingInterrupted"):  # a checkpoint was written
+        return Explained(INTERRUPTED, str(exc), "rerun the same command with --resume to continue")
     if isinstance(exc, ConfigError):
         return Explained(USAGE, str(exc))
     if isinstance(exc, StartupError):
         return Explained(FAILURE, str(exc))
     if _is(exc, "kronos_rt.registry", "RegistryError"):
-        return Explained(USAGE, str(exc), "`kronos-rt models list` shows what the registry holds")
+        if _is(exc.__cause__, "kronos_rt.hub", "HubError"):  # a download that failed: runtime
+            return explain(exc.__cause__, args)
+        # A version, name or directory the user named that is not there or not valid: the
+        # message already says what the registry holds or what to do.
+        return Explained(USAGE, str(exc))
     if _is(exc, "kronos_rt.hub", "HubError"):
         what, _, cause = str(exc).partition(" Cause: ")
         return Explained(FAILURE, what, f"cause: {cause}" if cause else None)
@@ -76,4 +86,8 @@ def explain(exc: BaseException, args=None) -> Explained | None:
         return Explained(USAGE, f"{name}: no such file or directory", "check the path")
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return Explained(FAILURE, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    if usage and isinstance(exc, usage):
+        return Explained(USAGE, str(exc))
+    if failure and isinstance(exc, failure):
+        return Explained(FAILURE, f"{type(exc).__name__}: {exc}")
     return None

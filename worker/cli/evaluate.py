@@ -5,7 +5,7 @@
 
 Every model and the persistence and drift baselines are scored on the same windows
 (kronos_rt/training/evaluate.py says how). Writes DIR/eval.json, DIR/eval.md and PNG
-plots; prints the Markdown table. Exit codes: 0 ok, 1 failure, 2 bad flags or data.
+plots; prints the Markdown table. Exit codes: 0 ok, 1 failure, 2 bad flags, data or version.
 """
 from __future__ import annotations
 
@@ -13,8 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from kronos_rt.checkpoint import CheckpointError
-from kronos_rt.registry import Registry, RegistryError
+from kronos_rt.registry import Registry
+from worker.errors import ConfigError
+
+# Errors are printed by worker/cli/errors.py: bad data, ranges or a checkpoint that does not
+# fit (ValueError: DataError, CheckpointError) exit 2; an unknown registry version exits 2
+# there too; other failures of the run exit 1 with their type and message.
+USAGE_ERRORS = (ValueError,)
+FAILURE_ERRORS = (OSError, RuntimeError)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -42,43 +48,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from kronos_rt.training.data import DataError, load_tapes, parse_range
+    from kronos_rt.training.data import load_tapes, parse_range
     from kronos_rt.training.evaluate import Candidate, EvalConfig, evaluate
     from worker.tools.eval_report import markdown, write_report
 
-    def fail(code: int, msg: str) -> int:
-        print(f"kronos-rt eval: error: {msg}", file=sys.stderr)
-        return code
-
     for flag in ("lookback", "pred_len", "stride", "sample_count", "batch_size"):
         if getattr(args, flag) < 1:
-            return fail(2, f"--{flag.replace('_', '-')} must be >= 1")
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1")
     if args.lookback < 2:
-        return fail(2, "--lookback must be >= 2")
+        raise ConfigError("--lookback must be >= 2")
     reg = Registry(args.registry)
-    try:
-        candidates = []
-        for spec in args.model:
-            mv = reg.resolve(spec)
-            candidates.append(Candidate(mv.spec, mv.model_dir, mv.tokenizer_dir,
+    candidates = []
+    for spec in args.model:
+        mv = reg.resolve(spec)
+        candidates.append(Candidate(mv.spec, mv.model_dir, mv.tokenizer_dir,
                                         int(mv.metadata.get("max_context") or 512), mv.random_weights))
-        if len({c.label for c in candidates}) != len(candidates):
-            return fail(2, "the same version is named twice")
-        config = EvalConfig(lookback=args.lookback, pred_len=args.pred_len, stride=args.stride,
-                            sample_count=args.sample_count, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                            max_windows=args.max_windows)
-        tapes = load_tapes(args.data, drop_bad_rows=args.drop_bad_rows)
-        if tapes.bad_rows:
-            print(f"dropped {tapes.bad_rows} bad rows, e.g. {'; '.join(tapes.bad_examples)}", file=sys.stderr)
-        test = parse_range(args.test, "--test", tapes.start, tapes.end)
-        report = evaluate(candidates, tapes, test, config, log=lambda m: print(m, file=sys.stderr))
-    except (DataError, ValueError) as exc:
-        return fail(2, str(exc))
-    except RegistryError as exc:
-        return fail(1, str(exc))
-    except (CheckpointError, FileNotFoundError, OSError, RuntimeError) as exc:
-        return fail(1, f"{type(exc).__name__}: {exc}")
+    if len({c.label for c in candidates}) != len(candidates):
+        raise ConfigError("the same version is named twice")
+    config = EvalConfig(lookback=args.lookback, pred_len=args.pred_len, stride=args.stride,
+                        sample_count=args.sample_count, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                        max_windows=args.max_windows)
+    tapes = load_tapes(args.data, drop_bad_rows=args.drop_bad_rows)
+    if tapes.bad_rows:
+        print(f"dropped {tapes.bad_rows} bad rows, e.g. {'; '.join(tapes.bad_examples)}", file=sys.stderr)
+    test = parse_range(args.test, "--test", tapes.start, tapes.end)
+    report = evaluate(candidates, tapes, test, config, log=lambda m: print(m, file=sys.stderr))
     paths = write_report(report, Path(args.out), plot=not args.no_plots)
     print(markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

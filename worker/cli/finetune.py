@@ -19,9 +19,16 @@ import sys
 import threading
 from pathlib import Path
 
-from kronos_rt.checkpoint import CheckpointError
-from kronos_rt.registry import Registry, RegistryError
+from kronos_rt.registry import Registry
 from worker import security
+from worker.errors import ConfigError, StartupError
+
+# Errors are printed by worker/cli/errors.py: bad flags, data, or a base that does not fit
+# (ValueError: DataError, CheckpointError) exit 2, as does an unknown registry version; other
+# failures of the run exit 1 with their type and message; a stop on Ctrl-C (TrainingInterrupted,
+# a checkpoint written) exits 130 and says to --resume.
+USAGE_ERRORS = (ValueError,)
+FAILURE_ERRORS = (OSError, RuntimeError)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -104,29 +111,24 @@ def _topic_tape(args: argparse.Namespace, topic: str) -> Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from kronos_rt.training.data import DataError
     from kronos_rt.training.finetune import finetune
-    from kronos_rt.training.trainer import TrainConfig, TrainingInterrupted
-
-    def fail(code: int, msg: str) -> int:
-        print(f"kronos-rt finetune: error: {msg}", file=sys.stderr)
-        return code
+    from kronos_rt.training.trainer import TrainConfig
 
     for flag in ("lookback", "batch_size", "grad_accum", "eval_windows"):
         if getattr(args, flag) < 1:
-            return fail(2, f"--{flag.replace('_', '-')} must be >= 1")
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1")
     if args.horizon < 1:
-        return fail(2, "--horizon must be >= 1")
+        raise ConfigError("--horizon must be >= 1")
     if args.steps is not None and args.steps < 1:
-        return fail(2, "--steps must be >= 1")
+        raise ConfigError("--steps must be >= 1")
     if not args.data and not args.from_topic:
-        return fail(2, "no data: give --data PATH... and/or --from-topic TOPIC")
+        raise ConfigError("no data: give --data PATH... and/or --from-topic TOPIC")
     data = list(args.data)
     for topic in args.from_topic:
         try:
             data.append(_topic_tape(args, topic))
         except (ValueError, OSError, RuntimeError) as exc:
-            return fail(1, f"reading topic {topic!r} from {args.brokers}: {exc}")
+            raise StartupError(f"reading topic {topic!r} from {args.brokers}: {exc}") from exc
     config = TrainConfig(lookback=args.lookback, horizon=args.horizon, lr=args.lr, steps=args.steps,
                          epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
                          precision=args.precision, teacher_forcing=args.teacher_forcing, device=args.device,
@@ -138,13 +140,6 @@ def main(args: argparse.Namespace) -> int:
                           train=args.train, val=args.val, test=args.test, out_dir=args.out, resume=args.resume,
                           stop=stop, drop_bad_rows=args.drop_bad_rows, base_tokenizer=args.base_tokenizer,
                           version=args.version)
-    except TrainingInterrupted as exc:
-        print(f"kronos-rt finetune: {exc}; rerun the same command with --resume to continue", file=sys.stderr)
-        return 130
-    except (DataError, ValueError) as exc:  # bad flags, bad data, a base that does not fit
-        return fail(2, str(exc))
-    except (RegistryError, CheckpointError, FileNotFoundError, OSError, RuntimeError) as exc:
-        return fail(1, f"{type(exc).__name__}: {exc}" if not isinstance(exc, RegistryError) else str(exc))
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     mv = result.version

@@ -10,7 +10,8 @@
     kronos-rt models compare NAME@A NAME@B [--brokers B --scores-topic T | --from SCORES.jsonl] [--json]
 
 --registry ROOT (before or after the action) overrides $KRONOS_RT_REGISTRY / ~/.kronos-rt/registry.
-Exit codes: 0 ok, 1 failure (including a failed verify), 2 usage error.
+Exit codes: 0 ok, 1 failure (including a failed verify or a promote the evidence refuses),
+2 usage error (including a name, version or directory that is not there or not valid).
 """
 from __future__ import annotations
 
@@ -18,9 +19,15 @@ import argparse
 import json
 import sys
 
-from kronos_rt.checkpoint import CheckpointError
-from kronos_rt.registry import ModelVersion, Registry, RegistryError, VerifyReport
+from kronos_rt.registry import ModelVersion, Registry, VerifyReport
+from worker.errors import ConfigError
 from worker.tools.tables import format_columns
+
+# Errors are printed by worker/cli/errors.py: a RegistryError (a name, version or directory
+# that is not there or not valid), a CheckpointError and a ValueError (promote --if-better-than:
+# an unknown metric, a report without the versions, bad JSON) exit 2; other failures exit 1.
+USAGE_ERRORS = (ValueError,)
+FAILURE_ERRORS = (OSError, RuntimeError)
 
 
 def _add_registry_flag(parser: argparse.ArgumentParser, default) -> None:
@@ -226,12 +233,8 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         from worker import security
 
-        try:
-            scores = asyncio.run(compare.read_scores(args.brokers, args.scores_topic, args.timeout_s,
-                                                     security.from_args(args)))
-        except (RuntimeError, TimeoutError) as exc:
-            print(f"kronos-rt models compare: error: {exc}", file=sys.stderr)
-            return 1
+        scores = asyncio.run(compare.read_scores(args.brokers, args.scores_topic, args.timeout_s,
+                                                 security.from_args(args)))
     result = compare.compare(scores, args.a, args.b, common=not args.all_scores)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -260,20 +263,10 @@ def _evidence(args: argparse.Namespace, reg: Registry) -> tuple[bool, str]:
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "action", None) == "promote":
         if (args.if_better_than is None) != (args.on is None):
-            print("kronos-rt models promote: error: --if-better-than and --on go together", file=sys.stderr)
-            return 2
+            raise ConfigError("--if-better-than and --on go together")
         if args.margin < 0:
-            print("kronos-rt models promote: error: --margin must be >= 0", file=sys.stderr)
-            return 2
-    reg = Registry(args.registry)
-    try:
-        return _run(args, reg)
-    except (RegistryError, CheckpointError, FileNotFoundError, OSError) as exc:
-        print(f"kronos-rt models {args.action}: error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # promote --if-better-than: unknown metric, a report without the versions, bad JSON
-        print(f"kronos-rt models {args.action}: error: {exc}", file=sys.stderr)
-        return 2
+            raise ConfigError("--margin must be >= 0")
+    return _run(args, Registry(args.registry))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -37,6 +36,7 @@ from worker import events
 from worker.tools import TAPE
 from worker.tools.tables import format_columns
 from worker.config import ModelRef, Settings
+from worker.errors import ConfigError
 from worker.kafka import ensure_topics, make_producer
 from worker.tools.tape import fan_out, read_tape
 from worker.windows import WindowStore
@@ -346,8 +346,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.bursts < 1 or args.warmup_bursts < 0 or args.symbols < 1:
-        print("--bursts and --symbols must be >= 1, --warmup-bursts >= 0", file=sys.stderr)
-        return 2
+        raise ConfigError("--bursts and --symbols must be >= 1, --warmup-bursts >= 0")
     load_before = os.getloadavg()[0]
     result = asyncio.run(run_bench(args))
     import torch

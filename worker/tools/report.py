@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 
 from worker import security
+from worker.errors import StartupError
 from worker.events import InvalidEvent, identity_of, parse_time
 from worker.tools.tables import format_table
 
@@ -595,8 +596,7 @@ def main(args: argparse.Namespace) -> int:
     except (RuntimeError, TimeoutError) as exc:  # a missing topic, a read that did not finish
         if type(exc).__module__.startswith("aiokafka"):
             raise  # an unreachable broker: `kronos-rt`'s error printer says what to do
-        print(f"kronos-rt report: error: {exc}", file=sys.stderr)
-        return 1
+        raise StartupError(str(exc)) from exc  # printed by worker/cli/errors.py, exit 1
     # (an unreachable broker reaches `kronos-rt`'s error printer: one line and what to do)
     context = {"brokers": args.brokers, "forecasts topic": args.forecasts_topic, "bars topic": args.bars_topic,
                "generated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

@@ -141,8 +141,10 @@ def test_finetune_bad_input_one_line_errors(tmp_path, capsys):
     (base / "tokenizer" / "config.json").write_text(json.dumps({**cfg, "s1_bits": 8}))
     rc, line = _one_line_error(capsys, *common, "--base", str(base), "--data", TAPE)
     assert rc == 2 and "the tokenizer does not fit the model (s1_bits: model 10 vs tokenizer 8)" in line
+    # An unknown registry version is a usage error in every command (worker/cli/errors.py): exit 2.
     rc, line = _one_line_error(capsys, *common, "--base", "nosuch@1.0.0", "--data", TAPE)
-    assert rc == 1 and "no model named 'nosuch'" in line
+    assert rc == 2 and "no model named 'nosuch'" in line
+    assert line.startswith("kronos-rt finetune: error: ")
 
 
 @pytest.mark.slow

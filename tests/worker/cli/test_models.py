@@ -52,21 +52,34 @@ def test_round_trip(tmp_path, capsys):
     assert rc == 0 and report["ok"] and report["version"] == "1.0.0"
 
 
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def test_failures_exit_nonzero_with_a_message(tmp_path, capsys):
+    """A name, version or directory that is not there or not valid (RegistryError) is a usage
+    error: exit 2 and one line from the shared printer (worker/cli/errors.py), as in every command."""
     root = str(tmp_path / "reg")
     rc, _, err = run(capsys, "--registry", root, "import", "m", MODEL, str(tmp_path / "missing"))
-    assert rc == 1 and "error: tokenizer directory" in err and "does not exist" in err
+    assert rc == 2 and "kronos-rt models import: error: tokenizer directory" in err and "does not exist" in err
+    assert _one_line(err).startswith("kronos-rt models import: error: tokenizer directory")
 
     rc, _, err = run(capsys, "--registry", root, "import", "m", MODEL, TOKENIZER, "--version", "1.0")
-    assert rc == 1 and "invalid version '1.0'" in err
+    assert rc == 2 and "invalid version '1.0'" in err
+    assert _one_line(err).startswith("kronos-rt models import: error: invalid version '1.0'")
 
     run(capsys, "--registry", root, "import", "m", MODEL, TOKENIZER)
     rc, _, err = run(capsys, "--registry", root, "rollback", "m")
-    assert rc == 1 and "cannot roll back m" in err
+    assert rc == 2 and "cannot roll back m" in err
+    assert _one_line(err) == "kronos-rt models rollback: error: cannot roll back m: 0.1.0 is its oldest version"
     rc, _, err = run(capsys, "--registry", root, "promote", "m", "9.0.0")
-    assert rc == 1 and "m has no version 9.0.0" in err
+    assert rc == 2 and "m has no version 9.0.0" in err
+    assert _one_line(err) == "kronos-rt models promote: error: m has no version 9.0.0 (versions: 0.1.0)"
     rc, _, err = run(capsys, "--registry", root, "verify", "nothing")
-    assert rc == 1 and "no model named 'nothing'" in err
+    assert rc == 2 and "no model named 'nothing'" in err
+    assert _one_line(err) == f"kronos-rt models verify: error: no model named 'nothing' in registry {root} (known: m)"
 
     # A corrupt file makes verify exit 1 and name the file.
     weights = Path(root) / "m" / "0.1.0" / "model" / "model.safetensors"

@@ -46,8 +46,11 @@ def test_bench_stream_measures_every_burst(broker, redis_url):
 
 
 def test_bench_stream_rejects_bad_counts(capsys):
-    assert bench_stream.main(_args(bursts=0)) == 2
-    assert "--bursts" in capsys.readouterr().err
+    from worker.cli import main
+
+    assert main(["bench-stream", "--bursts", "0"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["kronos-rt bench-stream: error: --bursts and --symbols must be >= 1, --warmup-bursts >= 0"]
 
 
 def test_bench_stream_with_a_shadow_model(broker, redis_url):
