@@ -35,6 +35,16 @@ class Backoff:
         return min(self.cap_s, self.base_s * 2 ** min(attempt, 30))
 
 
+def latency_ms(it: Ready, queue_wait_s: float, started: float, finished: float) -> dict:
+    """A forecast's latency figures (forecast.v1 latency_ms): "total" runs up to now."""
+    return {
+        "broker_to_received": (it.received - it.kafka_ts) * 1000,
+        "queue_wait": queue_wait_s * 1000,
+        "inference": (finished - started) * 1000,
+        "total": (time.time() - it.kafka_ts) * 1000,
+    }
+
+
 class ForecastDoc:
     """Builds the forecast.v1 document of a ready item from the worker's settings."""
 
@@ -149,21 +159,27 @@ class Publisher:
                         on_reject=smaller if self.dlq_max_bytes > SMALL_DLQ_BYTES else None)
 
     async def forecasts_of(self, topic: str, batch: Batch) -> None:
-        """Publish each item's forecast (built by forecast_doc) with its latency figures."""
+        """Publish each item's forecast with its latency figures; the acks gate commits."""
         self.metrics.batch_size.observe(len(batch.items))
         self.metrics.stage_latency.labels(stage="inference").observe(batch.finished - batch.started)
         for it, enqueued, (fc, ref) in zip(batch.items, batch.enqueued, batch.results):
             self.metrics.stage_latency.labels(stage="queue").observe(max(0.0, batch.started - enqueued))
-            latency = {
-                "broker_to_received": (it.received - it.kafka_ts) * 1000,
-                "queue_wait": (batch.started - enqueued) * 1000,
-                "inference": (batch.finished - batch.started) * 1000,
-                "total": (time.time() - it.kafka_ts) * 1000,
-            }
-            doc = self.forecast_doc(it, fc, ref, latency)
-            doc["batch_size"] = len(batch.items)
-            await self.send(topic, it.bar.symbol.encode(), events.dumps(doc), None, it.partition, it.offset,
-                            on_ack=self._forecast_acked(it, batch.finished), on_reject=self._forecast_refused(it))
+            latency = latency_ms(it, batch.started - enqueued, batch.started, batch.finished)
+            await self.forecast(topic, it, fc, ref, latency, len(batch.items), it.partition,
+                                on_ack=self._forecast_acked(it, batch.finished), on_reject=self._forecast_refused(it))
+
+    async def forecast(self, topic: str, it: Ready, fc, ref, latency: dict, batch_size: int,
+                       state: PartitionState | None, *, on_ack: Callable[[], None],
+                       on_reject: Callable[[BaseException], Awaitable[None]], shadow: bool = False) -> None:
+        """Send one item's forecast.v1 (built by forecast_doc). The primary's (forecasts_of) pass
+        the item's partition state, so the ack gates the commit; a shadow model's pass None and
+        `shadow=True` (worker/shadow.py: it gates nothing and feeds none of the primary's metrics)."""
+        doc = self.forecast_doc(it, fc, ref, latency)
+        doc["batch_size"] = batch_size
+        if shadow:
+            doc["shadow"] = True
+        await self.send(topic, it.bar.symbol.encode(), events.dumps(doc), None, state, it.offset,
+                        on_ack=on_ack, on_reject=on_reject)
 
     def _forecast_refused(self, it: Ready):
         async def refused(err: BaseException) -> None:

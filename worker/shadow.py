@@ -30,10 +30,10 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter
 
-from worker import events
 from worker.config import ModelRef, Settings, is_registry_spec
 from worker.errors import ConfigError
 from worker.inference import Inference, build_engine
+from worker.publish import latency_ms
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,15 @@ class Shadows:
     """Queues the primary's windows for the shadow models and runs them when the engine is idle."""
 
     def __init__(self, models: list[ShadowModel], settings: Settings, *, batcher, primary: Inference,
-                 publisher_of, forecast_doc, scoring, registry: CollectorRegistry):
+                 publisher_of, scoring, registry: CollectorRegistry, forecast_doc=None):
+        # forecast_doc: not used (shadow documents are built by the Publisher's ForecastDoc, as the
+        # primary's are); accepted until worker/assembly.py stops passing one.
         self.models = models
         self.topic = shadow_topic(settings.forecasts_topic)
         self.max_queue = settings.shadow_max_queue
         self.batcher = batcher
         self.primary = primary
-        self.publisher_of = publisher_of    # () -> Publisher
-        self.forecast_doc = forecast_doc    # ForecastDoc
+        self.publisher_of = publisher_of    # () -> Publisher: its ForecastDoc builds the shadow documents
         self.scoring = scoring              # LiveScoring or None
         self.metrics = ShadowMetrics(registry)
         self._queue: collections.deque = collections.deque()  # (items, handed over at)
@@ -173,6 +174,7 @@ class Shadows:
 
     async def _publish(self, m: ShadowModel, items, results, handed: float, started: float,
                        finished: float) -> None:
+        """Through the primary's Publisher.forecast, with no partition state: gates no commit."""
         pub = self.publisher_of()
         quality = self.scoring.quality if self.scoring is not None else None
         stored = []
@@ -182,16 +184,10 @@ class Shadows:
                 rec = quality.record(it.bar.symbol, it.bar.ts, it.horizon, it.values, fc, ref)
                 rec.cal_q, rec.cal_n, rec.cal_group, rec.shadow = None, 0, "", True
                 stored.append((rec, it))
-            latency = {"broker_to_received": (it.received - it.kafka_ts) * 1000,
-                       "queue_wait": max(0.0, started - handed) * 1000,
-                       "inference": (finished - started) * 1000,
-                       "total": (time.time() - it.kafka_ts) * 1000}
-            doc = self.forecast_doc(dataclasses.replace(it, quality=rec), fc, ref, latency)
-            doc["batch_size"] = len(items)
-            doc["shadow"] = True
-            await pub.send(self.topic, it.bar.symbol.encode(), events.dumps(doc), None, None, 0,
-                           on_ack=self.metrics.forecasts.labels(ref.name, ref.version).inc,
-                           on_reject=self._refused(ref))
+            await pub.forecast(self.topic, dataclasses.replace(it, quality=rec), fc, ref,
+                               latency_ms(it, max(0.0, started - handed), started, finished), len(items), None,
+                               on_ack=self.metrics.forecasts.labels(ref.name, ref.version).inc,
+                               on_reject=self._refused(ref), shadow=True)
         if stored:
             await self._score(stored)
 

@@ -66,7 +66,7 @@ def _shadows(queued: int, max_queue: int) -> Shadows:
     models = [ShadowModel(ModelRef("x", "m", v), SimpleNamespace(keep_paths=False)) for v in ("0.2.0", "0.3.0")]
     settings = SimpleNamespace(forecasts_topic="fc", shadow_max_queue=max_queue)
     return Shadows(models, settings, batcher=batcher, primary=SimpleNamespace(keep_paths=True),
-                   publisher_of=lambda: None, forecast_doc=None, scoring=None, registry=CollectorRegistry())
+                   publisher_of=lambda: None, scoring=None, registry=CollectorRegistry())
 
 
 def _batch(n: int, failed: int = 0):
@@ -88,3 +88,113 @@ async def test_windows_are_skipped_and_counted_per_version_under_backpressure_or
     assert skipped(sh, "0.2.0", "backpressure") == skipped(sh, "0.3.0", "backpressure") == 1
     assert sh.pending == 3
     assert all(m.inference.keep_paths for m in sh.models)  # CRPS from paths, as the primary
+
+
+# ------------------------------------------------ shadow sends: the primary's Publisher path
+import asyncio  # noqa: E402
+import datetime as _dt  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from tests.worker.test_publish import ScriptedProducer, SizeLimitedProducer, until  # noqa: E402
+from worker import events  # noqa: E402
+from worker.batcher import Batch  # noqa: E402
+from worker.ingest import Ready  # noqa: E402
+from worker.metrics import WorkerMetrics  # noqa: E402
+from worker.partition import PartitionState  # noqa: E402
+from worker.publish import Backoff, ForecastDoc, Publisher  # noqa: E402
+
+_SETTINGS = SimpleNamespace(interval_td=_dt.timedelta(minutes=5), worker_id="w1", temperature=1.0, top_k=0,
+                            top_p=0.9, sample_count=1, lookback=4, pred_len=2)
+
+
+def _ready(st: PartitionState, offset: int, symbol: str) -> Ready:
+    t = _dt.datetime(2024, 1, 2, 9, 35)
+    bar = events.Bar(symbol, t.isoformat(), t, 10.0, 10.5, 9.5, 10.0, 100.0, None)
+    return Ready(bar, st, offset, symbol.encode(), b"{}", kafka_ts=1000.0, received=1000.25,
+                 values=np.full((4, 6), 10.0), times=np.array([t] * 4, dtype="datetime64[s]"),
+                 horizon=[t + _dt.timedelta(minutes=5 * k) for k in (1, 2)])
+
+
+def _fc():
+    return SimpleNamespace(mean=np.full((2, 6), 10.1), quantiles={0.1: np.full((2, 6), 9.9), 0.9: np.full((2, 6), 10.3)},
+                           paths=None)
+
+
+def _publisher(producer) -> Publisher:
+    return Publisher(producer, metrics=WorkerMetrics(), forecast_doc=ForecastDoc(_SETTINGS),
+                     backoff=Backoff(0.001, 0.004), closed=lambda p: p.closed)
+
+
+def _shadows_on(pub: Publisher) -> Shadows:
+    models = [ShadowModel(ModelRef("x", "m", "0.2.0"), SimpleNamespace(keep_paths=False))]
+    settings = SimpleNamespace(forecasts_topic="fc", shadow_max_queue=8)
+    return Shadows(models, settings, batcher=SimpleNamespace(queued=0), primary=SimpleNamespace(keep_paths=False),
+                   publisher_of=lambda: pub, scoring=None, registry=CollectorRegistry())
+
+
+async def test_shadow_forecasts_go_through_the_primarys_publisher_and_gate_no_commit():
+    producer = ScriptedProducer(failures=1)  # the first send is retried, as the primary's are
+    pub = _publisher(producer)
+    sh = _shadows_on(pub)
+    st = PartitionState(SimpleNamespace(topic="bars", partition=3))
+    items = [_ready(st, 40, "AAA"), _ready(st, 41, "BBB")]
+    for it in items:
+        st.offsets.add(it.offset)  # the primary's own work for these bars, still pending
+    shadow_ref = ModelRef("x", "m", "0.2.0")
+    await sh._publish(sh.models[0], items, [(_fc(), shadow_ref)] * 2, handed=100.0, started=100.5, finished=100.75)
+    acked = sh.metrics.forecasts.labels("m", "0.2.0")
+    await until(lambda: acked._value.get() == 2)
+    assert sorted((s[0], s[1]) for s in producer.sent) == [("fc.shadow", b"AAA")] * 2 + [("fc.shadow", b"BBB")]
+    assert producer.sent[0][2] == next(s[2] for s in producer.sent[1:] if s[1] == b"AAA")  # the same message again
+    docs = [events.loads(next(s[2] for s in producer.sent if s[1] == k)) for k in (b"AAA", b"BBB")]
+    # Gates no commit: the shadow's acks leave the primary's pending work for these bars alone.
+    assert st.offsets.committable() == 40 and st.offsets.outstanding() == 2
+    # The primary's path for the very same items: one ForecastDoc, one send; the shadow's differ in its
+    # flag, its model and its latency figures only.
+    primary = ScriptedProducer(failures=0)
+    ppub = _publisher(primary)
+    await ppub.forecasts_of("fc", Batch(items, [100.0, 100.0], 100.5, 100.75, [(_fc(), ModelRef("x", "m", "0.1.0"))] * 2))
+    await until(lambda: ppub.forecasts == 2)
+    for doc, (topic, _, value, _) in zip(docs, primary.sent):
+        want = events.loads(value)
+        assert topic == "fc" and "shadow" not in want
+        assert doc.pop("shadow") is True and doc["batch_size"] == want["batch_size"] == 2
+        assert doc.pop("model") == {"name": "m", "version": "0.2.0"} and want.pop("model")["version"] == "0.1.0"
+        lat, want_lat = doc.pop("latency_ms"), want.pop("latency_ms")
+        assert lat["queue_wait"] == want_lat["queue_wait"] == 500.0 and lat["inference"] == 250.0
+        assert lat["broker_to_received"] == 250.0 and lat["total"] > 0
+        doc.pop("produced_at", None), want.pop("produced_at", None)
+        assert doc == want
+    assert st.offsets.committable() == 42 and st.offsets.outstanding() == 0  # the primary's acks did
+    # The shadow fed none of the primary's figures.
+    assert pub.forecasts == 0 and pub.metrics.forecasts._value.get() == 0
+    assert pub.metrics.e2e_latency._sum.get() == 0 and pub.metrics.batch_size._sum.get() == 0
+
+
+async def test_a_shadow_send_leaves_the_primarys_pending_offsets_alone_and_never_waits():
+    pub = _publisher(ScriptedProducer(failures=0))
+    sh = _shadows_on(pub)
+    st = PartitionState(SimpleNamespace(topic="bars", partition=0))
+    st.offsets.add(7)
+    await sh._publish(sh.models[0], [_ready(st, 7, "AAA")], [(_fc(), ModelRef("x", "m", "0.2.0"))],
+                      handed=10.0, started=9.0, finished=9.5)  # handed after it started: no negative wait
+    await until(lambda: sh.metrics.forecasts.labels("m", "0.2.0")._value.get() == 1)
+    assert st.offsets.outstanding() == 1 and st.offsets.committable() == 7
+    doc = events.loads(pub.producer.sent[0][2])
+    assert doc["latency_ms"]["queue_wait"] == 0.0 and doc["shadow"] is True
+
+
+async def test_a_shadow_forecast_the_broker_refuses_is_counted_not_dead_lettered():
+    producer = SizeLimitedProducer(limit=100)
+    pub = _publisher(producer)
+    sh = _shadows_on(pub)
+    st = PartitionState(SimpleNamespace(topic="bars", partition=0))
+    await sh._publish(sh.models[0], [_ready(st, 5, "AAA")], [(_fc(), ModelRef("x", "m", "0.2.0"))],
+                      handed=1.0, started=1.0, finished=1.5)
+    errors = sh.metrics.errors.labels("m", "0.2.0")
+    await until(lambda: errors._value.get() == 1)
+    await asyncio.sleep(0.01)
+    assert producer.refused == 1 and producer.sent == []  # no DLQ copy of the primary's bar
+    assert pub.dead_letters == 0 and st.offsets.committable() is None  # no work added for the bar, none done
+    assert sh.metrics.forecasts.labels("m", "0.2.0")._value.get() == 0
