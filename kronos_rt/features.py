@@ -26,15 +26,26 @@ def fill_missing(bars: np.ndarray) -> np.ndarray:
     return out
 
 
-def normalize(x: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def normalize(x: np.ndarray, clip: float, stats_rows: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-column z-score over the window in float32 (population std), clipped.
 
     Column-major, as a pandas DataFrame's .values is in the reference: float32 column sums
-    then run in the same order, so a last-bit difference cannot flip a greedy token."""
+    then run in the same order, so a last-bit difference cannot flip a greedy token.
+
+    stats_rows: take the mean and std from the first `stats_rows` rows only and apply them
+    to every row (training: a lookback + horizon window with its lookback's statistics, the
+    same numbers inference gets from the lookback alone). None: all rows (inference)."""
     x = np.asfortranarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise ValueError("input contains NaN or infinite values")
-    mean, std = np.mean(x, axis=0), np.std(x, axis=0)
+    if stats_rows is None:
+        head = x
+    elif 1 <= stats_rows <= len(x):
+        head = x[:stats_rows]  # a row slice of a column-major array: columns stay contiguous
+    else:
+        raise ValueError(f"stats_rows must be in 1..{len(x)}, got {stats_rows}")
+    mean, std = np.mean(head, axis=0), np.std(head, axis=0)
     return np.clip((x - mean) / (std + EPS), -clip, clip), mean, std
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..features import COLUMNS, EPS, PRICE_COLUMNS, fill_missing, time_features
+from ..features import COLUMNS, PRICE_COLUMNS, fill_missing, normalize, time_features
 from ..registry import file_sha256
 
 TIME_COLUMNS = ("timestamps", "timestamp", "ts", "time", "date", "datetime")
@@ -276,15 +276,6 @@ def default_splits(tapes: TapeSet, train: str | None, val: str | None, test: str
 
 # -- windows -----------------------------------------------------------------------------
 
-def normalize_window(bars: np.ndarray, lookback: int, clip: float = CLIP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalize a whole window with the mean and population std of its first `lookback`
-    rows only (the horizon must not leak into its own inputs), then clip. float32."""
-    x = np.asarray(bars, dtype=np.float32)
-    head = x[:lookback]
-    mean, std = head.mean(axis=0), head.std(axis=0)
-    return np.clip((x - mean) / (std + EPS), -clip, clip), mean, std
-
-
 @dataclass(frozen=True)
 class WindowRef:
     series: int
@@ -304,6 +295,8 @@ def window_starts(series: Series, interval: Interval, length: int, stride: int =
 class WindowDataset(torch.utils.data.Dataset):
     """Windows of lookback + horizon rows inside one split, as the loss functions take them:
     {"x": float32 [T, 6] normalized with lookback statistics, "x_stamp": int64 [T, 5]}.
+    The normalization is inference's (kronos_rt.features.normalize) with stats_rows=lookback:
+    the lookback rows come out exactly as a forecast from them would see them.
 
     All start positions are listed; a shuffling sampler then draws windows at random
     positions inside the split, as the reference does."""
@@ -333,7 +326,7 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         ref = self.refs[k]
         sl = slice(ref.start, ref.start + self.length)
-        x, _, _ = normalize_window(self.series[ref.series].bars[sl], self.lookback, self.clip)
+        x, _, _ = normalize(self.series[ref.series].bars[sl], self.clip, stats_rows=self.lookback)
         return {"x": torch.from_numpy(np.ascontiguousarray(x)),
                 "x_stamp": torch.from_numpy(self.series[ref.series].stamps[sl])}
 

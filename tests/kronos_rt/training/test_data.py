@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kronos_rt.training.data import (DataError, WindowDataset, default_splits, load_tapes, normalize_window,
-                                     parse_range)
+from kronos_rt.features import normalize
+from kronos_rt.training.data import CLIP, DataError, WindowDataset, default_splits, load_tapes, parse_range
 
 from .conftest import make_tape
 
@@ -24,16 +24,27 @@ def test_normalization_uses_lookback_rows_only(tape):
     # Any change to the horizon rows leaves every lookback value as it was: no future row enters.
     future_changed = bars.copy()
     future_changed[32:] *= 1000.0
-    a, mean_a, std_a = normalize_window(bars, 32)
-    b, mean_b, std_b = normalize_window(future_changed, 32)
+    a, mean_a, std_a = normalize(bars, CLIP, stats_rows=32)
+    b, mean_b, std_b = normalize(future_changed, CLIP, stats_rows=32)
     np.testing.assert_array_equal(a[:32], b[:32])
     np.testing.assert_array_equal(mean_a, mean_b)
     np.testing.assert_array_equal(std_a, std_b)
     np.testing.assert_array_equal(a, item["x"].numpy())
-    # ...and the statistics are those of the lookback rows, computed independently here.
-    head = bars[:32].astype(np.float32)
-    expected = np.clip((bars.astype(np.float32) - head.mean(0)) / (head.std(0) + 1e-5), -5, 5)
+    # ...and the statistics are those of the lookback rows, computed independently here as
+    # docs/MODEL.md describes them: column by column in float32, mean and population std
+    # over the 32 lookback rows, (x - mean) / (std + 1e-5) on every row, clipped to +-5.
+    expected = np.empty((40, 6), np.float32)
+    for j in range(6):
+        col = bars[:32, j].astype(np.float32)
+        m = col.sum(dtype=np.float32) / np.float32(32)
+        sd = np.sqrt(((col - m) ** 2).sum(dtype=np.float32) / np.float32(32))
+        expected[:, j] = np.clip((bars[:, j].astype(np.float32) - m) / (sd + np.float32(1e-5)), -5, 5)
     np.testing.assert_allclose(a, expected, rtol=1e-6, atol=1e-6)
+    # One normalization: the lookback rows are exactly what inference makes of the lookback alone.
+    inf, mean_inf, std_inf = normalize(bars[:32], CLIP)
+    np.testing.assert_array_equal(a[:32], inf)
+    np.testing.assert_array_equal(mean_a, mean_inf)
+    np.testing.assert_array_equal(std_a, std_inf)
 
 
 def test_windows_stay_inside_their_split(tape):
@@ -47,6 +58,14 @@ def test_windows_stay_inside_their_split(tape):
     train = WindowDataset(tapes, splits["train"], 16, 4)
     val = WindowDataset(tapes, splits["val"], 16, 4)
     assert train.time_range()[1] < val.time_range()[0]
+
+
+def test_stats_rows_must_be_rows_of_the_window():
+    bars = np.arange(1.0, 25.0).reshape(4, 6)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="stats_rows must be in 1..4"):
+            normalize(bars, CLIP, stats_rows=bad)
+    np.testing.assert_array_equal(normalize(bars, CLIP, stats_rows=4)[0], normalize(bars, CLIP)[0])
 
 
 def test_time_features_once_per_series(tape, monkeypatch):
