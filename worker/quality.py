@@ -2,7 +2,8 @@
 
 Every published forecast is kept in Redis under its symbol's hash tag (worker/keys.py)
 until newer forecasts push it out (the newest `keep` per symbol, enough to cover every
-horizon step). Each horizon step is indexed by its bar time in a `due` sorted set. A
+horizon step), with its steps and their scoring marks; one older than those is not kept, nor
+scored. Each horizon step is indexed by its bar time in a `due` sorted set. A
 step is scored exactly once per realized value, decided atomically in Lua:
 
 - when a bar arrives, the claim script (pipelined with the window upsert, so no extra
@@ -72,23 +73,31 @@ return out
 
 # KEYS: fc, fcidx, due, scored. ARGV: id, as_of epoch, record, keep, P, P step epochs,
 # then (step, close, offset) triples for steps whose bars are already known.
+# A forecast pushed out takes all its keys along: its record, its index entry, every step of
+# it in due (however many it had: --pred-len may have changed since it was stored) and their
+# scoring marks. One older than the newest `keep` (a redelivery or a lagging shadow) is
+# pushed out at once: not stored, so its known steps are neither marked nor claimed.
 _STORE_LUA = _MARK_LUA + """
 local id, P, keep = ARGV[1], tonumber(ARGV[5]), tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], id, ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], id)
 for h = 1, P do redis.call('ZADD', KEYS[3], ARGV[5 + h], id .. '#' .. h) end
 local n = redis.call('ZCARD', KEYS[2])
+local dropped = false
 if n > keep then
   for _, old in ipairs(redis.call('ZRANGE', KEYS[2], 0, n - keep - 1)) do
     redis.call('HDEL', KEYS[1], old)
-    for h = 1, P do
-      redis.call('ZREM', KEYS[3], old .. '#' .. h)
+    local h = 1
+    while redis.call('ZREM', KEYS[3], old .. '#' .. h) == 1 or h <= P do
       redis.call('HDEL', KEYS[4], old .. '#' .. h)
+      h = h + 1
     end
+    if old == id then dropped = true end
   end
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - keep - 1)
 end
 local out = {}
+if dropped then return out end
 local i = 6 + P
 while i + 2 <= #ARGV do
   local m = id .. '#' .. ARGV[i]

@@ -142,3 +142,67 @@ def test_calibration_pools_follow_the_session_map_rules_and_stay_lenient():
     assert quality(_NoScripts(), "p").group_of("X") == "all"              # the default: one pool
     assert quality(_NoScripts(), "p", groups="mine").group_of("X") == "mine"  # bare NAME = *=NAME
     assert q.calibrator("MSFT") == ("pool:all", None)
+
+
+async def _leftovers(client, keys: RedisKeys, symbol: str) -> dict:
+    """What the stored-forecast keys of a symbol hold for forecasts no longer stored."""
+    fc, fcidx, due, scored = keys.forecasts(symbol)
+    ids = {m.decode() for m in await client.zrange(fcidx, 0, -1)}
+    records = {f.decode() for f in await client.hkeys(fc)}
+    steps = {m.decode() for m in await client.zrange(due, 0, -1)}
+    marks = {f.decode() for f in await client.hkeys(scored)}
+    of = lambda members: {m for m in members if m.rpartition("#")[0] not in ids}  # noqa: E731
+    return {"records": records ^ ids, "due": of(steps), "marks": of(marks), "stored": len(ids)}
+
+
+async def _store(q, as_of, win=None):
+    horizon = [as_of + STEP * k for k in range(1, q.pred_len + 1)]
+    rec = q.record("AAA", as_of.isoformat(), horizon, window_of([10.0, 10.0]),
+                   SimpleNamespace(mean=np.full((q.pred_len, 6), 10.5), quantiles={}, paths=None),
+                   SimpleNamespace(name="m", version="1"))
+    [claims] = await q.store([(rec, horizon, win)])
+    return horizon, claims
+
+
+NOTHING_LEFT = {"records": set(), "due": set(), "marks": set(), "stored": 22}
+
+
+async def test_forecasts_pushed_out_take_every_step_and_mark_along_even_of_a_longer_horizon(client, redis_prefix):
+    keys = RedisKeys(redis_prefix)
+    # A deployment with a longer horizon stores forecasts whose every step gets scored ...
+    long = quality(client, redis_prefix, pred_len=5)
+    for i in range(3):
+        horizon, _ = await _store(long, T0 + STEP * i)
+        for k, t in enumerate(horizon):
+            await claim(long, "AAA", t, 10.0 + k, 10 * i + k)
+    # ... then one with P=3 pushes them out (it keeps the newest 2 * 3 + 16), each step scored as it goes.
+    q = quality(client, redis_prefix)
+    assert q.keep == 22
+    for i in range(3, 3 + 30):
+        horizon, _ = await _store(q, T0 + STEP * i)
+        await claim(q, "AAA", horizon[0], 11.0, 1000 + i)
+    assert await _leftovers(client, keys, "AAA") == NOTHING_LEFT
+
+
+async def test_a_forecast_pushed_out_at_once_is_neither_marked_nor_claimed(client, redis_prefix):
+    keys = RedisKeys(redis_prefix)
+    q = quality(client, redis_prefix)
+    for i in range(10, 10 + 30):
+        horizon, _ = await _store(q, T0 + STEP * i)
+        await claim(q, "AAA", horizon[0], 11.0, 1000 + i)
+    assert await _leftovers(client, keys, "AAA") == NOTHING_LEFT
+    # Older than all those it would join (a redelivery after a long outage), its steps already in the
+    # window: pushed out at once, so nothing is marked, claimed or left behind.
+    late = T0 + STEP * 5
+    times = np.array([late + STEP, late + 2 * STEP], dtype="datetime64[s]")
+    win = SimpleNamespace(times=times, values=window_of([10.1, 10.2]), offsets=np.array([7, 8]))
+    _, claims = await _store(q, late, win)
+    assert claims == []
+    assert await _leftovers(client, keys, "AAA") == NOTHING_LEFT
+    # The newest forecasts are untouched: a kept one still claims its steps once per value.
+    horizon, _ = await _store(q, T0 + STEP * 60)
+    [s] = await claim(q, "AAA", horizon[1], 10.7, 5000)
+    assert (s["kind"], s["step"]) == ("new", 2)
+    [again] = await claim(q, "AAA", horizon[1], 10.7, 5000)
+    assert again["kind"] == "redelivered" and await claim(q, "AAA", horizon[1], 10.7, 5001) == []
+    assert await _leftovers(client, keys, "AAA") == NOTHING_LEFT
