@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..registry import DEFAULT_MAX_CONTEXT
 from .data import DataError, Interval, TapeSet, _iso, window_starts
 
 CLOSE = 3
@@ -150,7 +151,7 @@ class Candidate:
     label: str  # name@version
     model_dir: Path
     tokenizer_dir: Path
-    max_context: int = 512
+    max_context: int = DEFAULT_MAX_CONTEXT  # a registry version's: ModelVersion.max_context
     random_weights: bool = False
 
 
