@@ -61,8 +61,7 @@ def main(args: argparse.Namespace) -> int:
     candidates = []
     for spec in args.model:
         mv = reg.resolve(spec)
-        candidates.append(Candidate(mv.spec, mv.model_dir, mv.tokenizer_dir,
-                                        int(mv.metadata.get("max_context") or 512), mv.random_weights))
+        candidates.append(Candidate(mv.spec, mv.model_dir, mv.tokenizer_dir, mv.max_context, mv.random_weights))
     if len({c.label for c in candidates}) != len(candidates):
         raise ConfigError("the same version is named twice")
     config = EvalConfig(lookback=args.lookback, pred_len=args.pred_len, stride=args.stride,

@@ -145,7 +145,7 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
                             forecasts_topic=TOPICS["forecasts"], dlq_topic=TOPICS["dlq"], redis=redis_server.url,
                             model=f"{mv.name}@latest", tokenizer="auto", registry=str(registry.root),
                             lookback=args.lookback, min_history=args.min_history, pred_len=args.pred_len,
-                            max_context=mv.metadata.get("max_context", 512),
+                            max_context=mv.max_context,
                             sample_count=args.sample_count, top_p=0.9, max_batch=64, max_wait_ms=5.0,
                             metrics_port=0, sessions="ashare", device=args.device, session_timeout_ms=6000)
         worker = Worker(settings)  # loads the model from the registry, follows its `latest`
