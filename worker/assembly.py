@@ -108,8 +108,7 @@ async def start_model(parts: Parts, s, *, shadow_models: list, on_batch) -> None
     await parts.batcher.run_in_thread(parts.inference.warm_up)
     if shadow_models:
         parts.shadows = Shadows(shadow_models, s, batcher=parts.batcher, primary=parts.inference,
-                                publisher_of=lambda: parts.publisher, forecast_doc=ForecastDoc(s),
-                                scoring=parts.scoring, registry=parts.metrics.registry)
+                                publisher_of=lambda: parts.publisher, scoring=parts.scoring, registry=parts.metrics.registry)
         for m in shadow_models:
             await parts.batcher.run_in_thread(m.inference.warm_up)
     parts.health.ready["model_loaded"] = True

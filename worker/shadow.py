@@ -99,9 +99,7 @@ class Shadows:
     """Queues the primary's windows for the shadow models and runs them when the engine is idle."""
 
     def __init__(self, models: list[ShadowModel], settings: Settings, *, batcher, primary: Inference,
-                 publisher_of, scoring, registry: CollectorRegistry, forecast_doc=None):
-        # forecast_doc: not used (shadow documents are built by the Publisher's ForecastDoc, as the
-        # primary's are); accepted until worker/assembly.py stops passing one.
+                 publisher_of, scoring, registry: CollectorRegistry):
         self.models = models
         self.topic = shadow_topic(settings.forecasts_topic)
         self.max_queue = settings.shadow_max_queue
