@@ -42,7 +42,10 @@ def apply_env(parser: argparse.ArgumentParser, environ=None) -> argparse.Argumen
         name = env_name(longs[0])
         shown = action.default
         value = env.get(name)
-        if value is not None:
+        # A SUPPRESS default marks a second copy of a flag (`models --registry X list` and
+        # `models list --registry X`): the environment feeds the first copy only, else it would
+        # overwrite a value given on the command line before the action.
+        if value is not None and action.default is not argparse.SUPPRESS:
             if action.nargs == 0:  # store_true / store_const: a switch
                 if value.strip().lower() in _TRUE:
                     action.default = action.const

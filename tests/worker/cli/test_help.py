@@ -83,11 +83,23 @@ def test_every_flag_of_every_command_comes_from_the_environment():
         for path, action in _options(parser):
             flag = next(o for o in action.option_strings if o.startswith("--"))
             value = samples[env_name(flag)]
+            if action.default is argparse.SUPPRESS:  # a second copy: see the next test
+                continue
             if action.nargs == 0:
                 assert action.default == action.const, (name, flag)
             else:
                 assert action.default == value or action.choices, (name, flag, action.default)
                 assert not action.required, (name, flag)
+
+
+def test_a_flag_given_before_the_action_beats_the_environment(monkeypatch):
+    """`models --registry X ACTION`: the flag's second copy (after the action) must not bring
+    the environment back over X; the environment still applies when neither copy is given."""
+    monkeypatch.setenv("KRONOS_RT_REGISTRY", "/from-env")
+    parse = command_parser("models").parse_args
+    assert parse(["--registry", "/before", "list"]).registry == "/before"
+    assert parse(["list", "--registry", "/after"]).registry == "/after"
+    assert parse(["list"]).registry == "/from-env"
 
 
 def _raw_parser(name: str) -> argparse.ArgumentParser:
