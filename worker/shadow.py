@@ -60,6 +60,18 @@ class ShadowMetrics:
                               lab, registry=registry)
 
 
+def _shadow_metric_names() -> frozenset[str]:
+    from worker.metrics import _metric_names
+
+    registry = CollectorRegistry()
+    ShadowMetrics(registry)
+    return _metric_names(registry)
+
+
+# What --shadow adds to the worker's registry: dashboards may use them.
+SHADOW_METRIC_NAMES: frozenset[str] = _shadow_metric_names()
+
+
 class _ShadowInference(Inference):
     def publish_model(self) -> None:
         pass  # the model gauge names the primary
