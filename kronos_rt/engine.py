@@ -10,7 +10,8 @@ computed once. `Engine.forecast_arrays` runs named stages over one `_Generation`
   runs one position per row against the cached keys/values (kronos_rt/decode.py);
 - windowed step: once a window slides, positions shift and the step is recomputed over the
   window (exact, like the reference);
-- detokenize: each row's last tokens back to normalized rows, averaged over paths.
+- detokenize: each row's last tokens back to normalized rows, averaged over paths (the
+  tokenizer's last decoder block computes outputs for the kept positions only).
 
 The s2 head runs for the last position only, against cached dependency keys/values.
 Windows of different lengths share one call: rows are right-padded (causal attention
@@ -113,13 +114,6 @@ class Workspaces:
 
     def release(self) -> None:
         self._buffers.clear()
-
-
-class _WorkspaceCache(KVCache):
-    """A KVCache whose per-layer tensors are views of a kept workspace (KVCache() allocates)."""
-
-    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor]):
-        self.k, self.v = k, v
 
 
 @dataclass
@@ -372,12 +366,16 @@ class Engine:
             g.seq1[at], g.seq2[at] = new1, new2
 
     def _detokenize(self, g: _Generation) -> np.ndarray:
-        """Decode each row's last min(n + P, C) tokens; keep the last P: paths [B, S, P, 6]."""
+        """Decode each row's last min(n + P, C) tokens; keep the last P: paths [B, S, P, 6].
+        Only the positions from the earliest kept one on leave the last decoder block."""
         P = g.P
         total = g.lengths + P
-        idx, wlen = self._window_index(np.maximum(total - self.max_context, 0), total)
-        z = self.decode(g.seq1.gather(1, idx), g.seq2.gather(1, idx))
-        take = (wlen - P)[:, None] + torch.arange(P, device=self.device)[None, :]
+        starts = np.maximum(total - self.max_context, 0)
+        idx, wlen = self._window_index(starts, total)
+        W = int((total - starts).max())
+        first = max(int((total - starts).min()) - P, 0)  # the earliest position any row keeps
+        z = self.decode(g.seq1.gather(1, idx), g.seq2.gather(1, idx), keep=W - first)
+        take = (wlen - P - first)[:, None] + torch.arange(P, device=self.device)[None, :]
         out = z.gather(1, take[..., None].expand(-1, -1, z.shape[-1])).float()
         return out.reshape(g.B, g.S, P, -1).cpu().numpy()
 
@@ -395,10 +393,29 @@ class Engine:
             return parts[0]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-    def decode(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
-        """tokenizer.decode of ids [B, T], in groups of series."""
-        parts = [self.tokenizer.decode(s1[a:b], s2[a:b]) for a, b in self._groups(*s1.shape)]
+    def decode(self, s1: torch.Tensor, s2: torch.Tensor, keep: int | None = None) -> torch.Tensor:
+        """tokenizer.decode of ids [B, T], in groups of series; with `keep`, its last `keep`
+        positions only ([B, keep, d_in], the same bits): the last decoder block then computes
+        the other positions' keys and values, not their outputs, which nothing reads."""
+        if keep is not None and keep >= s1.shape[1]:
+            keep = None
+        parts = [self._decode_part(s1[a:b], s2[a:b], keep) for a, b in self._groups(*s1.shape)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    @torch.no_grad()
+    def _decode_part(self, s1: torch.Tensor, s2: torch.Tensor, keep: int | None) -> torch.Tensor:
+        tok = self.tokenizer
+        if keep is None:
+            return tok.decode(s1, s2)
+        # KronosTokenizer.decode with the last block's outputs cut to `keep` positions.
+        z = tok.post_quant_embed(tok.ids_to_bits(s1, s2, tok.head.weight.dtype))
+        blocks = tok.decoder
+        if not len(blocks):
+            return tok.head(z[:, z.shape[1] - keep:])
+        cos, sin = blocks[0].self_attn.rotary.full_pass(z.shape[1], z.device, z.dtype)
+        for block in blocks[:-1]:
+            z = block(z, cos, sin)
+        return tok.head(blocks[-1](z, cos, sin, keep=keep))
 
     def forward_hidden(self, s1: torch.Tensor, s2: torch.Tensor, stamps: torch.Tensor,
                        cache: KVCache | None = None) -> torch.Tensor:
@@ -410,8 +427,7 @@ class Engine:
         S = 0 if cache is None else cache.k[0].shape[0] // s1.shape[0]
         parts = []
         for a, b in groups:
-            part = None if cache is None else _WorkspaceCache([t[a * S:b * S] for t in cache.k],
-                                                              [t[a * S:b * S] for t in cache.v])
+            part = None if cache is None else cache.rows(a * S, b * S)
             parts.append(self.model.forward_hidden(s1[a:b], s2[a:b], stamps[a:b], cache=part))
         return torch.cat(parts)
 
@@ -421,7 +437,7 @@ class Engine:
         m = self.model
         H = m.n_heads
         kv = self.workspaces.get("kv", (2, m.n_layers, rows, H, T, m.d_model // H), self.dtype)
-        return _WorkspaceCache(list(kv[0]), list(kv[1]))
+        return KVCache(kv[0].unbind(0), kv[1].unbind(0))
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(a)

@@ -98,7 +98,7 @@ class Kronos(PretrainedMixin, nn.Module):
         return self.transformer[0].self_attn.rotary
 
     def new_cache(self, batch: int, max_len: int, device, dtype) -> KVCache:
-        return KVCache(self.n_layers, batch, self.n_heads, max_len, self.d_model // self.n_heads, device, dtype)
+        return KVCache.empty(self.n_layers, batch, self.n_heads, max_len, self.d_model // self.n_heads, device, dtype)
 
     def rope_table(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [n, head_dim] for positions 0..n-1 (Rotary.cos_sin)."""

@@ -79,19 +79,28 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_rot: torch.Tensor) -> tor
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: [rows, H, T_max, head_dim] each.
+    """Keys/values for every layer: `k[i]`, `v[i]` of layer i, each [rows, H, T_max, head_dim].
 
-    Positions are written before they are read: a full pass fills the prefix, each decode
-    step (kronos_rt/decode.py) its own position. Unwritten positions hold arbitrary memory
-    (zeroing every cache cost a pass over it per call); callers whose masked reads can
-    reach them `clear_from` that position first.
+    The tensors are given (e.g. views of a buffer kept between calls, as the engine's
+    workspace) or allocated by `KVCache.empty`. Positions are written before they are read:
+    a full pass fills the prefix, each decode step (kronos_rt/decode.py) its own position.
+    Unwritten positions hold arbitrary memory (zeroing every cache cost a pass over it per
+    call); callers whose masked reads can reach them `clear_from` that position first.
     """
 
-    def __init__(self, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype):
+    def __init__(self, k: list[torch.Tensor], v: list[torch.Tensor]):
+        self.k, self.v = list(k), list(v)
+
+    @classmethod
+    def empty(cls, n_layers: int, batch: int, n_heads: int, max_len: int, head_dim: int,
+              device: torch.device, dtype: torch.dtype) -> KVCache:
         shape = (batch, n_heads, max_len, head_dim)
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        return cls([torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)],
+                   [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)])
+
+    def rows(self, a: int, b: int) -> KVCache:
+        """Rows a..b-1 of every layer (views)."""
+        return KVCache([t[a:b] for t in self.k], [t[a:b] for t in self.v])
 
     def clear_from(self, pos: int) -> None:
         for t in self.k + self.v:
@@ -142,11 +151,12 @@ class Attention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                cache: tuple[torch.Tensor, torch.Tensor] | None = None, keep: int | None = None) -> torch.Tensor:
         """Causal self-attention over positions 0..T-1, filling the first T positions of
         `cache` if given (the decode step that continues from there: kronos_rt/decode.py).
         cos/sin (Rotary.cos_sin) broadcast against [B, T, 2, H, head_dim]: queries and keys
-        are rotated together."""
+        are rotated together. `keep`: the output of the last `keep` positions only
+        ([B, keep, d]); the attention itself is the same call, so those rows are the same bits."""
         B, T, _ = x.shape
         qkv = self.project_qkv(x).view(B, T, 3, self.n_heads, self.head_dim)
         qk = apply_rope(qkv[:, :, :2], cos, sin)
@@ -154,7 +164,8 @@ class Attention(nn.Module):
         if cache is not None:  # (its rows may repeat each of ours: see fill_rows)
             fill_rows(cache[0], k)
             fill_rows(cache[1], v)
-        return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self._merge(y if keep is None else y[:, :, T - keep:])
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,8 +181,11 @@ class TransformerBlock(nn.Module):
         self.norm2 = RMSNorm(d_model)
         self.ffn = FeedForward(d_model, ff_dim)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.self_attn(self.norm1(x), cos, sin, cache)
+    def forward(self, x, cos, sin, cache=None, keep: int | None = None):
+        """`keep`: only the last `keep` positions' outputs (every position's keys and values
+        are still computed): what a caller that needs the last rows only pays for."""
+        a = self.self_attn(self.norm1(x), cos, sin, cache, keep)
+        x = x + a if keep is None else x[:, x.shape[1] - keep:] + a
         return x + self.ffn(self.norm2(x))
 
 

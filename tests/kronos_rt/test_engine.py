@@ -241,3 +241,33 @@ def test_passes_in_groups_of_series_equal_one_pass(parity_pair, tape, lengths, p
     want = whole.forecast_arrays(xs, xst, yst, pred_len, params, return_paths=True)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_decode_keep_is_the_last_rows_of_a_full_decode(engine):
+    """Engine.decode(keep=k): the last decoder block computes the other positions' keys and
+    values only; the kept rows are the full decode's, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    n1, n2 = 2 ** engine.tokenizer.s1_bits, 2 ** engine.tokenizer.s2_bits
+    s1, s2 = torch.randint(0, n1, (3, 37), generator=g), torch.randint(0, n2, (3, 37), generator=g)
+    with torch.inference_mode():
+        full = engine.decode(s1, s2)
+        for keep in (1, 5, 36, 37, 50):
+            got = engine.decode(s1, s2, keep=keep)
+            assert got.shape == (3, min(keep, 37), full.shape[-1])
+            assert torch.equal(got, full[:, -keep:])
+
+
+@pytest.mark.parametrize("lengths,pred_len", [((40, 40), 8), ((12, 40, 52), 6), ((70, 30, 61), 6)])
+def test_detokenize_with_trimmed_decode_equals_full_decode(engine, tape, monkeypatch, lengths, pred_len):
+    """The forecasts (uniform, ragged and sliding windows) are those of a full tokenizer decode."""
+    xs, xst, yst = [], [], []
+    for i, n in enumerate(lengths):
+        a, b, c = _inputs(tape, [100 + 250 * i], n, pred_len)
+        xs, xst, yst = xs + a, xst + b, yst + c
+    got = engine.forecast_arrays(xs, xst, yst, pred_len, GREEDY)[0]
+
+    def full_then_cut(self, s1, s2, keep):
+        z = self.tokenizer.decode(s1, s2)
+        return z if keep is None else z[:, z.shape[1] - keep:]
+    monkeypatch.setattr(Engine, "_decode_part", full_then_cut)
+    np.testing.assert_array_equal(got, engine.forecast_arrays(xs, xst, yst, pred_len, GREEDY)[0])
