@@ -54,13 +54,7 @@ class Parts:
     ownership: Ownership | None = None
 
     async def close(self) -> None:
-        for name in ("consumer", "producer"):
-            client = getattr(self, name)
-            if client is not None:
-                try:
-                    await client.stop()
-                except Exception:
-                    log.exception("stopping %s", name)
+        await kafka.stop_all(self.consumer, self.producer)
         if self.http is not None:
             await self.http.stop(timeout=1.0)
         if self.batcher is not None:

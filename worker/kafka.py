@@ -275,3 +275,25 @@ def read_partition(brokers: str, tp: TopicPartition, start: int, end: int, timeo
     """Messages of one partition with start <= offset < end (window rebuilds)."""
     return read_range(brokers, [tp], start={tp: start}, end={tp: end}, timeout_s=timeout_s,
                       client_id="kronos-rt-rebuild", security=security)
+
+
+async def stop_all(*clients) -> None:
+    """Stop each client (None: skipped), every one even if stopping another fails or this
+    task is cancelled meanwhile (Ctrl-C): a client left unstopped keeps sockets and says so
+    at exit. A cancellation is re-raised once all are stopped."""
+    cancelled = None
+    for client in clients:
+        if client is None:
+            continue
+        try:
+            await asyncio.shield(client.stop())
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+            try:  # the shielded stop goes on: let it finish
+                await client.stop()
+            except BaseException:
+                log.exception("stopping %s", type(client).__name__)
+        except Exception:
+            log.exception("stopping %s", type(client).__name__)
+    if cancelled is not None:
+        raise cancelled

@@ -19,7 +19,7 @@ from worker import events
 from worker.config import parse_interval
 from worker.errors import ConfigError
 from worker import security
-from worker.kafka import ensure_topics, make_producer
+from worker.kafka import ensure_topics, make_producer, stop_all
 from worker.tools.tape import bar_events, fan_out, interleave, read_tape
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ async def replay(tape: str | Path | pd.DataFrame, brokers: str, topic: str, *, s
         if bar is not None:
             bar.close()
         if own_producer:
-            await producer.stop()
+            await stop_all(producer)
     seconds = time.monotonic() - t0
     return ReplaySummary(
         bars=len(rows), symbols=rows["symbol"].nunique(), seconds=seconds,
