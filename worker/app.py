@@ -198,7 +198,7 @@ class Worker:
         while self._outstanding() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         clean = drained and self._outstanding() == 0
-        await p.committer.commit(list(self.partitions.values()))
+        await p.committer.commit(p.ownership.owned())
         log.info("worker %s stopped (%s): %s", self.s.worker_id, "clean" if clean else "drain timed out",
                  self.stats)
         return clean
@@ -210,7 +210,7 @@ class Worker:
         while True:
             await asyncio.sleep(period)
             try:
-                await self.parts.committer.commit(list(self.partitions.values()))
+                await self.parts.committer.commit(self.parts.ownership.owned())
                 if time.monotonic() - last_slow >= 1.0:
                     last_slow = time.monotonic()
                     await self._slow_tick()
@@ -225,10 +225,10 @@ class Worker:
         self.metrics.queue_depth.set(p.batcher.queued)
         if p.scoring is not None and self.health.ready["redis"]:
             await p.scoring.quality.flush()  # calibration state, for whoever takes a partition over
-        for st in list(self.partitions.values()):
+        for st in p.ownership.owned():
             hw = p.consumer.highwater(st.tp)
             if hw is not None and st.processed is not None:
                 self.metrics.consumer_lag.labels(st.tp.topic, str(st.tp.partition)).set(max(0, hw - st.processed))
         if self.health.ready["redis"]:
-            await p.recovery.notice_loss(list(self.partitions.values()))
+            await p.recovery.notice_loss(p.ownership.owned())
         self.inference.report_memory()

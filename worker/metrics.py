@@ -133,6 +133,13 @@ def _metric_names(registry: CollectorRegistry) -> frozenset[str]:
     return frozenset(names)
 
 
+def metric_names_of(build) -> frozenset[str]:
+    """Series names of the metrics `build(registry)` registers (on a fresh registry)."""
+    registry = CollectorRegistry()
+    build(registry)
+    return _metric_names(registry)
+
+
 METRIC_NAMES: frozenset[str] = _metric_names(WorkerMetrics().registry)
 
 

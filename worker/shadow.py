@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter
 from worker.config import ModelRef, Settings, is_registry_spec
 from worker.errors import ConfigError
 from worker.inference import Inference, build_engine
+from worker.metrics import metric_names_of
 from worker.publish import latency_ms
 
 log = logging.getLogger(__name__)
@@ -60,16 +61,8 @@ class ShadowMetrics:
                               lab, registry=registry)
 
 
-def _shadow_metric_names() -> frozenset[str]:
-    from worker.metrics import _metric_names
-
-    registry = CollectorRegistry()
-    ShadowMetrics(registry)
-    return _metric_names(registry)
-
-
 # What --shadow adds to the worker's registry: dashboards may use them.
-SHADOW_METRIC_NAMES: frozenset[str] = _shadow_metric_names()
+SHADOW_METRIC_NAMES: frozenset[str] = metric_names_of(ShadowMetrics)
 
 
 class _ShadowInference(Inference):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from worker.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS
+from worker.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS, metric_names_of
 
 # Label values of `route`: fixed, so a scan of random paths cannot grow the series without bound.
 ROUTES = ("/v1/forecast", "/v1/forecast:batch", "/v1/models", "/healthz", "/readyz", "/metrics",
@@ -38,11 +38,5 @@ class HttpMetrics:
         self.latency.labels(route=route, status=code).observe(seconds)
 
 
-def _http_metric_names() -> frozenset[str]:
-    from worker.metrics import _metric_names
-
-    return _metric_names(HttpMetrics(CollectorRegistry()).registry)
-
-
 # What the API adds to a registry (the worker's, with --http-port): dashboards may use them.
-HTTP_METRIC_NAMES: frozenset[str] = _http_metric_names()
+HTTP_METRIC_NAMES: frozenset[str] = metric_names_of(HttpMetrics)
