@@ -7,7 +7,6 @@ can be bounded (`--startup-timeout-s`) and ends early on stop().
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,8 +26,6 @@ from worker.recovery import Recovery
 from worker.shadow import Shadows, shadow_topic
 from worker.waiting import wait_until
 from worker.windows import WindowStore
-
-log = logging.getLogger("kronos_rt.worker")
 
 
 @dataclass
