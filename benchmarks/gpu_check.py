@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,7 +40,7 @@ if str(ROOT) not in sys.path:  # runnable from a bare checkout, without installi
 
 from kronos_rt import engine as engine_module  # noqa: E402
 from kronos_rt import shapes  # noqa: E402
-from kronos_rt.bench import GREEDY, PeakMemory, floor_pass, load_tape, make_windows  # noqa: E402
+from kronos_rt.bench import GREEDY, PeakMemory, floor_pass, load_tape, make_windows, processor  # noqa: E402
 from kronos_rt.engine import Engine  # noqa: E402
 from kronos_rt.features import COLUMNS, fill_missing, normalize  # noqa: E402
 from kronos_rt.model import Kronos  # noqa: E402
@@ -243,7 +242,7 @@ def main(argv=None) -> int:
     bars, times = load_tape(TAPE)
     started = time.perf_counter()
 
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})"
+    where = processor(device) if device.type == "cuda" else f"CPU ({processor(device)})"
     parts = [f"# kronos-rt GPU check{' (smoke, CPU)' if args.smoke else ''}",
              f"{where}; torch {torch.__version__}"
              + (f", CUDA {torch.version.cuda}" if device.type == "cuda" else f", {torch.get_num_threads()} threads")

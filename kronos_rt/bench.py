@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import statistics
 import threading
 import time
@@ -93,6 +94,24 @@ def make_windows(bars: np.ndarray, times: np.ndarray, batch: int, lookback: int,
 
 
 # -- measurement --------------------------------------------------------------------------
+def processor(device: torch.device | str = "cpu") -> str:
+    """What ran the numbers, for the tables' header: the GPU's name, or the CPU's model and the
+    widest vector instruction set torch's kernels use there. Ratios such as engine/floor
+    depend on it (a compute-bound full pass gains more from AVX-512 than memory-bound
+    decode steps do), so figures from different machines are not comparable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:  # not Linux
+        pass
+    name = name or platform.processor() or platform.machine()
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def _malloc_trim() -> None:
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

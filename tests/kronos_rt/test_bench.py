@@ -81,12 +81,21 @@ def test_floor_pass_shape():
     assert bench.floor_pass(engine, x, xs, ys, 6).shape == (2, 6, 6)
 
 
+def test_processor_names_the_cpu_and_its_instruction_set():
+    import torch
+
+    text = bench.processor("cpu")
+    name, _, capability = text.rpartition(", ")
+    assert name and capability == torch.backends.cpu.get_cpu_capability()
+
+
 def test_gpu_check_smoke(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path))
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = (tmp_path / "gpu_check.md").read_text()
+    assert f"CPU ({bench.processor('cpu')})" in report
     tables = _markdown_tables(report)
     assert len(tables) == 4  # parity, tokenizer ids, random-weight agreement, throughput
     parity = tables[0]

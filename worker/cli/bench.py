@@ -138,7 +138,7 @@ def main(args) -> int:
         seed=args.seed, progress=lambda m: print(m, file=sys.stderr, flush=True), pack_weights=not args.no_pack)
     threads = torch.get_num_threads()
     load = os.getloadavg()[0]  # other processes on the machine slow every column; say how busy it was
-    print(f"kronos-rt bench: torch {torch.__version__}, device {device}, {threads} threads, "
+    print(f"kronos-rt bench: {bench.processor(device)}; torch {torch.__version__}, device {device}, {threads} threads, "
           f"random weights (seed {args.seed}), greedy, median of {args.repeats} (naive: {args.naive_repeats}), "
           f"{'plain' if args.no_pack or device.type != 'cpu' else 'prepacked'} weights; "
           f"{time.strftime('%Y-%m-%d %H:%M')}, load average {load_before:.1f} before, {load:.1f} after")

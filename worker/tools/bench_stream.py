@@ -351,7 +351,10 @@ def main(args: argparse.Namespace) -> int:
     result = asyncio.run(run_bench(args))
     import torch
 
-    print(f"kronos-rt bench-stream: torch {torch.__version__}, {args.shape if not args.model else args.model}, "
+    from kronos_rt.bench import processor
+    from kronos_rt.engine import resolve_device
+
+    print(f"kronos-rt bench-stream: {processor(resolve_device(args.device))}; torch {torch.__version__}, {args.shape if not args.model else args.model}, "
           f"device {args.device}, lookback {args.lookback}, pred_len {args.pred_len}, max_batch {args.max_batch}, "
           f"max_wait_ms {args.max_wait_ms:g}, scoring {'on' if args.scoring else 'off'}, "
           f"{torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d %H:%M')}, "
