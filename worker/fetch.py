@@ -10,8 +10,10 @@ When Redis or the broker fails (worker/poison.py tells which kind):
   is parsed and handled again (a repeated upsert is a redelivery: forecast again);
 - a reply error is retried with a growing pause, the rest of the fetch parsed one message
   at a time (no pipelined upserts); after poison.REPLY_RETRIES failures in a row a message
-  goes to the DLQ (`infrastructure_error`) and the partition moves on. An error with no message to blame (a fetch, a rebuild) is
-  retried, pausing at most 5 s, for as long as it lasts.
+  goes to the DLQ (`infrastructure_error`) and the partition moves on. An error with no
+  message to blame (a fetch, a rebuild) is retried, pausing at most 5 s, for as long as it
+  lasts; after REPLY_RETRIES failures in a row /readyz says so ("fetching": false) until
+  the loop goes on.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class FetchLoop:
         self.s = settings
         self.stopping = stopping
         self.bars = 0         # messages handled
+        self.stalled = False  # told /readyz that failures with no message to blame keep it from going on
 
     def owned(self) -> list[PartitionState]:
         return list(self.states.values())
@@ -52,6 +55,7 @@ class FetchLoop:
                     await p.recovery.rebuild_all(self.owned())
                 if not todo:
                     batch = await p.consumer.getmany(timeout_ms=100, max_records=500)
+                    self._going_on()
                     todo.extend((tp, self.states.get(tp), msg) for tp, msgs in batch.items() for msg in msgs)
                     parsed = careful = None
                 if parsed is None and todo:
@@ -76,6 +80,7 @@ class FetchLoop:
                     todo.popleft()
                     self.bars += 1  # once per message, however often an outage made it retry
                     failures = 0
+                    self._going_on()
             except Exception as err:
                 if not poison.is_infrastructure(err):
                     raise
@@ -86,6 +91,11 @@ class FetchLoop:
                 else:
                     careful = True
                     failures = await self._reply_error(err, todo, blame, failures + 1)
+
+    def _going_on(self) -> None:
+        if self.stalled:
+            self.stalled = False
+            self.p.health.fetch_stalled(False)
 
     async def _parse(self, items) -> dict:
         """Check first-seen partitions, then parse (and pipeline the upserts of) `items`:
@@ -139,6 +149,9 @@ class FetchLoop:
                     st, msg.offset, msg.key, msg.value, poison.INFRASTRUCTURE_ERROR, poison.describe(err)))
             return 0
         delay = poison.reply_retry_delay(failures)
+        if failures >= poison.REPLY_RETRIES and not self.stalled:  # nothing to blame: stuck, say so
+            self.stalled = True
+            self.p.health.fetch_stalled(True, poison.describe(err))
         where = "" if blame is None else f" on {blame[0].topic}[{blame[0].partition}]@{blame[2].offset}"
         # The traceback once per run of failures: the first says where; the rest only that it goes on.
         log.log(logging.ERROR if failures == 1 else logging.WARNING, "reply error%s (try %d): %s; retrying in %.1fs",

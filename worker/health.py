@@ -1,8 +1,12 @@
-"""What /readyz says: the model is loaded, the broker answers, Redis answers.
+"""What /readyz says: the model is loaded, the broker answers, Redis answers, and the
+fetch loop is not stuck.
 
 Each flag is kept true to the moment: Redis by a ping on every slow tick and by the fetch
 loop when a command fails; the broker by a metadata request every second (a frozen broker
-keeps its connections open and fetches just come back empty, so nothing else would tell).
+keeps its connections open and fetches just come back empty, so nothing else would tell);
+"fetching" by the fetch loop, when an error it cannot charge to a message (a failing
+fetch, a window rebuild that Redis refuses) keeps it from going on: broker and Redis may
+both answer pings while nothing moves.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ log = logging.getLogger(__name__)
 
 class Health:
     def __init__(self):
-        self.ready = {"model_loaded": False, "kafka": False, "redis": False}
+        self.ready = {"model_loaded": False, "kafka": False, "redis": False, "fetching": True}
         self._redis_down = False  # the fetch loop is waiting Redis out
 
     def checks(self) -> dict[str, bool]:
@@ -28,6 +32,17 @@ class Health:
         not say ready meanwhile."""
         self._redis_down = down
         self.ready["redis"] = not down
+
+    def fetch_stalled(self, stalled: bool, why: str = "") -> None:
+        """The fetch loop's word: it has failed poison.REPLY_RETRIES times in a row with no
+        message to blame and goes on retrying (stalled=True), or it got past that again."""
+        if self.ready["fetching"] == (not stalled):
+            return
+        self.ready["fetching"] = not stalled
+        if stalled:
+            log.warning("the fetch loop keeps failing (%s): not ready until it goes on", why)
+        else:
+            log.warning("the fetch loop goes on again")
 
     async def ping_redis(self, store, timeout_s: float = 2.0) -> bool:
         try:

@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError, ResponseEr
 
 from worker import events, poison
 from worker.fetch import FetchLoop
+from worker.health import Health
 from worker.ingest import DeadLetter, Parsed
 from worker.partition import PartitionState
 
@@ -31,9 +32,9 @@ class Consumer:
         self.errors = list(errors)
 
     async def getmany(self, timeout_ms, max_records):
+        await asyncio.sleep(0)
         if self.errors:
             raise self.errors.pop(0)
-        await asyncio.sleep(0)
         return {TP: self.fetches.pop(0)} if self.fetches else {}
 
 
@@ -87,11 +88,22 @@ class Recorder:
         return True
 
 
+class RecordingHealth(Health):
+    """The real Health, remembering each time the fetch loop changed its "fetching" flag."""
+    def __init__(self):
+        super().__init__()
+        self.fetching: list[bool] = []
+
+    def fetch_stalled(self, stalled, why=""):
+        super().fetch_stalled(stalled, why)
+        self.fetching.append(self.checks()["fetching"])
+
+
 def make(fetches, ingest, errors=()):
     rec = Recorder()
     metrics = SimpleNamespace(queue_depth=SimpleNamespace(set=lambda n: None))
     parts = SimpleNamespace(consumer=Consumer(fetches, errors), ingest=ingest, recovery=rec, flow=rec, batcher=rec,
-                            publisher=rec, committer=None, scoring=None, health=None, metrics=metrics)
+                            publisher=rec, committer=None, scoring=None, health=RecordingHealth(), metrics=metrics)
     states = {TP: PartitionState(TP)}
     stop = asyncio.Event()
     settings = SimpleNamespace(max_queue=100, dlq_topic="bars.dlq")
@@ -130,6 +142,7 @@ async def test_a_reply_error_that_persists_sends_its_message_to_the_dlq_after_th
     # The whole fetch parsed at once; after the first failure one message at a time, to its end.
     assert ingest.parsed == [[0, 1, 2, 3, 4]] + [[2]] * (poison.REPLY_RETRIES - 1) + [[3], [4]]
     assert not rec.ridden
+    assert loop.p.health.fetching == []  # the partition moved on: /readyz never said stuck
 
 
 async def test_a_reply_error_that_clears_loses_nothing_and_dead_letters_nothing():
@@ -165,6 +178,24 @@ async def test_a_reply_error_with_no_message_to_blame_is_retried_not_dead_letter
     loop, rec, _, stop = make([[msg(i) for i in range(3)]], ingest, errors=errors)
     await run_until(loop, stop, lambda: len(rec.submitted) == 3)
     assert rec.submitted == [0, 1, 2] and not rec.dead and not rec.ridden
+    # Stuck for REPLY_RETRIES tries: /readyz said so once, and took it back once the fetch went through.
+    assert loop.p.health.fetching == [False, True]
+    assert loop.p.health.checks()["fetching"] is True
+
+
+async def test_a_short_run_of_fetch_errors_does_not_touch_readiness():
+    errors = [ResponseError("fetch failed")] * (poison.REPLY_RETRIES - 1)
+    loop, rec, _, stop = make([[msg(0)]], Ingest(), errors=errors)
+    await run_until(loop, stop, lambda: rec.submitted == [0])
+    assert loop.p.health.fetching == []
+
+
+async def test_readiness_says_stuck_while_fetch_errors_last():
+    errors = [ResponseError("fetch failed")] * 100_000
+    loop, rec, _, stop = make([[msg(0)]], Ingest(), errors=errors)
+    health = loop.p.health
+    await run_until(loop, stop, lambda: health.fetching == [False])
+    assert health.checks()["fetching"] is False and not rec.submitted
 
 
 async def test_messages_of_a_partition_revoked_mid_fetch_are_left_to_the_next_owner():
