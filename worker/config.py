@@ -14,6 +14,7 @@ from pathlib import Path
 from worker import security
 from worker.errors import ConfigError
 from worker.security import KafkaSecurity
+from worker.sessions import calibration_groups as read_calibration_groups, parse_session_map
 
 ENV_PREFIX = "KRONOS_RT_"
 
@@ -192,7 +193,17 @@ class Settings:
         parse_interval(self.interval)
         parse_interval(self.max_future_skew)
         parse_duration_or_off(self.max_past_age)
+        self._check_symbol_maps()
         self._check_http()
+
+    def _check_symbol_maps(self) -> None:
+        # Read once here so a typo stops the command with its flag named, not mid-start-up.
+        for flag, spec, read in (("--sessions", self.sessions, parse_session_map),
+                                 ("--calibration-groups", self.calibration_groups, read_calibration_groups)):
+            try:
+                read(spec)
+            except ValueError as exc:
+                raise ConfigError(f"{flag} {spec!r}: {exc}") from None
 
     def _check_http(self) -> None:
         if not -1 <= self.http_port <= 65535:

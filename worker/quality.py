@@ -38,7 +38,7 @@ from worker import events
 from worker.calibration import DEFAULT_GAMMA, DEFAULT_MIN_SCORES, DEFAULT_WINDOW, Calibrator, residual_scale
 from worker.keys import RedisKeys
 from worker.scoring import ForecastRecord, band_name, band_pairs, score_step
-from worker.sessions import symbol_map
+from worker.sessions import calibration_groups
 from worker.windows import epoch_seconds
 
 log = logging.getLogger(__name__)
@@ -161,9 +161,7 @@ class Quality:
         self.levels = sorted(float(q) for q in levels)
         self.metrics = metrics
         self.window, self.gamma, self.min_scores = window, gamma, min_scores
-        # symbol -> pool name; symbols no rule matches pool as 'all'. Lenient, as --calibration-groups
-        # always was: an entry with an empty pattern matches nothing.
-        self.group_of = symbol_map(groups, str, "all", strict=False)
+        self.group_of = calibration_groups(groups)  # symbol -> pool name
         self.per_symbol = per_symbol  # a symbol's own calibration once it has this many scores (0 = pools only)
         self.keep = (2 * pred_len + 16) * max(1, models)
         self.worker_id = worker_id

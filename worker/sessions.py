@@ -105,12 +105,12 @@ CALENDARS: dict[str, SessionCalendar] = {
 }
 
 
-def symbol_map(spec: str, value_of: Callable[[str], T], default: T, *, what: str = "session map",
-               strict: bool = True) -> Callable[[str], T]:
+def symbol_map(spec: str, value_of: Callable[[str], T], default: T, *,
+               what: str = "session map") -> Callable[[str], T]:
     """'PATTERN=NAME,...' (fnmatch, case-sensitive, first match wins; a bare NAME means
     '*=NAME') -> symbol -> value_of(NAME); symbols that match nothing get `default`. Each
-    symbol's answer is cached. An entry with an empty pattern is an error (strict) or a
-    rule that matches nothing (strict=False)."""
+    symbol's answer is cached. An entry with an empty pattern ('=NAME') is an error: it
+    would match nothing."""
     rules: list[tuple[str, T]] = []
     for part in (spec or "").split(","):
         part = part.strip()
@@ -118,7 +118,7 @@ def symbol_map(spec: str, value_of: Callable[[str], T], default: T, *, what: str
             continue
         pattern, sep, name = part.rpartition("=")
         pattern = pattern.strip() if sep else "*"
-        if not pattern and strict:
+        if not pattern:
             raise ValueError(f"empty symbol pattern in {what} entry {part!r}")
         rules.append((pattern, value_of(name.strip())))
     cache: dict[str, T] = {}
@@ -135,6 +135,12 @@ def symbol_map(spec: str, value_of: Callable[[str], T], default: T, *, what: str
         return value
 
     return lookup
+
+
+def calibration_groups(spec: str) -> Callable[[str], str]:
+    """--calibration-groups: 'PATTERN=GROUP,...' (symbol_map's rules) -> symbol -> the pool
+    its calibration is learnt in; symbols no rule matches pool as 'all'."""
+    return symbol_map(spec, str, "all", what="calibration group")
 
 
 def parse_session_map(spec: str) -> Callable[[str], SessionCalendar]:

@@ -136,12 +136,15 @@ def test_a_claim_whose_forecast_is_gone_or_too_short_is_skipped_not_scored():
     assert ok["step"] == 1 and ok["abs_error"] == pytest.approx(0.3)
 
 
-def test_calibration_pools_follow_the_session_map_rules_and_stay_lenient():
-    q = quality(_NoScripts(), "p", groups="*.SH=cn, *.SZ=cn, =ignored, AAPL=us")
+def test_calibration_pools_follow_the_session_map_rules():
+    q = quality(_NoScripts(), "p", groups="*.SH=cn, *.SZ=cn, AAPL=us")
     assert [q.group_of(s) for s in ("600000.SH", "000001.SZ", "AAPL", "MSFT")] == ["cn", "cn", "us", "all"]
     assert quality(_NoScripts(), "p").group_of("X") == "all"              # the default: one pool
     assert quality(_NoScripts(), "p", groups="mine").group_of("X") == "mine"  # bare NAME = *=NAME
     assert q.calibrator("MSFT") == ("pool:all", None)
+    # An entry with no pattern would match nothing: refused (the CLI says so before start-up).
+    with pytest.raises(ValueError, match="empty symbol pattern in calibration group entry '=ignored'"):
+        quality(_NoScripts(), "p", groups="*.SH=cn, =ignored")
 
 
 async def _leftovers(client, keys: RedisKeys, symbol: str) -> dict:

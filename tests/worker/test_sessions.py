@@ -91,7 +91,7 @@ def test_session_map_defaults():
 
 
 def test_symbol_map_is_one_rule_set_for_calendars_and_calibration_pools():
-    from worker.sessions import symbol_map
+    from worker.sessions import calibration_groups, symbol_map
 
     names = []
 
@@ -105,8 +105,9 @@ def test_symbol_map_is_one_rule_set_for_calendars_and_calibration_pools():
     assert symbol_map("pool", str, "all")("anything") == "pool"  # a bare NAME means *=NAME
     with pytest.raises(ValueError, match="empty symbol pattern in session map entry '=x'"):
         symbol_map("=x", str, "all")
-    assert symbol_map("=x,*.SH=sh", str, "all", strict=False)("600000.SH") == "sh"  # lenient: matches nothing
-    assert symbol_map("=x", str, "all", strict=False)("AAPL") == "all"
+    with pytest.raises(ValueError, match="empty symbol pattern in calibration group entry '=x'"):
+        calibration_groups("*.SH=sh,=x")
+    assert calibration_groups("*.SH=sh")("AAPL") == "all"  # matches nothing: the default pool
 
 
 def test_symbol_map_answers_from_its_cache(monkeypatch):

@@ -164,7 +164,6 @@ def _engine_time(inference, jobs, repeats: int) -> float:
 
 def run(args) -> tuple[list[list], list[tuple[str, bool, str]]]:
     import orjson
-    import torch
 
     from kronos_rt import Engine
     from kronos_rt.shapes import random_pair
@@ -206,7 +205,6 @@ def run(args) -> tuple[list[list], list[tuple[str, bool, str]]]:
                     checks.append((f"{shape}, {n} clients: p99 <= 2 x engine({b}) + 50 ms",
                                    p99 <= 2 * eng * 1e3 + 50, f"{p99:.0f} vs {2 * eng * 1e3 + 50:.0f} ms"))
         del engine
-        torch.set_num_threads(torch.get_num_threads())
     return rows, checks
 
 

@@ -135,3 +135,14 @@ def _bench_errors(capsys):
 def test_bench_stream(capsys):
     rc, line = one_line(capsys, "bench-stream", "--symbols", "0")
     assert (rc, line) == (2, "kronos-rt bench-stream: error: --bursts and --symbols must be >= 1, --warmup-bursts >= 0")
+
+
+@pytest.mark.parametrize("command, flag, value, why", [
+    ("worker", "--sessions", "*.SH=ashare,nyse", "unknown session calendar 'nyse'; valid: ashare, continuous, us"),
+    ("serve", "--sessions", "*.SH=ashare,nyse", "unknown session calendar 'nyse'; valid: ashare, continuous, us"),
+    ("worker", "--calibration-groups", "*.SH=sh,=us", "empty symbol pattern in calibration group entry '=us'"),
+])
+def test_symbol_maps_are_checked_before_anything_starts(capsys, command, flag, value, why):
+    # No broker, Redis or model is looked for: the flag is refused first, exit 2, one line.
+    rc, line = one_line(capsys, command, flag, value)
+    assert (rc, line) == (2, f"kronos-rt {command}: error: {flag} {value!r}: {why}")
