@@ -21,7 +21,8 @@ the same batch and lookback and timed `naive_repeats` times (default 1).
 `compare_predictor` times `KronosPredictor.predict_batch` (pandas frames in, frames out:
 input checks, normalization, time features, de-normalization) against
 `Engine.forecast_arrays` on the same windows prepared the same way, alternately, and
-checks that the predictor's frames are the engine's output de-normalized, bit for bit.
+checks that the predictor's frames are the engine's output de-normalized, bit for bit
+(`predictor_rows`: one such row per shape, each on a predictor of its own).
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated above what was allocated before the
 call. On CPU, the peak increase of the process's resident set size during the call,
@@ -346,23 +347,18 @@ def compare_predictor(predictor: KronosPredictor, shape: str, frames, x_ts, y_ts
 
 
 def run(data, shape_names=("mini", "small"), batches=(1, 8), lookbacks=(64, 256), pred_lens=(12, 24), device="cpu",
-        dtype=None, repeats=5, naive_repeats=1, grid=True, sample_count=8, predictor=True, seed=0, progress=None,
-        pack_weights=True) -> tuple[list[Row], list[SampleRow], list[PredictorRow]]:
-    """The grid (`grid`) over windows of the tape at `data` (a CSV path, see load_tape);
-    then, per shape, sample paths (sample_count > 1) and the predictor (`predictor`) at the
-    grid's largest point. `progress(str)` is called after each measurement."""
+        dtype=None, repeats=5, naive_repeats=1, sample_count=8, seed=0, progress=None,
+        pack_weights=True) -> tuple[list[Row], list[SampleRow]]:
+    """The grid over windows of the tape at `data` (a CSV path, see load_tape); then, per
+    shape, sample paths (sample_count > 1) at the grid's largest point. `progress(str)` is
+    called after each measurement."""
     bars, times = load_tape(data)
-    rows, sample_rows, predictor_rows = [], [], []
+    rows, sample_rows = [], []
     for shape in shape_names:
         model, tokenizer, max_context = shapes.random_pair(shape, seed=seed)
-        if predictor:  # the predictor owns its engine; the grid runs on the same one
-            pred = KronosPredictor(model, tokenizer, device=device, dtype=dtype, max_context=max_context,
-                                   pack_weights=pack_weights)
-            engine = pred.engine
-        else:
-            engine = Engine(model, tokenizer, device=device, dtype=dtype, max_context=max_context,
-                            pack_weights=pack_weights)
-        for B in batches if grid else ():
+        engine = Engine(model, tokenizer, device=device, dtype=dtype, max_context=max_context,
+                        pack_weights=pack_weights)
+        for B in batches:
             for L in lookbacks:
                 for P in pred_lens:
                     x, xs, ys = make_windows(bars, times, B, L, P)
@@ -380,15 +376,25 @@ def run(data, shape_names=("mini", "small"), batches=(1, 8), lookbacks=(64, 256)
             if progress:
                 progress(f"{shape} B={B} L={L} P={P}: S=1 {srow.s1_s * 1e3:.0f} ms, "
                          f"S={sample_count} {srow.sn_s * 1e3:.0f} ms")
-        if predictor:
-            B, L, P = max(batches), max(lookbacks), max(pred_lens)
-            prow = compare_predictor(pred, shape, *make_frames(bars, times, B, L, P), P, repeats)
-            predictor_rows.append(prow)
-            if progress:
-                progress(f"{shape} B={B} L={L} P={P}: predictor {prow.predictor_s * 1e3:.0f} ms, "
-                         f"engine {prow.engine_s * 1e3:.0f} ms, identical {prow.identical}")
-            del pred
         del engine, model, tokenizer
-    return rows, sample_rows, predictor_rows
+    return rows, sample_rows
 
 
+def predictor_rows(data, shape_names=("mini", "small"), batch=8, lookback=256, pred_len=24, device="cpu",
+                   dtype=None, repeats=5, seed=0, progress=None, pack_weights=True) -> list[PredictorRow]:
+    """compare_predictor for each shape at one point, each on a predictor of its own (random
+    weights, `seed`). Measures whatever heap settings the calling process has: a notebook's
+    are glibc's defaults, which is what the drop-in predictor is compared in."""
+    bars, times = load_tape(data)
+    out = []
+    for shape in shape_names:
+        model, tokenizer, max_context = shapes.random_pair(shape, seed=seed)
+        pred = KronosPredictor(model, tokenizer, device=device, dtype=dtype, max_context=max_context,
+                               pack_weights=pack_weights)
+        row = compare_predictor(pred, shape, *make_frames(bars, times, batch, lookback, pred_len), pred_len, repeats)
+        out.append(row)
+        if progress:
+            progress(f"{shape} B={batch} L={lookback} P={pred_len}: predictor {row.predictor_s * 1e3:.0f} ms, "
+                     f"engine {row.engine_s * 1e3:.0f} ms, identical {row.identical}")
+        del pred, model, tokenizer
+    return out

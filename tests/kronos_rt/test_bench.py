@@ -32,9 +32,9 @@ def _markdown_tables(text: str) -> list[list[list[str]]]:
 
 
 def test_bench_rows():
-    rows, sample_rows, predictor_rows = bench.run(TAPE, ["mini"], batches=[2], lookbacks=[20], pred_lens=[4],
-                                                  repeats=2, sample_count=0, predictor=False)
-    assert sample_rows == [] and predictor_rows == []
+    rows, sample_rows = bench.run(TAPE, ["mini"], batches=[2], lookbacks=[20], pred_lens=[4], repeats=2,
+                                  sample_count=0)
+    assert sample_rows == []
     (row,) = rows
     assert row.identical
     assert (row.batch, row.lookback, row.pred_len, row.device, row.dtype) == (2, 20, 4, "cpu", "float32")
@@ -46,9 +46,7 @@ def test_bench_rows():
 def test_predictor_against_engine():
     """The predictor's frames are its engine's output de-normalized, bit for bit, on the
     windows make_windows cuts (the same starts)."""
-    rows, sample_rows, (prow,) = bench.run(TAPE, ["mini"], batches=[3], lookbacks=[24], pred_lens=[5],
-                                           repeats=1, grid=False, sample_count=0)
-    assert rows == [] and sample_rows == []
+    (prow,) = bench.predictor_rows(TAPE, ["mini"], batch=3, lookback=24, pred_len=5, repeats=1)
     assert prow.identical and (prow.shape, prow.batch, prow.lookback, prow.pred_len) == ("mini", 3, 24, 5)
     assert prow.predictor_s > 0 and prow.ratio == pytest.approx(prow.predictor_s / prow.engine_s)
 

@@ -2,10 +2,18 @@
 
 The measurements are kronos_rt.bench's (its docstring says how each is taken); this
 command chooses the grid and the tape, prints the tables and checks the targets.
+
+The predictor comparison runs in a child process of its own, a plain Python interpreter
+with no `MALLOC_*` variables: `kronos-rt` raises glibc's heap thresholds at start-up
+(worker/allocator.py), which a notebook calling `KronosPredictor` does not, and the
+predictor must be fast without them.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -16,6 +24,13 @@ from kronos_rt.engine import resolve_device
 from worker.errors import ConfigError
 from worker.tools import TAPE
 from worker.tools.tables import format_table
+
+class PredictorProcessFailed(RuntimeError):
+    """The predictor comparison's child process failed; it printed its own error."""
+
+
+FAILURE_ERRORS = (PredictorProcessFailed,)
+
 
 COLUMNS = ["shape", "batch", "lookback", "pred_len", "engine fc/s", "naive fc/s", "speedup", "engine/floor",
            "engine ms", "naive ms", "floor ms", "engine peak MiB", "naive peak MiB", "greedy identical"]
@@ -84,7 +99,8 @@ def report(rows, sample_rows, predictor_rows, threads: int) -> str:
         parts.append("Sample paths share the prefix (engine, top-p 0.9 sampling; naive would cost N times S=1):")
         parts.append(format_table(SAMPLE_COLUMNS, [_sample_cells(r) for r in sample_rows]))
     if predictor_rows:
-        parts.append("Drop-in predictor (pandas frames in and out) against the engine on the same windows, greedy:")
+        parts.append("Drop-in predictor (pandas frames in and out) against the engine on the same windows, greedy, "
+                     "in a plain Python process of its own (glibc's default heap settings, as in a notebook):")
         parts.append(format_table(PREDICTOR_COLUMNS, [_predictor_cells(r) for r in predictor_rows]))
     parts.append("Targets:")
     parts.append(format_table(["target", "measured", "result"],
@@ -130,12 +146,19 @@ def main(args) -> int:
         raise ConfigError("--repeats and --naive-repeats must be >= 1")
     if args.predictor_only and args.no_predictor:
         raise ConfigError("--predictor-only and --no-predictor exclude each other")
+    bench.load_tape(args.data)  # a bad tape is this command's error, not its child's
     load_before = os.getloadavg()[0]
-    rows, sample_rows, predictor_rows = bench.run(
-        args.data, names, args.batch, args.lookback, args.pred_len, device=device, dtype=args.dtype,
-        repeats=args.repeats, naive_repeats=args.naive_repeats, grid=not args.predictor_only,
-        sample_count=0 if args.predictor_only else args.sample_count, predictor=not args.no_predictor,
-        seed=args.seed, progress=lambda m: print(m, file=sys.stderr, flush=True), pack_weights=not args.no_pack)
+    rows, sample_rows, predictor_rows = [], [], []
+    if not args.predictor_only:
+        rows, sample_rows = bench.run(
+            args.data, names, args.batch, args.lookback, args.pred_len, device=device, dtype=args.dtype,
+            repeats=args.repeats, naive_repeats=args.naive_repeats, sample_count=args.sample_count,
+            seed=args.seed, progress=lambda m: print(m, file=sys.stderr, flush=True), pack_weights=not args.no_pack)
+    if not args.no_predictor:
+        predictor_rows = predictor_rows_in_plain_process(dict(
+            data=str(args.data), shape_names=names, batch=max(args.batch), lookback=max(args.lookback),
+            pred_len=max(args.pred_len), device=str(device), dtype=args.dtype, repeats=args.repeats,
+            seed=args.seed, pack_weights=not args.no_pack), threads=args.threads)
     threads = torch.get_num_threads()
     load = os.getloadavg()[0]  # other processes on the machine slow every column; say how busy it was
     print(f"kronos-rt bench: {bench.processor(device)}; torch {torch.__version__}, device {device}, {threads} threads, "
@@ -145,3 +168,29 @@ def main(args) -> int:
     print()
     print(report(rows, sample_rows, predictor_rows, threads))
     return 0
+
+
+def plain_env() -> dict[str, str]:
+    """This process's environment without glibc's MALLOC_* tunables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+
+def predictor_rows_in_plain_process(spec: dict, threads: int) -> list[bench.PredictorRow]:
+    """bench.predictor_rows(**spec) in a fresh interpreter (see the module docstring); its
+    progress lines go to this command's stderr."""
+    proc = subprocess.run([sys.executable, "-m", "worker.cli.bench", json.dumps(dict(spec, threads=threads))],
+                          env=plain_env(), stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise PredictorProcessFailed(f"the predictor comparison's process failed (exit {proc.returncode}); "
+                                     "its error is above")
+    return [bench.PredictorRow(**row) for row in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+def _predictor_child(spec: dict) -> None:
+    torch.set_num_threads(spec.pop("threads"))
+    rows = bench.predictor_rows(**spec, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps([dataclasses.asdict(r) for r in rows]))
+
+
+if __name__ == "__main__":  # the child of predictor_rows_in_plain_process
+    _predictor_child(json.loads(sys.argv[1]))

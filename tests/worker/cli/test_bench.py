@@ -71,5 +71,20 @@ def test_bench_cli_no_pack_predictor_only(capsys):
     assert len(targets) == 1 + 1
 
 
+def test_the_predictor_child_gets_no_heap_tunables(monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1073741824")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    monkeypatch.setenv("KRONOS_RT_SEED", "3")
+    env = bench_cli.plain_env()
+    assert not [k for k in env if k.startswith("MALLOC_")] and env["KRONOS_RT_SEED"] == "3"
+
+
+def test_a_bad_tape_is_the_commands_own_error(capsys, tmp_path):
+    rc = cli.main(["bench", "--shapes", "mini", "--predictor-only", "--data", str(tmp_path / "missing.csv")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err and "missing.csv" in err
+    assert "predictor comparison" not in err  # refused before a child process was started
+
+
 def test_format_table():
     assert format_table(["a", "b"], [["1", "2"], ["3", "4"]]) == "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |"
