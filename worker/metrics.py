@@ -7,6 +7,8 @@ Endpoints served by MetricsServer:
   /metrics  Prometheus text exposition of the worker's registry
   /healthz  200 "ok" while the process (and so this thread) is alive
   /readyz   200 when every ready check is true, else 503; JSON body {check: bool}
+A scrape of /metrics reads the same checks into kronos_rt_ready{check}, so dashboards and
+alerts see what /readyz would answer.
 """
 from __future__ import annotations
 
@@ -100,6 +102,10 @@ class WorkerMetrics:
         self.paused_partitions = Gauge(
             "kronos_rt_paused_partitions", "Partitions paused for backpressure.", registry=r,
         )
+        self.ready = Gauge(
+            "kronos_rt_ready", "1 while a /readyz check holds, else 0, by check (read at every scrape).", ["check"],
+            registry=r,
+        )
 
         # Create the children whose label values are known up front, so dashboards and
         # alerts see zeros instead of missing series before the first event.
@@ -186,6 +192,8 @@ class MetricsServer:
         except Exception:  # a broken check means "not ready", not a crashed endpoint
             log.exception("ready check failed")
             checks = {"ready_checks": False}
+        for check, ok in checks.items():
+            self.metrics.ready.labels(check=check).set(1 if ok else 0)
         return all(checks.values()), checks
 
 
@@ -194,6 +202,7 @@ def _make_handler(owner: MetricsServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = urlsplit(self.path).path
             if path == "/metrics":
+                owner.readiness()  # kronos_rt_ready{check} as of this scrape
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(owner.metrics.registry))
             elif path == "/healthz":
                 self._send(200, "text/plain; charset=utf-8", b"ok")

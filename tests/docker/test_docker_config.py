@@ -227,6 +227,7 @@ def test_alerts_cover_the_failure_modes():
     assert "kronos_rt_dlq_events_total" in rules["KronosRtDlqRateHigh"]["expr"]
     assert "kronos_rt_forecasts_total" in rules["KronosRtNoForecasts"]["expr"]
     assert "up{" in rules["KronosRtWorkerDown"]["expr"]
+    assert "kronos_rt_ready" in rules["KronosRtWorkerNotReady"]["expr"]
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         assert rule["annotations"]["summary"], name
@@ -342,7 +343,9 @@ def test_a_running_worker_exports_every_name_dashboards_and_alerts_use(dashboard
     shadows.skipped.labels("m", "2", "behind").inc()
     shadows.errors.labels("m", "2").inc()
 
-    server = MetricsServer(m, port=0, host="127.0.0.1")
+    from worker.health import Health
+
+    server = MetricsServer(m, port=0, host="127.0.0.1", ready_checks=Health().checks)  # as the worker wires it
     port = server.start()
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:

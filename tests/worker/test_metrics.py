@@ -134,6 +134,15 @@ def test_readyz_flips_with_checks(served):
     assert json.loads(body) == {"kafka": True, "model": True}
 
 
+def test_a_scrape_reads_the_ready_checks_into_a_gauge(served):
+    checks = {"kafka": True, "fetching": False}
+    port = served(WorkerMetrics(), ready_checks=lambda: dict(checks))
+    body = get(port, "/metrics")[2]
+    assert 'kronos_rt_ready{check="kafka"} 1.0' in body and 'kronos_rt_ready{check="fetching"} 0.0' in body
+    checks["fetching"] = True
+    assert 'kronos_rt_ready{check="fetching"} 1.0' in get(port, "/metrics")[2]
+
+
 def test_readyz_without_checks_is_ready_and_a_raising_check_is_not(served):
     assert get(served(WorkerMetrics()), "/readyz")[0::2] == (200, "{}")
 
