@@ -37,7 +37,6 @@ class FetchLoop:
         self.s = settings
         self.stopping = stopping
         self.bars = 0         # messages handled
-        self.stalled = False  # told /readyz that failures with no message to blame keep it from going on
 
     def owned(self) -> list[PartitionState]:
         return list(self.states.values())
@@ -55,7 +54,7 @@ class FetchLoop:
                     await p.recovery.rebuild_all(self.owned())
                 if not todo:
                     batch = await p.consumer.getmany(timeout_ms=100, max_records=500)
-                    self._going_on()
+                    p.health.fetch_stalled(False)
                     todo.extend((tp, self.states.get(tp), msg) for tp, msgs in batch.items() for msg in msgs)
                     parsed = careful = None
                 if parsed is None and todo:
@@ -80,7 +79,7 @@ class FetchLoop:
                     todo.popleft()
                     self.bars += 1  # once per message, however often an outage made it retry
                     failures = 0
-                    self._going_on()
+                    p.health.fetch_stalled(False)
             except Exception as err:
                 if not poison.is_infrastructure(err):
                     raise
@@ -91,11 +90,6 @@ class FetchLoop:
                 else:
                     careful = True
                     failures = await self._reply_error(err, todo, blame, failures + 1)
-
-    def _going_on(self) -> None:
-        if self.stalled:
-            self.stalled = False
-            self.p.health.fetch_stalled(False)
 
     async def _parse(self, items) -> dict:
         """Check first-seen partitions, then parse (and pipeline the upserts of) `items`:
@@ -149,8 +143,7 @@ class FetchLoop:
                     st, msg.offset, msg.key, msg.value, poison.INFRASTRUCTURE_ERROR, poison.describe(err)))
             return 0
         delay = poison.reply_retry_delay(failures)
-        if failures >= poison.REPLY_RETRIES and not self.stalled:  # nothing to blame: stuck, say so
-            self.stalled = True
+        if failures >= poison.REPLY_RETRIES:  # nothing to blame: stuck, say so (Health logs the change once)
             self.p.health.fetch_stalled(True, poison.describe(err))
         where = "" if blame is None else f" on {blame[0].topic}[{blame[0].partition}]@{blame[2].offset}"
         # The traceback once per run of failures: the first says where; the rest only that it goes on.

@@ -35,7 +35,8 @@ class Health:
 
     def fetch_stalled(self, stalled: bool, why: str = "") -> None:
         """The fetch loop's word: it has failed poison.REPLY_RETRIES times in a row with no
-        message to blame and goes on retrying (stalled=True), or it got past that again."""
+        message to blame and goes on retrying (stalled=True), or it went on (said after every
+        fetch and message: only a change is acted on)."""
         if self.ready["fetching"] == (not stalled):
             return
         self.ready["fetching"] = not stalled

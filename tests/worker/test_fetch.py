@@ -89,14 +89,16 @@ class Recorder:
 
 
 class RecordingHealth(Health):
-    """The real Health, remembering each time the fetch loop changed its "fetching" flag."""
+    """The real Health, remembering each change of its "fetching" flag."""
     def __init__(self):
         super().__init__()
         self.fetching: list[bool] = []
 
     def fetch_stalled(self, stalled, why=""):
+        before = self.checks()["fetching"]
         super().fetch_stalled(stalled, why)
-        self.fetching.append(self.checks()["fetching"])
+        if self.checks()["fetching"] != before:
+            self.fetching.append(not before)
 
 
 def make(fetches, ingest, errors=()):

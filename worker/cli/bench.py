@@ -153,7 +153,7 @@ def main(args) -> int:
         rows, sample_rows = bench.run(
             args.data, names, args.batch, args.lookback, args.pred_len, device=device, dtype=args.dtype,
             repeats=args.repeats, naive_repeats=args.naive_repeats, sample_count=args.sample_count,
-            seed=args.seed, progress=lambda m: print(m, file=sys.stderr, flush=True), pack_weights=not args.no_pack)
+            seed=args.seed, progress=_progress, pack_weights=not args.no_pack)
     if not args.no_predictor:
         predictor_rows = predictor_rows_in_plain_process(dict(
             data=str(args.data), shape_names=names, batch=max(args.batch), lookback=max(args.lookback),
@@ -168,6 +168,10 @@ def main(args) -> int:
     print()
     print(report(rows, sample_rows, predictor_rows, threads))
     return 0
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def plain_env() -> dict[str, str]:
@@ -188,7 +192,7 @@ def predictor_rows_in_plain_process(spec: dict, threads: int) -> list[bench.Pred
 
 def _predictor_child(spec: dict) -> None:
     torch.set_num_threads(spec.pop("threads"))
-    rows = bench.predictor_rows(**spec, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    rows = bench.predictor_rows(**spec, progress=_progress)
     print(json.dumps([dataclasses.asdict(r) for r in rows]))
 
 
