@@ -11,10 +11,10 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker import security
+from worker.adapters import security
 from worker.errors import ConfigError
-from worker.security import KafkaSecurity
-from worker.sessions import calibration_groups as read_calibration_groups, parse_session_map
+from worker.adapters.security import KafkaSecurity
+from worker.calendars.sessions import calibration_groups as read_calibration_groups, parse_session_map
 
 ENV_PREFIX = "KRONOS_RT_"
 
@@ -148,16 +148,16 @@ class Settings:
     max_future_skew: str = "1d"
     max_past_age: str = "0"
     metrics_host: str = "0.0.0.0"
-    # TLS/SASL towards the brokers: the --security-protocol, --sasl-*, --ssl-* flags (worker/security.py)
+    # TLS/SASL towards the brokers: the --security-protocol, --sasl-*, --ssl-* flags (worker/adapters/security.py)
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
-    # forecast quality (worker/quality.py)
+    # forecast quality (worker/quality/live.py)
     scores_topic: str = ""
     calibration_window: int = 0
     calibration_gamma: float = 0.3
     calibration_min_scores: int = 20
     calibration_groups: str = "*=all"
     calibration_per_symbol: int = 0
-    # shadow models (worker/shadow.py): candidates run on the same windows after the primary
+    # shadow models (worker/lifecycle/shadow.py): candidates run on the same windows after the primary
     shadow: str = ""
     shadow_max_queue: int = 64
     # HTTP API (worker/http): ad-hoc forecasts on the same engine, behind the stream
@@ -178,8 +178,8 @@ class Settings:
         return parse_interval(self.interval)
 
     def bar_policy(self, calendar_for=None):
-        """The value policy bars must pass before they reach Redis (worker/events.py BarPolicy)."""
-        from worker.events import BarPolicy
+        """The value policy bars must pass before they reach Redis (worker/contracts/events.py BarPolicy)."""
+        from worker.contracts.events import BarPolicy
 
         return BarPolicy(self.interval_td, parse_interval(self.max_future_skew),
                          parse_duration_or_off(self.max_past_age), calendar_for)
@@ -250,7 +250,7 @@ HELP = {
     "dtype": "inference dtype: auto (float16 on cuda, float32 on cpu), float32, float16, bfloat16",
     "metrics_port": "port of /metrics, /healthz and /readyz (0 = pick a free one)",
     "interval": "bar interval, e.g. 5m, 1h",
-    "sessions": "trading-session calendar: continuous, ashare, us, or SYMBOL_GLOB=NAME,... (see worker/sessions.py)",
+    "sessions": "trading-session calendar: continuous, ashare, us, or SYMBOL_GLOB=NAME,... (see worker/calendars/sessions.py)",
     "worker_id": "name of this worker in forecasts and logs",
     "max_queue": "ready windows queued before the worker pauses its partitions (backpressure)",
     "drain_timeout_s": "on SIGTERM/SIGINT, how long to finish queued forecasts and commit before exiting",

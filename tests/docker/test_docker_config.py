@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from worker.http.metrics import HTTP_METRIC_NAMES, HttpMetrics
-from worker.metrics import METRIC_NAMES, MetricsServer, WorkerMetrics
-from worker.shadow import SHADOW_METRIC_NAMES, ShadowMetrics
+from worker.ops.metrics import METRIC_NAMES, MetricsServer, WorkerMetrics
+from worker.lifecycle.shadow import SHADOW_METRIC_NAMES, ShadowMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -327,7 +327,7 @@ def test_a_running_worker_exports_every_name_dashboards_and_alerts_use(dashboard
     m.model_swaps.labels(result="ok").inc()
     m.queue_depth.set(0)
     m.paused_partitions.set(0)
-    q, lab = m.quality, ("m", "1", "1")  # forecast quality (worker/quality.py)
+    q, lab = m.quality, ("m", "1", "1")  # forecast quality (worker/quality/live.py)
     q.scores.labels(*lab, "new").inc()
     for forecaster in ("model", "persistence", "drift"):
         q.abs_error.labels(*lab, forecaster).inc(0.1)
@@ -343,7 +343,7 @@ def test_a_running_worker_exports_every_name_dashboards_and_alerts_use(dashboard
     shadows.skipped.labels("m", "2", "behind").inc()
     shadows.errors.labels("m", "2").inc()
 
-    from worker.health import Health
+    from worker.ops.health import Health
 
     server = MetricsServer(m, port=0, host="127.0.0.1", ready_checks=Health().checks)  # as the worker wires it
     port = server.start()

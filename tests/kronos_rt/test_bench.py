@@ -13,22 +13,9 @@ import pytest
 from kronos_rt import KronosPredictor, bench, shapes
 from kronos_rt.engine import Engine
 from worker.tools import TAPE
+from tests.markdown import markdown_tables
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _markdown_tables(text: str) -> list[list[list[str]]]:
-    """Every Markdown table in text, as rows of cells (header first, separator dropped)."""
-    tables, current = [], []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if not all(set(c) <= {"-"} for c in cells):
-                current.append(cells)
-        elif current:
-            tables.append(current)
-            current = []
-    return tables
 
 
 def test_bench_rows():
@@ -94,7 +81,7 @@ def test_gpu_check_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = (tmp_path / "gpu_check.md").read_text()
     assert f"CPU ({bench.processor('cpu')})" in report
-    tables = _markdown_tables(report)
+    tables = markdown_tables(report)
     assert len(tables) == 4  # parity, tokenizer ids, random-weight agreement, throughput
     parity = tables[0]
     assert [r[0] for r in parity[1:]] == ["case0", "case1", "case2", "case3", "case4", "batch"]

@@ -4,22 +4,14 @@ import pytest
 import torch
 
 from kronos_rt import Engine, SamplingParams
-from kronos_rt.features import COLUMNS, normalize, time_features
+from kronos_rt.features import COLUMNS
 from kronos_rt.naive import naive_forecast_arrays
+
+from .conftest import window_inputs
 
 GREEDY = SamplingParams(top_k=1)
 
 
-def _inputs(tape, starts, lookback, pred_len):
-    xs, xst, yst = [], [], []
-    for s in starts:
-        ctx = tape.iloc[s:s + lookback]
-        fut = tape.iloc[s + lookback:s + lookback + pred_len]
-        x, _, _ = normalize(ctx[list(COLUMNS)].values, 5.0)
-        xs.append(x)
-        xst.append(time_features(ctx["timestamps"].values))
-        yst.append(time_features(fut["timestamps"].values))
-    return xs, xst, yst
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +22,7 @@ def engine(parity_pair):
 
 @pytest.mark.parametrize("lookback,pred_len", [(20, 8), (40, 24), (64, 1), (57, 8)])
 def test_cached_equals_full_recompute(engine, tape, lookback, pred_len):
-    xs, xst, yst = _inputs(tape, [0, 300, 900, 1500], lookback, pred_len)
+    xs, xst, yst = window_inputs(tape, [0, 300, 900, 1500], lookback, pred_len)
     got, _ = engine.forecast_arrays(xs, xst, yst, pred_len, GREEDY)
     want, _ = naive_forecast_arrays(engine, np.stack(xs), np.stack(xst), np.stack(yst), pred_len, GREEDY)
     np.testing.assert_array_equal(got, want)
@@ -39,7 +31,7 @@ def test_cached_equals_full_recompute(engine, tape, lookback, pred_len):
 @pytest.mark.parametrize("lookback,pred_len", [(60, 12), (64, 5), (100, 6), (200, 3)])
 def test_sliding_window_equals_full_recompute(engine, tape, lookback, pred_len):
     """lookback + pred_len > max_context: positions shift, the engine must stay exact."""
-    xs, xst, yst = _inputs(tape, [10, 700], lookback, pred_len)
+    xs, xst, yst = window_inputs(tape, [10, 700], lookback, pred_len)
     got, _ = engine.forecast_arrays(xs, xst, yst, pred_len, GREEDY)
     want, _ = naive_forecast_arrays(engine, np.stack(xs), np.stack(xst), np.stack(yst), pred_len, GREEDY)
     np.testing.assert_array_equal(got, want)
@@ -50,7 +42,7 @@ def test_ragged_batch_equals_each_alone(engine, tape, lengths):
     pred_len = 6
     xs, xst, yst = [], [], []
     for i, n in enumerate(lengths):
-        a, b, c = _inputs(tape, [100 + 250 * i], n, pred_len)
+        a, b, c = window_inputs(tape, [100 + 250 * i], n, pred_len)
         xs += a
         xst += b
         yst += c
@@ -67,7 +59,7 @@ def test_unwritten_cache_memory_is_never_read(engine, tape, monkeypatch):
     lengths, pred_len = (12, 40, 52, 33), 6  # cached: longest + pred_len <= max_context (64)
     xs, xst, yst = [], [], []
     for i, n in enumerate(lengths):
-        a, b, c = _inputs(tape, [100 + 250 * i], n, pred_len)
+        a, b, c = window_inputs(tape, [100 + 250 * i], n, pred_len)
         xs, xst, yst = xs + a, xst + b, yst + c
     greedy3 = SamplingParams(top_k=1, sample_count=3)
     real_empty, real_new_empty = torch.empty, torch.Tensor.new_empty
@@ -87,7 +79,7 @@ def test_unwritten_cache_memory_is_never_read(engine, tape, monkeypatch):
 
 
 def test_sample_paths_share_prefix_and_average(engine, tape):
-    xs, xst, yst = _inputs(tape, [0, 500], 40, 10)
+    xs, xst, yst = window_inputs(tape, [0, 500], 40, 10)
     params = SamplingParams(temperature=1.0, top_k=0, top_p=0.95, sample_count=6, seed=3)
     mean, paths = engine.forecast_arrays(xs, xst, yst, 10, params, return_paths=True)
     assert paths.shape == (2, 6, 10, 6)
@@ -98,7 +90,7 @@ def test_sample_paths_share_prefix_and_average(engine, tape):
 
 
 def test_greedy_paths_identical_across_samples(engine, tape):
-    xs, xst, yst = _inputs(tape, [0], 30, 5)
+    xs, xst, yst = window_inputs(tape, [0], 30, 5)
     mean, paths = engine.forecast_arrays(xs, xst, yst, 5, SamplingParams(top_k=1, sample_count=3), return_paths=True)
     np.testing.assert_array_equal(paths[0, 0], paths[0, 2])
     single, _ = engine.forecast_arrays(xs, xst, yst, 5, GREEDY)
@@ -108,7 +100,7 @@ def test_greedy_paths_identical_across_samples(engine, tape):
 def test_sampled_paths_follow_naive_distribution(engine, tape):
     """Same seed does not give the same draws (different op order), but both paths sample
     the same distribution: compare the spread of their means over many paths."""
-    xs, xst, yst = _inputs(tape, [800], 48, 4)
+    xs, xst, yst = window_inputs(tape, [800], 48, 4)
     params = SamplingParams(temperature=1.0, top_p=0.9, sample_count=64, seed=11)
     _, p_engine = engine.forecast_arrays(xs, xst, yst, 4, params, return_paths=True)
     _, p_naive = naive_forecast_arrays(engine, np.stack(xs), np.stack(xst), np.stack(yst), 4, params, return_paths=True)
@@ -136,7 +128,7 @@ def test_forecast_raw_bars_and_quantiles(engine, tape):
 
 
 def test_engine_errors(engine, tape):
-    xs, xst, yst = _inputs(tape, [0], 30, 5)
+    xs, xst, yst = window_inputs(tape, [0], 30, 5)
     with pytest.raises(ValueError, match="pred_len"):
         engine.forecast_arrays(xs, xst, yst, 0, GREEDY)
     with pytest.raises(ValueError, match="future time stamps"):
@@ -169,7 +161,7 @@ def test_bfloat16_on_cpu_close_to_float32(parity_pair, tape):
     model, tokenizer = parity_pair
     e32 = Engine(copy.deepcopy(model), copy.deepcopy(tokenizer), device="cpu", max_context=64)
     e16 = Engine(copy.deepcopy(model), copy.deepcopy(tokenizer), device="cpu", dtype="bfloat16", max_context=64)
-    xs, xst, yst = _inputs(tape, [0, 400], 40, 4)
+    xs, xst, yst = window_inputs(tape, [0, 400], 40, 4)
     a, _ = e32.forecast_arrays(xs, xst, yst, 4, GREEDY)
     b, _ = e16.forecast_arrays(xs, xst, yst, 4, GREEDY)
     assert b.dtype == np.float32 and np.isfinite(b).all()
@@ -181,7 +173,7 @@ def test_equal_length_batch_is_bit_identical_to_each_alone(engine, tape):
     """What the worker relies on to make re-forecasts identical: windows of one length give the
     same bits whatever else (of that length) is in the call and however many there are."""
     pred_len, n = 4, 45
-    xs, xst, yst = _inputs(tape, [100 + 53 * k for k in range(9)], n, pred_len)
+    xs, xst, yst = window_inputs(tape, [100 + 53 * k for k in range(9)], n, pred_len)
     together, _ = engine.forecast_arrays(xs, xst, yst, pred_len, GREEDY)
     for i in (0, 4, 8):
         alone, _ = engine.forecast_arrays([xs[i]], [xst[i]], [yst[i]], pred_len, GREEDY)
@@ -196,9 +188,9 @@ def test_workspaces_are_kept_reused_and_released(parity_pair, tape):
 
     model, tokenizer = parity_pair
     engine = Engine(copy.deepcopy(model), copy.deepcopy(tokenizer), device="cpu", max_context=64)
-    big = _inputs(tape, [0, 300, 900, 1500], 40, 8)
-    small = _inputs(tape, [200, 700], 30, 5)
-    ragged = [a + b for a, b in zip(_inputs(tape, [0], 40, 5), _inputs(tape, [700], 30, 5))]
+    big = window_inputs(tape, [0, 300, 900, 1500], 40, 8)
+    small = window_inputs(tape, [200, 700], 30, 5)
+    ragged = [a + b for a, b in zip(window_inputs(tape, [0], 40, 5), window_inputs(tape, [700], 30, 5))]
 
     first, _ = engine.forecast_arrays(*big, 8, GREEDY)
     buffers = {name: (buf.data_ptr(), buf.numel()) for name, buf in engine.workspaces._buffers.items()}
@@ -216,7 +208,7 @@ def test_workspaces_are_kept_reused_and_released(parity_pair, tape):
     fresh = Engine(copy.deepcopy(model), copy.deepcopy(tokenizer), device="cpu", max_context=64)
     np.testing.assert_array_equal(fresh.forecast_arrays(*big, 8, GREEDY)[0], first)
 
-    grown = _inputs(tape, [0, 300, 900, 1500, 1700], 50, 8)  # more rows and positions: the buffers grow
+    grown = window_inputs(tape, [0, 300, 900, 1500, 1700], 50, 8)  # more rows and positions: the buffers grow
     engine.forecast_arrays(*grown, 8, GREEDY)
     assert engine.workspaces._buffers["kv"].numel() > buffers["kv"][1]
 
@@ -234,7 +226,7 @@ def test_passes_in_groups_of_series_equal_one_pass(parity_pair, tape, lengths, p
     whole.PASS_ROWS = 10_000
     xs, xst, yst = [], [], []
     for i, n in enumerate(lengths):
-        a, b, c = _inputs(tape, [100 + 250 * i], n, pred_len)
+        a, b, c = window_inputs(tape, [100 + 250 * i], n, pred_len)
         xs, xst, yst = xs + a, xst + b, yst + c
     params = SamplingParams(top_k=1, sample_count=2)
     got = grouped.forecast_arrays(xs, xst, yst, pred_len, params, return_paths=True)
@@ -262,7 +254,7 @@ def test_detokenize_with_trimmed_decode_equals_full_decode(engine, tape, monkeyp
     """The forecasts (uniform, ragged and sliding windows) are those of a full tokenizer decode."""
     xs, xst, yst = [], [], []
     for i, n in enumerate(lengths):
-        a, b, c = _inputs(tape, [100 + 250 * i], n, pred_len)
+        a, b, c = window_inputs(tape, [100 + 250 * i], n, pred_len)
         xs, xst, yst = xs + a, xst + b, yst + c
     got = engine.forecast_arrays(xs, xst, yst, pred_len, GREEDY)[0]
 

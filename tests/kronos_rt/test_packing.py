@@ -12,8 +12,8 @@ from kronos_rt.naive import naive_forecast_arrays
 from kronos_rt.packing import CHUNK_ROWS, FusedLinear, PackedLinear, packing_available, prepare, row_bucket
 from kronos_rt.shapes import random_pair
 
-from .conftest import PARITY
-from .test_engine import _inputs
+from .conftest import PARITY, window_inputs
+
 
 needs_packing = pytest.mark.skipif(not packing_available(torch.float32), reason="no oneDNN in this torch build")
 GREEDY = SamplingParams(top_k=1)
@@ -114,7 +114,7 @@ def test_unpacked_engine_is_exact_too(tape):
     fresh = lambda: (Kronos.from_pretrained(PARITY / "model"), KronosTokenizer.from_pretrained(PARITY / "tokenizer"))  # noqa: E731
     plain = Engine(*fresh(), device="cpu", max_context=64, pack_weights=False)
     assert not any(isinstance(m, PackedLinear) for m in plain.model.modules())
-    xs, xst, yst = _inputs(tape, [0, 500, 1200], 40, 12)
+    xs, xst, yst = window_inputs(tape, [0, 500, 1200], 40, 12)
     got, _ = plain.forecast_arrays(xs, xst, yst, 12, GREEDY)
     want, _ = naive_forecast_arrays(plain, np.stack(xs), np.stack(xst), np.stack(yst), 12, GREEDY)
     np.testing.assert_array_equal(got, want)

@@ -1,10 +1,7 @@
-"""kronos-rt: real-time Kronos forecasts for candlestick streams (Kafka bars in, forecasts out).
+"""The `kronos-rt` command line: one module per command, each loaded only when it runs.
 
-Start with `kronos-rt demo`. `kronos-rt COMMAND --help` explains a command, with examples.
-Every --flag can also come from the environment as KRONOS_RT_<FLAG> (--max-batch:
-KRONOS_RT_MAX_BATCH). Errors print what failed and what to do; --debug (or
-KRONOS_RT_DEBUG=1) shows the traceback. Exit codes: 0 ok, 1 runtime failure, 2 bad flags
-or configuration, 130 interrupted.
+A command module gives its parser and its run function; errors a user can act on print
+through cli/errors.py. May import every worker package and kronos_rt; nothing imports it.
 """
 from __future__ import annotations
 
@@ -12,6 +9,16 @@ import argparse
 import importlib
 import os
 import sys
+
+# What `kronos-rt --help` says first.
+DESCRIPTION = """kronos-rt: real-time Kronos forecasts for candlestick streams (Kafka bars in, forecasts out).
+
+Start with `kronos-rt demo`. `kronos-rt COMMAND --help` explains a command, with examples.
+Every --flag can also come from the environment as KRONOS_RT_<FLAG> (--max-batch:
+KRONOS_RT_MAX_BATCH). Errors print what failed and what to do; --debug (or
+KRONOS_RT_DEBUG=1) shows the traceback. Exit codes: 0 ok, 1 runtime failure, 2 bad flags
+or configuration, 130 interrupted.
+"""
 
 # name -> (module, help). Each module defines configure(parser) and main(args) -> int; errors
 # it raises are printed by worker/cli/errors.py, and it may name USAGE_ERRORS / FAILURE_ERRORS:
@@ -124,7 +131,7 @@ def version() -> str:
 def _top_parser(full: bool = False) -> argparse.ArgumentParser:
     """The command list only (full=False): imports no command module, so --help answers at
     once. full=True: every command's flags too (imports every command module)."""
-    parser = argparse.ArgumentParser(prog="kronos-rt", description=__doc__, formatter_class=_Formatter,
+    parser = argparse.ArgumentParser(prog="kronos-rt", description=DESCRIPTION, formatter_class=_Formatter,
                                      epilog="examples:\n  kronos-rt demo\n  kronos-rt worker --help\n"
                                             "  kronos-rt broker & kronos-rt tail --brokers 127.0.0.1:9092")
     parser.add_argument("--version", action="version", version=f"kronos-rt {version()}")
@@ -178,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         parser = command_parser(name)
         args = parser.parse_args(argv[1:])
         # Every command forecasts over and over: keep freed memory for the next call instead of
-        # page-faulting it in again each time (worker/allocator.py).
-        from worker.allocator import retain_freed_memory
+        # page-faulting it in again each time (worker/ops/allocator.py).
+        from worker.ops.allocator import retain_freed_memory
 
         retain_freed_memory()
         if name in QUIET_KAFKA_LOGS and not debug:

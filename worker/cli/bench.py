@@ -5,7 +5,7 @@ command chooses the grid and the tape, prints the tables and checks the targets.
 
 The predictor comparison runs in a child process of its own, a plain Python interpreter
 with no `MALLOC_*` variables: `kronos-rt` raises glibc's heap thresholds at start-up
-(worker/allocator.py), which a notebook calling `KronosPredictor` does not, and the
+(worker/ops/allocator.py), which a notebook calling `KronosPredictor` does not, and the
 predictor must be fast without them.
 """
 from __future__ import annotations

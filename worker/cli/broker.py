@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
         raise StartupError(f"the embedded broker did not start: {str(exc).splitlines()[0]}") from exc
     try:
         if args.topic:
-            from worker.kafka import ensure_topics
+            from worker.adapters.kafka import ensure_topics
 
             asyncio.run(ensure_topics(broker.bootstrap, dict(args.topic)))
         print(f"kronos-rt broker: listening on {broker.bootstrap} (log {broker.log_path}); Ctrl-C stops it",

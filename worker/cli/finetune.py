@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 
 from kronos_rt.registry import Registry
-from worker import security
+from worker.adapters import security
 from worker.errors import ConfigError, StartupError
 
 # Errors are printed by worker/cli/errors.py: bad flags, data, or a base that does not fit

@@ -111,7 +111,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    "steps both versions scored, so both columns describe the same bars)")
     p.add_argument("--timeout-s", type=float, default=60.0, help="longest the topic read may take (default 60)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    from worker import security
+    from worker.adapters import security
 
     security.add_args(p)  # a secured broker: the same --security-protocol, --sasl-*, --ssl-* as the worker
 
@@ -231,7 +231,7 @@ def _compare(args: argparse.Namespace) -> int:
     if args.from_file:
         scores = compare.load_scores(args.from_file)
     else:
-        from worker import security
+        from worker.adapters import security
 
         scores = asyncio.run(compare.read_scores(args.brokers, args.scores_topic, args.timeout_s,
                                                  security.from_args(args)))

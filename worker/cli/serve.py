@@ -38,7 +38,7 @@ def settings_from(args: argparse.Namespace) -> config.Settings:
 
 def main(args: argparse.Namespace) -> int:
     from worker.http.server import Standalone
-    from worker.inference import build_engine
+    from worker.pipeline.inference import build_engine
 
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,4 +1,4 @@
-"""`kronos-rt tail`: print forecasts as they arrive, one line each (worker/client.py's
+"""`kronos-rt tail`: print forecasts as they arrive, one line each (kronos_rt_client/client.py's
 ForecastClient: duplicates dropped, no group, nothing committed)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from worker import security
+from worker.adapters import security
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def format_line(fc) -> str:
 
 
 async def tail(args: argparse.Namespace, out=sys.stdout) -> int:
-    from worker.client import ForecastClient
+    from kronos_rt_client.client import ForecastClient
 
     n = 0
     async with ForecastClient(args.brokers, topic=args.topic, symbols=args.symbols,

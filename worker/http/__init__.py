@@ -5,7 +5,10 @@ same engine and micro-batcher as the stream.
 - service.py: semantic checks into engine items, admission, waiting, forecast documents;
 - app.py: the FastAPI app (auth, body limit, CORS, metrics, errors as JSON);
 - server.py: uvicorn inside the caller's event loop, and `start_api` for worker and serve;
-- client.py: `HttpForecastClient`, the HTTP counterpart of worker.client.ForecastClient.
+- metrics.py: the API's Prometheus metrics.
+
+Its client for callers is kronos_rt_client.http_client. May import: worker.lifecycle, worker.ops,
+worker.pipeline and everything below them.
 """
 from worker.http.app import create_app
 from worker.http.server import HttpServer, start_api

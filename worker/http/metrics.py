@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from worker.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS, metric_names_of
+from worker.ops.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS, metric_names_of
 
 # Label values of `route`: fixed, so a scan of random paths cannot grow the series without bound.
 ROUTES = ("/v1/forecast", "/v1/forecast:batch", "/v1/models", "/healthz", "/readyz", "/metrics",

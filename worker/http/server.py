@@ -104,7 +104,7 @@ class Standalone:
     `async with Standalone(settings, engine, model_ref) as api: api.port ...`"""
 
     def __init__(self, settings, engine, model_ref, metrics=None):
-        from worker.metrics import WorkerMetrics
+        from worker.ops.metrics import WorkerMetrics
 
         self.s, self.engine, self.model_ref = settings, engine, model_ref
         self.metrics = metrics or WorkerMetrics()
@@ -119,8 +119,8 @@ class Standalone:
         self._reload.set()
 
     async def start(self) -> "Standalone":
-        from worker.batcher import MicroBatcher
-        from worker.inference import Inference
+        from worker.pipeline.batcher import MicroBatcher
+        from worker.pipeline.inference import Inference
 
         s = self.s
 
@@ -133,7 +133,7 @@ class Standalone:
         self.batcher.start()
         await self.batcher.run_in_thread(self.inference.warm_up)
         self.ready["model_loaded"] = True
-        from worker.hotswap import follow_registry
+        from worker.lifecycle.hotswap import follow_registry
 
         # --model NAME@latest, as the worker does: a new `latest` is verified, loaded and switched
         # to between two batches; each answer names the version that made it.

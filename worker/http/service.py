@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kronos_rt.features import COLUMNS, PRICE_COLUMNS
-from worker import events
-from worker.batcher import MicroBatcher, QueueFull
+from worker.contracts import events
+from worker.pipeline.batcher import MicroBatcher, QueueFull
 from worker.config import Settings, parse_interval
 from worker.http.schema import FastRequest, Series, series_of_model
-from worker.sessions import parse_session_map
+from worker.calendars.sessions import parse_session_map
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ def _bodies(tape: Path, n: int, lookback: int, pred_len: int) -> list[bytes]:
     import orjson
     import pandas as pd
 
-    from worker.http.client import HttpForecastClient
+    from kronos_rt_client.http_client import HttpForecastClient
 
     df = pd.read_csv(tape, parse_dates=["timestamps"])
     step = max(1, (len(df) - lookback) // n)

@@ -32,14 +32,14 @@ import numpy as np
 import orjson
 
 from kronos_rt.features import COLUMNS
-from worker import events
+from worker.contracts import events
 from worker.tools import TAPE
 from worker.tools.tables import format_columns
 from worker.config import ModelRef, Settings
 from worker.errors import ConfigError
-from worker.kafka import ensure_topics, make_producer
+from worker.adapters.kafka import ensure_topics, make_producer
 from worker.tools.tape import fan_out, read_tape
-from worker.windows import WindowStore
+from worker.pipeline.windows import WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _engine_and_ref(args):
     from kronos_rt.engine import resolve_device, resolve_dtype
 
     if args.model:
-        from worker.inference import build_engine
+        from worker.pipeline.inference import build_engine
 
         return build_engine(Settings(model=args.model, tokenizer=args.tokenizer or "auto", device=args.device,
                                      dtype=args.dtype, max_context=args.max_context or 512))
@@ -157,7 +157,7 @@ def _bars(tape):
 
 
 async def run_bench(args) -> BenchResult:
-    from worker.app import Worker
+    from worker.app.worker import Worker
     from worker.tools.services import EmbeddedBroker, RedisServer
 
     with contextlib.ExitStack() as stack:

@@ -42,7 +42,7 @@ def load_scores(path) -> list[dict]:
 
 async def read_scores(brokers: str, topic: str, timeout_s: float = 60.0, security=None) -> list[dict]:
     """score.v1 events of `topic` up to its current end (outside any consumer group)."""
-    from worker.kafka import read_topic
+    from worker.adapters.kafka import read_topic
 
     out = []
     async for m in read_topic(brokers, topic, timeout_s=timeout_s, client_id="kronos-rt-compare", security=security):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.calibration import DEFAULT_GAMMA, DEFAULT_WINDOW, Calibrator, residual_scale
+from worker.quality.calibration import DEFAULT_GAMMA, DEFAULT_WINDOW, Calibrator, residual_scale
 from worker.tools import TAPE
 from worker.tools.tables import format_table
 

@@ -113,10 +113,10 @@ def pick_model(registry, requested: str | None, shape: str):
 async def run_demo(args: argparse.Namespace) -> DemoResult:
     from kronos_rt.registry import Registry, default_root
     from worker.tools import report as report_mod
-    from worker.app import Worker
+    from worker.app.worker import Worker
     from worker.config import Settings
     from worker.tools.replay import replay
-    from worker.kafka import ensure_topics
+    from worker.adapters.kafka import ensure_topics
     from worker.tools.services import EmbeddedBroker, RedisServer
 
     from kronos_rt.engine import resolve_device
@@ -202,7 +202,7 @@ async def _collect(bootstrap: str, expected: int, quiet: bool, timeout: float, m
     """Read forecasts as they are published until all expected ones are in (or timeout)."""
     from aiokafka import AIOKafkaConsumer
 
-    from worker.events import identity_of, loads
+    from worker.contracts.events import identity_of, loads
 
     consumer = AIOKafkaConsumer(TOPICS["forecasts"], bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from worker import events
+from worker.contracts import events
 from worker.config import parse_interval
 from worker.errors import ConfigError
-from worker import security
-from worker.kafka import ensure_topics, make_producer, stop_all
+from worker.adapters import security
+from worker.adapters.kafka import ensure_topics, make_producer, stop_all
 from worker.tools.tape import bar_events, fan_out, interleave, read_tape
 
 log = logging.getLogger(__name__)

@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from worker import security
+from worker.adapters import security
 from worker.errors import StartupError
-from worker.events import InvalidEvent, identity_of, parse_time
+from worker.contracts.events import InvalidEvent, identity_of, parse_time
 from worker.tools.tables import format_table
 
 LATENCY_ORDER = ("broker_to_received", "queue_wait", "inference", "total")
@@ -559,8 +559,8 @@ async def read_topic(brokers: str, topic: str, timeout_s: float = 60.0, security
     seen at the first fetch of each partition. Group-less: nothing is committed.
 
     The end comes from the fetch high-watermark rather than ListOffsets, which the
-    embedded broker does not answer reliably (see worker/kafka.py)."""
-    from worker.kafka import read_topic as messages_of
+    embedded broker does not answer reliably (see worker/adapters/kafka.py)."""
+    from worker.adapters.kafka import read_topic as messages_of
 
     values, bad = [], 0
     async for m in messages_of(brokers, topic, timeout_s=timeout_s, client_id="kronos-rt-report", security=security):

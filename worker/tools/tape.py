@@ -112,8 +112,8 @@ async def tape_from_topic(brokers: str, topic: str, security=None, timeout_s: fl
     high-watermarks seen at the start. Messages that are not valid bars are counted, not
     kept; a bar sent again (same symbol and time) keeps its latest value, as a window does.
     Returns (DataFrame, {"messages", "invalid", "offsets": {partition: [first, last]}})."""
-    from worker import events
-    from worker.kafka import read_topic
+    from worker.contracts import events
+    from worker.adapters.kafka import read_topic
 
     rows: dict[tuple[str, str], list] = {}
     stats = {"messages": 0, "invalid": 0, "offsets": {}}

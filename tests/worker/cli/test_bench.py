@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kronos_rt import bench
-from tests.kronos_rt.test_bench import _markdown_tables
+from tests.markdown import markdown_tables
 from worker import cli
 from worker.cli import bench as bench_cli
 from worker.tools.tables import format_table
@@ -26,7 +26,7 @@ def test_bench_cli_tiny_grid(capsys):
     out = capsys.readouterr().out
     # Ratios depend on the machine: the header names the processor they were measured on.
     assert out.startswith(f"kronos-rt bench: {bench.processor('cpu')}; torch {torch.__version__}, device cpu")
-    tables = _markdown_tables(out)
+    tables = markdown_tables(out)
     assert len(tables) == 4  # results, sample paths, predictor, targets
     results, samples, predictor, targets = tables
     assert results[0] == bench_cli.COLUMNS
@@ -66,7 +66,7 @@ def test_bench_cli_no_pack_predictor_only(capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "plain weights" in out
-    predictor, targets = _markdown_tables(out)
+    predictor, targets = markdown_tables(out)
     assert dict(zip(predictor[0], predictor[1]))["identical"] == "yes"
     assert len(targets) == 1 + 1
 

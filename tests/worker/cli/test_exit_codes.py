@@ -10,7 +10,7 @@ from kronos_rt.registry import Registry
 from worker.cli import main
 from worker.tools import TAPE
 
-from .test_finetune_eval import PARITY
+from tests.kronos_rt.conftest import PARITY
 
 
 @pytest.fixture(autouse=True)

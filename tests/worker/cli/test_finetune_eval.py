@@ -1,7 +1,7 @@
 """The worked example: fine-tune the parity fixture on the bundled tape, evaluate, promote on evidence.
 
 (A worker on NAME@latest following a promote is the hot-swap mechanism's job, tested in
-tests/worker/test_hotswap.py; here: the version passes verify and promote moves latest.)
+tests/worker/lifecycle/test_hotswap.py; here: the version passes verify and promote moves latest.)
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def test_finetune_from_a_bar_topic(broker, tmp_path, capsys):
     whose sha256 the new version's metadata records."""
     import asyncio
 
-    from worker.kafka import ensure_topics, make_producer
+    from worker.adapters.kafka import ensure_topics, make_producer
     from worker.tools.replay import prepare, replay
 
     topic = f"ft-bars-{tmp_path.name[-8:]}"

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker import events
+from worker.contracts import events
 from worker.cli.tail import format_line
-from worker.client import parse_forecast
+from kronos_rt_client.client import parse_forecast
 from worker.tools.services import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -206,7 +206,7 @@ def test_broker_command_serves_until_ctrl_c():
                              "--topic", "bars.5m:2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_line(proc, f"listening on 127.0.0.1:{port}")
-        from worker.kafka import topic_partitions
+        from worker.adapters.kafka import topic_partitions
 
         assert asyncio.run(topic_partitions(f"127.0.0.1:{port}", ["bars.5m"])) == {"bars.5m": 2}
         proc.send_signal(signal.SIGINT)
@@ -224,7 +224,7 @@ def _snippet() -> str:
 
 async def _publish_until(broker: str, topic: str, proc, needle: str, timeout: float = 60.0) -> str:
     """Publish fresh forecasts (a new as_of each) until the subprocess prints `needle`."""
-    from worker.kafka import make_producer
+    from worker.adapters.kafka import make_producer
 
     producer = make_producer(broker, client_id="front-door-test")
     await producer.start()
@@ -246,7 +246,7 @@ async def _publish_until(broker: str, topic: str, proc, needle: str, timeout: fl
 
 @pytest.mark.slow
 async def test_readme_snippet_runs_as_written(broker, tmp_path):
-    from worker.kafka import ensure_topics
+    from worker.adapters.kafka import ensure_topics
 
     topic = f"forecasts.readme.{os.getpid()}.{int(time.time())}"
     await ensure_topics(broker, {topic: 1})
@@ -266,7 +266,7 @@ async def test_readme_snippet_runs_as_written(broker, tmp_path):
 
 @pytest.mark.slow
 async def test_tail_prints_one_line_per_forecast(broker):
-    from worker.kafka import ensure_topics
+    from worker.adapters.kafka import ensure_topics
 
     topic = f"forecasts.tail.{os.getpid()}.{int(time.time())}"
     await ensure_topics(broker, {topic: 1})
@@ -276,7 +276,7 @@ async def test_tail_prints_one_line_per_forecast(broker):
     try:
         out = await _publish_until(broker, topic, proc, "next close 11.28")
         assert "RANDOM WEIGHTS" in out and "latency 24 ms" in out
-        from worker.kafka import make_producer
+        from worker.adapters.kafka import make_producer
 
         producer = make_producer(broker, client_id="front-door-test")
         await producer.start()

@@ -33,7 +33,7 @@ def test_version(capsys):
 def test_top_level_help_imports_no_command_module_nor_torch():
     code = ("import sys; from worker.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'aiokafka', 'redis', 'pandas', 'worker.app', 'worker.tools.demo') "
+            "heavy = [m for m in ('torch', 'aiokafka', 'redis', 'pandas', 'worker.app.worker', 'worker.tools.demo') "
             "if m in sys.modules]\n"
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout

@@ -100,7 +100,7 @@ async def test_cli_reads_the_scores_topic(broker, capsys):
     from aiokafka import AIOKafkaProducer
 
     from tests.conftest import unique_topic
-    from worker.kafka import ensure_topics
+    from worker.adapters.kafka import ensure_topics
 
     topic = unique_topic("scores-compare")
     await ensure_topics(broker, {topic: 2})

@@ -6,6 +6,8 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
+import asyncio
+import time
 
 ROWS: list["Row"] = []
 
@@ -59,3 +61,14 @@ def readyz(port: int) -> tuple[int, dict]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def covered(msgs) -> set:
+    return {(d["symbol"], d["as_of"]) for d in (json.loads(m.value) for m in msgs)}
+
+
+async def until(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)

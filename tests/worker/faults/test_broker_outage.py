@@ -11,13 +11,13 @@ import time
 import pytest
 
 from tests.worker.faults.report import readyz, tally
-from tests.worker.faults.test_failover_backlog import _covered
-from tests.worker.faults.test_redis_outage import _until
-from tests.worker.test_app_e2e import (
+from tests.worker.faults.report import covered
+from tests.worker.faults.report import until
+from tests.worker.streams import (
     TAPE, Worker, consume, engine, expected_keys, make_settings, names, one_torch_thread, running_worker,
 )
 from worker.errors import StartupError
-from worker.kafka import ensure_topics
+from worker.adapters.kafka import ensure_topics
 from worker.tools.replay import prepare, replay
 from worker.tools.services import EmbeddedBroker, free_port
 
@@ -35,7 +35,7 @@ async def test_broker_absent_at_start(redis_url, redis_prefix):
     rows = prepare(TAPE, fanout=2, limit=50)
     want = expected_keys(rows)
     try:
-        await _until(lambda: worker.metrics_port is not None and worker.inference is not None, 30, "metrics")
+        await until(lambda: worker.metrics_port is not None and worker.inference is not None, 30, "metrics")
         await asyncio.sleep(3.0)  # longer than the old 3 s give-up
         assert not task.done(), "the worker must wait for the broker"
         status, checks = readyz(worker.metrics_port)
@@ -45,7 +45,7 @@ async def test_broker_absent_at_start(redis_url, redis_prefix):
             await asyncio.wait_for(worker.ready(), 60)
             await ensure_topics(bootstrap, {topics["bars_topic"]: 1})
             await replay(rows, bootstrap, topics["bars_topic"])
-            msgs = await consume(bootstrap, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=60)
+            msgs = await consume(bootstrap, topics["forecasts_topic"], lambda got: covered(got) >= want, timeout=60)
             recovery = time.monotonic() - t0
             assert readyz(worker.metrics_port)[0] == 200
             worker.stop()
@@ -81,12 +81,12 @@ async def test_frozen_broker(redis_url, redis_prefix, tmp_path):
             task = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Worker.run")
             await replay(before, b.bootstrap, topics["bars_topic"])
             await consume(b.bootstrap, topics["forecasts_topic"],
-                          lambda got: _covered(got) >= expected_keys(before), timeout=60)
+                          lambda got: covered(got) >= expected_keys(before), timeout=60)
             assert readyz(worker.metrics_port)[0] == 200
             os.kill(b._proc.pid, signal.SIGSTOP)
             try:
                 t_freeze = time.monotonic()
-                await _until(lambda: readyz(worker.metrics_port)[0] == 503, 10, "/readyz to notice the freeze")
+                await until(lambda: readyz(worker.metrics_port)[0] == 503, 10, "/readyz to notice the freeze")
                 noticed = time.monotonic() - t_freeze
                 assert readyz(worker.metrics_port)[1]["kafka"] is False
                 await asyncio.sleep(max(0.0, 8.0 - noticed))
@@ -94,9 +94,9 @@ async def test_frozen_broker(redis_url, redis_prefix, tmp_path):
             finally:
                 os.kill(b._proc.pid, signal.SIGCONT)
             t0 = time.monotonic()
-            await _until(lambda: readyz(worker.metrics_port)[0] == 200, 30, "/readyz to say 200 again")
+            await until(lambda: readyz(worker.metrics_port)[0] == 200, 30, "/readyz to say 200 again")
             await replay(after, b.bootstrap, topics["bars_topic"])
-            msgs = await consume(b.bootstrap, topics["forecasts_topic"], lambda got: _covered(got) >= want,
+            msgs = await consume(b.bootstrap, topics["forecasts_topic"], lambda got: covered(got) >= want,
                                  timeout=90)
             recovery = time.monotonic() - t0
     row = tally("broker frozen 8 s", len(rows), want, msgs, recovery, note=f"503 after {noticed:.1f} s")

@@ -4,20 +4,20 @@ owed a forecast gets one, and a bar forecast twice gets the same numbers twice."
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 
 import pytest
 
 from tests.worker.faults.report import tally
-from tests.worker.test_app_e2e import (
+from tests.worker.streams import (
     TAPE, consume, expected_keys, make_settings, names, one_torch_thread, running_worker,
 )
-from tests.worker.test_app_failover import WorkerProcess, wait_for
-from worker.ownership import RUNAHEAD_LIMIT
-from worker.kafka import ensure_topics
+from tests.worker.processes import WorkerProcess, wait_for
+from worker.pipeline.ownership import RUNAHEAD_LIMIT
+from worker.adapters.kafka import ensure_topics
 from worker.tools.replay import prepare, replay
+from tests.worker.faults.report import covered
 
 pytestmark = pytest.mark.slow
 assert one_torch_thread  # autouse fixture, imported to apply here too
@@ -47,15 +47,11 @@ async def _backlog_then(end, scenario: str, broker, redis_url, redis_prefix, tmp
     t0 = time.monotonic()
     settings = make_settings(broker, redis_url, redis_prefix, topics, worker_id="worker-b")
     async with running_worker(settings):
-        msgs = await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=120)
+        msgs = await consume(broker, topics["forecasts_topic"], lambda got: covered(got) >= want, timeout=120)
         recovery = time.monotonic() - t0
     row = tally(scenario, len(rows), want, msgs, recovery, note=f"A exit {code}")
     assert "Traceback" not in a.log(), a.log()[-3000:]
     return row, a
-
-
-def _covered(msgs) -> set:
-    return {(d["symbol"], d["as_of"]) for d in (json.loads(m.value) for m in msgs)}
 
 
 async def test_kill9_with_backlog_loses_nothing(broker, redis_url, redis_prefix, tmp_path):

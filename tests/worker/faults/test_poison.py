@@ -14,12 +14,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.worker.faults.report import tally
-from tests.worker.test_app_e2e import (
+from tests.worker.streams import (
     MIN_HISTORY, TAPE, Offline, expected_keys, forecasts_of, make_settings, names, one_torch_thread,
 )
-from tests.worker.test_dlq import check_dead_letters, send_through_worker
-from worker.events import dumps
-from worker.kafka import ensure_topics
+from tests.worker.dead_letters import check_dead_letters, send_through_worker
+from worker.contracts.events import dumps
+from worker.adapters.kafka import ensure_topics
 from worker.tools.replay import prepare
 from worker.tools.tape import bar_events
 
@@ -55,7 +55,7 @@ def _poison(symbol: str, last_ts: str) -> list[tuple[bytes, bytes, str]]:
 
 async def test_poison_never_stops_the_partition_and_its_symbol_keeps_forecasting(
         broker, redis_url, redis_prefix, monkeypatch):
-    from worker.ingest import Ingest
+    from worker.pipeline.ingest import Ingest
 
     handle = Ingest.handle
 

@@ -9,24 +9,18 @@ import time
 import pytest
 
 from tests.worker.faults.report import readyz, tally
-from tests.worker.test_app_e2e import (
+from tests.worker.streams import (
     TAPE, Worker, consume, engine, expected_keys, make_settings, names, one_torch_thread, running_worker,
 )
-from tests.worker.faults.test_failover_backlog import _covered
+from tests.worker.faults.report import covered
 from worker.errors import StartupError
-from worker.kafka import ensure_topics
+from worker.adapters.kafka import ensure_topics
 from worker.tools.replay import prepare, replay
 from worker.tools.services import RedisServer
+from tests.worker.faults.report import until
 
 pytestmark = pytest.mark.slow
 assert one_torch_thread  # autouse fixture, imported to apply here too
-
-
-async def _until(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def _outage(broker, tag: str, server: RedisServer, fault, heal, while_down=None):
@@ -43,10 +37,10 @@ async def _outage(broker, tag: str, server: RedisServer, fault, heal, while_down
         task = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Worker.run")
         await replay(before, broker, topics["bars_topic"])
         await consume(broker, topics["forecasts_topic"],
-                      lambda got: _covered(got) >= expected_keys(before), timeout=60)
+                      lambda got: covered(got) >= expected_keys(before), timeout=60)
         fault()
         await replay(during, broker, topics["bars_topic"])
-        await _until(lambda: readyz(worker.metrics_port)[0] == 503, 15, "/readyz to say 503")
+        await until(lambda: readyz(worker.metrics_port)[0] == 503, 15, "/readyz to say 503")
         status, checks = readyz(worker.metrics_port)
         assert checks["redis"] is False and checks["kafka"] is True
         await asyncio.sleep(2.0)  # past a slow tick (1 s)
@@ -55,9 +49,9 @@ async def _outage(broker, tag: str, server: RedisServer, fault, heal, while_down
         assert not task.done(), "the worker must ride out the outage"
         heal()
         t0 = time.monotonic()
-        msgs = await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=90)
+        msgs = await consume(broker, topics["forecasts_topic"], lambda got: covered(got) >= want, timeout=90)
         recovery = time.monotonic() - t0
-        await _until(lambda: readyz(worker.metrics_port)[0] == 200, 15, "/readyz to say 200 again")
+        await until(lambda: readyz(worker.metrics_port)[0] == 200, 15, "/readyz to say 200 again")
     return rows, want, msgs, recovery, worker, len(during)
 
 

@@ -13,13 +13,13 @@ import pytest
 import redis as sync_redis
 
 from tests.worker.faults.report import readyz, tally
-from tests.worker.faults.test_failover_backlog import _covered
-from tests.worker.test_app_e2e import (
+from tests.worker.faults.report import covered
+from tests.worker.streams import (
     TAPE, Offline, consume, expected_keys, forecasts_of, make_settings, names, one_torch_thread, running_worker,
 )
-from worker import poison
-from worker.kafka import ensure_topics
-from worker.keys import RedisKeys
+from worker.pipeline import poison
+from worker.adapters.kafka import ensure_topics
+from worker.adapters.keys import RedisKeys
 from worker.tools.replay import prepare, replay
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ async def test_a_redis_reply_error_on_one_symbol_dead_letters_its_bars_and_spare
             task = next(t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Worker.run")
             await replay(before, broker, topics["bars_topic"])
             await consume(broker, topics["forecasts_topic"],
-                          lambda got: _covered(got) >= expected_keys(before), timeout=60)
+                          lambda got: covered(got) >= expected_keys(before), timeout=60)
             bars_key = RedisKeys(redis_prefix).window(victim)[0]
             admin.delete(bars_key)
             admin.set(bars_key, "not a sorted set")  # every script on the window now fails
@@ -56,7 +56,7 @@ async def test_a_redis_reply_error_on_one_symbol_dead_letters_its_bars_and_spare
             await replay(after, broker, topics["bars_topic"])
             dead = {(victim, t.strftime("%Y-%m-%dT%H:%M:%S")) for t in hit["time"]}
             want = expected_keys(rows) - dead
-            msgs = await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=90)
+            msgs = await consume(broker, topics["forecasts_topic"], lambda got: covered(got) >= want, timeout=90)
             recovery = time.monotonic() - t0
     finally:
         admin.close()

@@ -14,8 +14,8 @@ import pytest
 
 from kronos_rt import KronosPredictor
 
-from ...kronos_rt.conftest import ROOT
-from .conftest import BASE, COLUMNS, bars_of, engine, serving, values
+from tests.kronos_rt.conftest import ROOT
+from tests.worker.http.serving import BASE, COLUMNS, bars_of, engine, serving, values
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import torch
 from kronos_rt import Kronos
 from kronos_rt.registry import Registry
 from worker.http.server import Standalone
-from worker.inference import build_engine
+from worker.pipeline.inference import build_engine
 
-from ...kronos_rt.conftest import PARITY
-from .conftest import BASE, bars_of, values
+from tests.kronos_rt.conftest import PARITY
+from tests.worker.http.serving import BASE, bars_of, values
 
 
 async def test_serve_follows_latest_promotions(tmp_path, tape_rows):

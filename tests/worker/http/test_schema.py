@@ -14,7 +14,7 @@ from kronos_rt import SamplingParams
 from worker.http.schema import fast_batch, fast_request, request_models
 from worker.http.service import ApiError, ForecastService
 
-from .conftest import BASE, bars_of
+from tests.worker.http.serving import BASE, bars_of
 
 
 class _Metrics:

@@ -10,11 +10,12 @@ import httpx
 import numpy as np
 import pytest
 
-from worker.kafka import ensure_topics
+from worker.adapters.kafka import ensure_topics
 
-from ..test_app_e2e import (TAPE, Offline, consume, expected_keys, forecasts_of, make_settings, names, prepare,
-                            replay, running_worker)
-from .conftest import bars_of, values
+from tests.worker.http.serving import bars_of, values
+from tests.worker.streams import Offline, consume, expected_keys, forecasts_of, make_settings, names, running_worker
+from worker.tools import TAPE
+from worker.tools.replay import prepare, replay
 
 pytestmark = pytest.mark.slow
 

@@ -5,11 +5,10 @@ import numpy as np
 import pandas as pd
 from aiokafka import AIOKafkaConsumer
 
-from worker.events import parse_bar
+from worker.contracts.events import parse_bar
 from worker.tools import TAPE
 from worker.tools.replay import parse_speed, prepare, replay
 from worker.tools.tape import interleave, read_tape
-
 
 
 def test_read_tape_csv_and_parquet_agree(tmp_path):

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from tests.conftest import unique_topic
 from worker.cli import main as cli_main
 from worker.tools.report import build_report
-from worker.kafka import ensure_topics
+from worker.adapters.kafka import ensure_topics
 
 T0 = dt.datetime(2024, 6, 18, 9, 0)
 P0 = dt.datetime(2024, 6, 18, 1, 0, tzinfo=dt.timezone.utc)

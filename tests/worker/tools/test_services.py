@@ -7,7 +7,7 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.conftest import unique_topic
-from worker.kafka import ensure_topics
+from worker.adapters.kafka import ensure_topics
 from worker.tools.services import EmbeddedBroker, RedisServer, free_port
 
 

@@ -1,0 +1,76 @@
+"""The aiokafka internals worker/adapters/kafka.py relies on: this fails when the pinned aiokafka changes them."""
+import inspect
+import re
+from pathlib import Path
+
+import aiokafka
+from aiokafka import AIOKafkaProducer
+from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import KafkaError
+
+from worker.adapters import kafka
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_pinned_aiokafka_is_the_one_installed():
+    pin = re.search(r'"aiokafka>=([\d.]+),<([\d.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pin, "pyproject.toml pins aiokafka to a tested minor version"
+    lo, hi = (tuple(int(x) for x in v.split(".")) for v in pin.groups())
+    assert lo <= tuple(int(x) for x in aiokafka.__version__.split(".")[:3]) < hi
+
+
+def test_committed_offsets_with_metadata_are_read_from_the_coordinator():
+    params = list(inspect.signature(GroupCoordinator.fetch_committed_offsets).parameters)
+    assert params[:2] == ["self", "partitions"]
+    assert inspect.iscoroutinefunction(GroupCoordinator.fetch_committed_offsets)
+    src = inspect.getsource(kafka.fetch_committed)
+    assert "_coordinator.fetch_committed_offsets" in src
+
+
+async def test_producer_closed_flag_exists_and_flips_on_stop():
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    assert kafka.producer_closed(producer) is False
+    await producer.stop()
+    assert kafka.producer_closed(producer) is True
+
+
+def test_commit_errors_cover_the_assertion_aiokafka_raises_mid_rebalance():
+    assert KafkaError in kafka.COMMIT_ERRORS and AssertionError in kafka.COMMIT_ERRORS
+    # The consumer's commit asserts on its assignment state before talking to the broker.
+    src = inspect.getsource(aiokafka.AIOKafkaConsumer.commit)
+    assert "assert" in src or "IllegalStateError" in src
+
+
+def test_no_private_aiokafka_call_outside_the_kafka_module():
+    pattern = re.compile(r"\._(coordinator|closed|client|fetcher|subscription)\b")
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "worker").rglob("*.py")
+                 if p.name != "kafka.py" and pattern.search(p.read_text())]
+    assert offenders == []
+
+
+async def test_the_broker_probe_asks_the_consumers_client_for_metadata():
+    from aiokafka.client import AIOKafkaClient
+
+    assert inspect.iscoroutinefunction(AIOKafkaClient.fetch_all_metadata)
+    assert list(inspect.signature(AIOKafkaClient.fetch_all_metadata).parameters) == ["self"]
+    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    assert isinstance(consumer._client, AIOKafkaClient)
+    assert "_client.fetch_all_metadata" in inspect.getsource(kafka.answers)
+
+
+async def test_reading_a_missing_topic_is_an_error_and_does_not_create_it(broker):
+    import uuid
+
+    import pytest
+
+    name = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(RuntimeError, match="does not exist"):
+        async for _ in kafka.read_topic(broker, name, timeout_s=5):
+            pass
+    admin = kafka.make_admin(broker)
+    await admin.start()
+    try:
+        assert name not in await admin.list_topics()
+    finally:
+        await admin.close()

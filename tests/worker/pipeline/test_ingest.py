@@ -1,0 +1,134 @@
+"""worker/pipeline/ingest.py against a real Redis, no Kafka: what each message becomes."""
+import datetime as dt
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import TopicPartition
+
+from worker.contracts import events
+from worker.pipeline.ingest import DeadLetter, Ingest, Ready
+from worker.ops.metrics import WorkerMetrics
+from worker.pipeline.partition import PartitionState
+from worker.calendars.sessions import parse_session_map
+from worker.pipeline.windows import WindowStore
+
+T0 = dt.datetime(2024, 6, 18, 9, 35)
+TP = TopicPartition("bars", 0)
+
+
+def msg(i, symbol="AAA", close=None, offset=None):
+    t = T0 + dt.timedelta(minutes=5 * i)
+    c = 10.0 + i if close is None else close
+    doc = {"symbol": symbol, "ts": t.isoformat(), "open": c, "high": c + 1, "low": c - 1, "close": c,
+           "volume": 100.0}
+    return SimpleNamespace(key=symbol.encode(), value=events.dumps(doc), offset=i if offset is None else offset,
+                           timestamp=1_700_000_000_000)
+
+
+@pytest.fixture
+async def ingest(redis_url, redis_prefix):
+    client = aioredis.from_url(redis_url)
+    lost = []
+
+    async def on_lost():
+        lost.append(True)
+
+    ing = Ingest(WindowStore(client, redis_prefix, 16), lookback=8, min_history=3, pred_len=2,
+                 interval=dt.timedelta(minutes=5), calendar_for=parse_session_map("continuous"),
+                 metrics=WorkerMetrics(), on_lost=on_lost)
+    ing.lost = lost
+    yield ing
+    await client.aclose()
+
+
+async def handle_all(ingest, state, msgs):
+    parsed = await ingest.parse_fetch({TP: msgs})
+    return [await ingest.handle(state, m, parsed[(TP, m.offset)]) for m in msgs]
+
+
+async def test_bars_buffer_until_min_history_then_become_ready(ingest):
+    state = PartitionState(TP)
+    out = await handle_all(ingest, state, [msg(i) for i in range(5)])
+    assert out[:2] == [None, None]  # buffered: fewer than min_history bars
+    assert all(isinstance(o, Ready) for o in out[2:])
+    last = out[-1]
+    assert len(last.values) == 5 and last.values[-1][3] == 14.0
+    assert last.horizon == [T0 + dt.timedelta(minutes=5 * k) for k in (5, 6)]
+    assert state.processed == 5 and state.oldest == {"AAA": 0}
+
+
+async def test_window_is_cut_to_the_lookback(ingest):
+    state = PartitionState(TP)
+    out = await handle_all(ingest, state, [msg(i) for i in range(12)])
+    assert len(out[-1].values) == 8 and out[-1].values[0][3] == 14.0
+
+
+async def test_invalid_message_becomes_a_dead_letter_and_moves_on(ingest):
+    state = PartitionState(TP)
+    bad = SimpleNamespace(key=b"AAA", value=b"{not json", offset=7, timestamp=1_700_000_000_000)
+    parsed = await ingest.parse_fetch({TP: [bad]})
+    out = await ingest.handle(state, bad, parsed[(TP, 7)])
+    assert isinstance(out, DeadLetter) and out.reason == "bad_json" and out.offset == 7
+    assert state.processed == 8
+
+
+async def test_duplicate_and_too_old_need_nothing_more(ingest):
+    state = PartitionState(TP)
+    await handle_all(ingest, state, [msg(i) for i in range(20)])
+    dup = msg(19, offset=40)        # same bar again from another offset: a repeated event
+    too_old = msg(0, offset=41)     # older than the whole stored window
+    assert await handle_all(ingest, state, [dup]) == [None]
+    assert await handle_all(ingest, state, [too_old]) == [None]
+    events_ = ingest.metrics.events
+    assert events_.labels(outcome="duplicate")._value.get() == 1
+    assert events_.labels(outcome="too_old")._value.get() == 1
+
+
+async def test_redelivered_message_is_forecast_on_its_own_window(ingest):
+    """A re-read of the very message stored (same offset: its worker died before committing)."""
+    state = PartitionState(TP)
+    first = await handle_all(ingest, state, [msg(i) for i in range(10)])
+    again = await handle_all(ingest, state, [msg(6)])
+    assert isinstance(again[0], Ready)
+    np.testing.assert_array_equal(again[0].values, first[6].values)
+    np.testing.assert_array_equal(again[0].times, first[6].times)
+
+
+async def test_revoked_partition_gets_no_ready_item(ingest):
+    state = PartitionState(TP)
+    await handle_all(ingest, state, [msg(i) for i in range(4)])
+    state.owned = False
+    assert await handle_all(ingest, state, [msg(4)]) == [None]
+
+
+async def test_distinct_symbols_in_one_fetch_are_upserted_in_one_round_trip(ingest):
+    state = PartitionState(TP)
+    for i in range(3):
+        await handle_all(ingest, state, [msg(i, "AAA"), msg(i, "BBB", offset=100 + i)])
+    parsed = await ingest.parse_fetch({TP: [msg(3, "AAA"), msg(3, "BBB", offset=103)]})
+    assert all(p.reply is not None for p in parsed.values())  # fetched ahead, pipelined
+    out = [await ingest.handle(state, m, parsed[(TP, m.offset)]) for m in (msg(3, "AAA"), msg(3, "BBB", offset=103))]
+    assert [o.bar.symbol for o in out] == ["AAA", "BBB"]
+
+
+async def test_a_reply_fetched_before_a_rebuild_is_not_applied(ingest):
+    state = PartitionState(TP)
+    await handle_all(ingest, state, [msg(i, "AAA") for i in range(3)] + [msg(i, "BBB", offset=100 + i) for i in range(3)])
+    batch = [msg(3, "AAA"), msg(3, "BBB", offset=103)]
+    parsed = await ingest.parse_fetch({TP: batch})
+    await ingest.store.delete(["AAA"])  # what a rebuild does first
+    out = await ingest.handle(state, batch[0], parsed[(TP, 3)])
+    assert out is None  # upserted again on the emptied window: 1 bar, buffered (not the stale reply)
+    assert len(await ingest.store.window("AAA")) == 1
+
+
+async def test_redis_losing_a_window_asks_for_a_rebuild(ingest, redis_url):
+    state = PartitionState(TP)
+    await handle_all(ingest, state, [msg(i) for i in range(4)])
+    client = aioredis.from_url(redis_url)
+    await client.delete(*ingest.store.keys("AAA"))  # a flush, as far as this symbol goes
+    await client.aclose()
+    await handle_all(ingest, state, [msg(4)])
+    assert ingest.lost == [True]

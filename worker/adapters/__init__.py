@@ -1,0 +1,11 @@
+"""The service's adapters to Kafka and Redis: how it connects, and how it waits for them.
+
+- kafka.py: aiokafka consumers, producers and admin clients as the worker and tools build
+  them, topic creation, reading a partition outside the consumer group;
+- security.py: the Kafka TLS/SASL flags and environment variables (kronos_rt_client.security
+  holds KafkaSecurity itself);
+- keys.py: the Redis key schema, one hash tag per symbol;
+- waiting.py: waiting out a broker or Redis that does not answer yet.
+
+May import: worker.errors, worker.contracts, kronos_rt_client; never the pipeline above it.
+"""

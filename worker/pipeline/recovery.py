@@ -1,0 +1,129 @@
+"""Window recovery: notice that Redis lost a partition's windows, rebuild them from the bar topic.
+
+Each owned partition has a marker key in Redis (worker/adapters/keys.py) that lives and dies with
+its windows: a FLUSHALL, or a failover onto an empty Redis, removes both. A missing marker
+at the first message after assignment, or later on a tick, means the windows are gone:
+the partition's bars from `PartitionState.rebuild_from()` up to where the worker had got
+are re-read (outside the consumer group) and upserted again, without forecasting them.
+
+`ride_out` is what the fetch loop does when Redis fails a command (gone, restarting, out of
+memory, read-only): pause every partition, say not ready, wait until Redis accepts a write
+again, and note whether it came back empty (`lost`: rebuild before the next bar).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import AsyncIterator, Callable
+
+from worker.contracts import events
+from worker.adapters.keys import RedisKeys
+from worker.pipeline.partition import PartitionState
+from worker.pipeline.windows import WindowStore
+
+log = logging.getLogger(__name__)
+
+# (tp, start, end) -> messages of tp with start <= offset < end (worker.adapters.kafka.read_partition)
+Reader = Callable[..., AsyncIterator]
+
+
+class Recovery:
+    def __init__(self, redis, store: WindowStore, keys: RedisKeys, read: Reader, worker_id: str, metrics,
+                 parse: Callable):
+        self.redis = redis
+        # message -> Bar or InvalidEvent: the live path's checks (Ingest.parse), so a rebuild
+        # never stores a bar the DLQ got.
+        self.parse = parse
+        self.store = store
+        self.keys = keys
+        self.read = read
+        self.worker_id = worker_id
+        self.metrics = metrics
+        self.rebuilds = 0
+        self.lost = False  # Redis lost windows: rebuild them before the next bar
+
+    def _marker(self, state: PartitionState) -> str:
+        return self.keys.partition_marker(state.tp.topic, state.tp.partition)
+
+    async def check(self, state: PartitionState, first_offset: int) -> None:
+        """First message after assignment: are this partition's windows in Redis? A previous
+        owner wrote them (floor known) but the marker is gone: rebuild up to `first_offset`."""
+        # Marked checked only once Redis answered: a Redis outage here means checking again.
+        if not await self.redis.exists(self._marker(state)) and first_offset > 0 and state.floor is not None:
+            log.warning("Redis has no windows for %s: rebuilding from offset %d", state.tp, state.floor)
+            await self.rebuild(state, first_offset)
+        await self.redis.set(self._marker(state), self.worker_id)
+        state.checked = True
+
+    async def lost_any(self, states: list[PartitionState]) -> bool:
+        """A flush while no bars arrive: noticed by a checked partition's missing marker."""
+        for st in states:
+            if st.processed is not None and st.checked and not await self.redis.exists(self._marker(st)):
+                return True
+        return False
+
+    async def rebuild_all(self, states: list[PartitionState]) -> None:
+        self.lost = False
+        try:
+            for st in sorted(states, key=lambda s: (s.tp.topic, s.tp.partition)):
+                if st.processed is not None:
+                    await self.rebuild(st, st.processed)
+                    await self.redis.set(self._marker(st), self.worker_id)
+        except BaseException:
+            self.lost = True  # interrupted (Redis went away again): start over when it is back
+            raise
+
+    async def notice_loss(self, states: list[PartitionState]) -> None:
+        """On a tick: a flush while no bars arrive shows as a missing marker."""
+        if not self.lost:
+            self.lost = await self.lost_any(states)
+
+    async def ride_out(self, err: BaseException, flow, health, states: Callable[[], list[PartitionState]],
+                       stopping: Callable[[], bool]) -> None:
+        """Redis failed a command mid-stream: pause every partition, say not ready, wait with
+        backoff until it accepts a write; note whether it came back empty."""
+        from worker.adapters.waiting import wait_until
+
+        health.redis_down(True)
+        paused = flow.pause_all()
+        log.warning("Redis stopped answering (%r): paused %d partitions", err, len(paused))
+        t0 = time.monotonic()
+
+        async def back() -> None:
+            await self.store.ping()
+            # A write, too: a Redis out of memory or read-only answers pings but refuses this.
+            await self.redis.set(self.keys.probe(), self.worker_id, ex=60)
+            if await self.lost_any(states()):
+                self.lost = True  # came back empty: rebuild from the bar topic before going on
+
+        try:
+            answered = await wait_until(back, "Redis", stopping=stopping)
+        finally:
+            health.redis_down(False)
+        if answered:
+            log.warning("Redis is back after %.1fs: resuming", time.monotonic() - t0)
+        flow.resume(paused)
+
+    async def rebuild(self, state: PartitionState, end: int) -> None:
+        """Re-upsert the partition's bars in [rebuild_from, end) into Redis, forecasting nothing."""
+        start = state.rebuild_from()
+        if start is None or start >= end:
+            return
+        t0 = time.monotonic()
+        symbols = set(state.oldest)
+        await self.store.delete(symbols)  # start clean so bars land in their original order
+        n = 0
+        async for msg in self.read(state.tp, start, end):
+            bar = self.parse(msg)
+            if not isinstance(bar, events.Bar):
+                continue
+            await self.store.upsert(bar, msg.offset)
+            symbols.add(bar.symbol)
+            n += 1
+        for sym in symbols:
+            state.note_window(sym, await self.store.window(sym))
+        self.metrics.window_rebuilds.inc()
+        self.rebuilds += 1
+        log.warning("rebuilt %d windows of %s from %d bars (offsets %d..%d) in %.2fs",
+                    len(symbols), state.tp, n, start, end - 1, time.monotonic() - t0)
+
