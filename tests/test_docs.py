@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TOP = ("worker", "kronos_rt", "kronos_rt_client", "tests", "schemas", "docker", "scripts", "benchmarks")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-PATH = re.compile(r"(?<![\w/.$~-])((?:%s)/[\w./-]*)" % "|".join(TOP))
+PATH = re.compile(r"(?<![\w/.$~-])((?:" + "|".join(TOP) + r")/[\w./-]*)")
 
 
 def _doc_id(path: Path) -> str:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import sys
 from pathlib import Path
 
-from worker.cli import COMMANDS, DESCRIPTIONS
-from worker.config import ENV_PREFIX, apply_env, env_name
+from worker.cli import COMMANDS, command_parser
+from worker.config import ENV_PREFIX, env_name
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "docs" / "FLAGS.md"
@@ -38,8 +37,8 @@ COMMAND --help` says the same, with examples.
 Every `--flag` can also come from the environment as `KRONOS_RT_<FLAG>` (the env column); a
 flag on the command line wins. Switches take `1`/`true`/`yes` or `0`/`false`/`no`. Secrets
 (`--sasl-password`, `--sasl-username`) can also come from a file named by `KRONOS_RT_<FLAG>_FILE`
-(see [OPERATING.md](OPERATING.md), "Secured Kafka"). `--debug` (or `KRONOS_RT_DEBUG=1`), given
-anywhere before the command's own flags, adds the traceback to an error.
+(see [OPERATING.md](OPERATING.md), "Secured Kafka"). `--debug` anywhere on the command line
+(or `KRONOS_RT_DEBUG=1`) adds the traceback to an error; `kronos-rt --version` prints the version.
 """
 
 
@@ -56,13 +55,10 @@ def _no_env():
 
 
 def parser_for(name: str) -> argparse.ArgumentParser:
-    """`kronos-rt NAME`'s parser as the command builds it (worker/cli command_parser), with no
-    environment applied."""
+    """`kronos-rt NAME`'s parser, built as `kronos-rt NAME --help` builds it, with no
+    KRONOS_RT_* variable applied."""
     with _no_env():
-        module = importlib.import_module(COMMANDS[name][0])
-        parser = argparse.ArgumentParser(prog=f"kronos-rt {name}", description=DESCRIPTIONS.get(name))
-        module.configure(parser)
-        return apply_env(parser, environ={})
+        return command_parser(name)
 
 
 def _portable(text: str) -> str:

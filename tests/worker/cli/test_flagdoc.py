@@ -73,7 +73,7 @@ def test_the_output_does_not_depend_on_the_machine_or_the_environment(monkeypatc
 
 def test_check_names_a_flag_without_its_line(monkeypatch, capsys):
     """A new flag in a command's parser, docs/FLAGS.md not regenerated: --check fails, naming it."""
-    import worker.cli.tail as tail
+    from worker.cli import tail
 
     original = tail.configure
 
