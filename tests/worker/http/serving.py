@@ -29,17 +29,6 @@ def engine():
     return _ENGINE["e"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The tiny model gains nothing from intra-op threads on a loaded 2-core box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tape_rows() -> pd.DataFrame:
     return pd.read_csv(TAPE, parse_dates=["timestamps"])
