@@ -124,7 +124,7 @@ def _evaluation(metadata: dict, spec: str) -> list[str]:
     wf = metrics.get("walk_forward")
     out = ["## Walk-forward evaluation", ""]
     if isinstance(wf, dict) and isinstance(wf.get("summary"), dict):
-        rows = {spec: wf["summary"], **(wf.get("baselines") or {})}
+        rows = {spec: wf["summary"], **(wf.get("baselines") or {}), **(wf.get("compared_with") or {})}
         cols = [m for m in EVAL_METRICS if any(m in (r or {}) for r in rows.values())]
         out += _table(["forecaster", *cols], [[k, *[(r or {}).get(c) for c in cols]] for k, r in rows.items()])
         cfg = wf.get("config") or {}

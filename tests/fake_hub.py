@@ -53,7 +53,7 @@ class Repo:
 class Request:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: bytes
 
 
@@ -139,7 +139,7 @@ def _handler(hub: FakeHub):
             url = urlsplit(self.path)
             path, query = url.path, parse_qs(url.query)
             with hub._lock:
-                hub.requests.append(Request(self.command, self.path, dict(self.headers.items()), body))
+                hub.requests.append(Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
             if hub.token is not None and not path.startswith("/lfs-upload/") \
                     and self.headers.get("Authorization") != f"Bearer {hub.token}":
                 return self._error(401, "Invalid credentials in Authorization header")

@@ -51,7 +51,7 @@ DESCRIPTIONS = {
     "report": "Reads the forecasts and bars of a replay from their topics (without joining a group) and "
               "writes report.md with latency, throughput, accuracy against naive baselines, band coverage "
               "and plots.",
-    "models": "Imports, pulls, creates, verifies, promotes and rolls back model versions in the local "
+    "models": "Imports, pulls, pushes (to a Hub repo), creates, verifies, promotes and rolls back model versions in the local "
               "registry ($KRONOS_RT_REGISTRY, default ~/.kronos-rt/registry).",
     "bench": "Times the inference engine against a full-recompute path and the prefill floor on this "
              "machine, prints Markdown tables and checks the speed targets.",
@@ -85,7 +85,8 @@ EXAMPLES = {
                "kronos-rt report --forecasts-topic demo.forecasts.5m --bars-topic demo.bars.5m"],
     "models": ["kronos-rt models list",
                "kronos-rt models pull NeoQuasar/Kronos-small --tokenizer NeoQuasar/Kronos-Tokenizer-base",
-               "kronos-rt models init --shape mini --name scratch && kronos-rt models verify scratch"],
+               "kronos-rt models init --shape mini --name scratch && kronos-rt models verify scratch",
+               "kronos-rt models push my-small@0.2.0 --repo my-org/my-small --private --dry-run"],
     "bench": ["kronos-rt bench", "kronos-rt bench --shape mini --device cpu"],
     "bench-stream": ["kronos-rt bench-stream --shape mini --symbols 64",
                      "kronos-rt bench-stream --brokers localhost:29092 --redis redis://127.0.0.1:6379/0"],
