@@ -63,6 +63,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}  # sha256 -> content
         self.requests: list[Request] = []
+        self.fail_next_tag = False  # a test sets it: the next create_tag answers 500
         self._lock = threading.Lock()
         self._counter = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -214,6 +215,9 @@ def create_tag(h, hub, body, query, repo, revision):
     c = r and _commit(h, r, revision)
     if not c:
         return
+    if hub.fail_next_tag:
+        hub.fail_next_tag = False
+        return h._error(500, "fake hub: tag creation failed")
     tag = json.loads(body)["tag"]
     if tag in r.tags:
         return h._error(409, f"Tag {tag} already exists")

@@ -115,6 +115,29 @@ def test_an_existing_tag_is_refused_before_anything_is_uploaded(hub, reg):
     assert not any(r.path.startswith("/api/models/org/parity/preupload") for r in hub.requests[-3:])
 
 
+def test_a_push_whose_tag_failed_is_finished_by_running_it_again(hub, reg):
+    mv = _version(reg)
+    hub.fail_next_tag = True
+    with pytest.raises(HubError, match=r"failed to tag commit [0-9a-f]{40} as v1.0.0"):
+        push(plan_push(mv, "org/parity"))
+    assert hub.repos["org/parity"].tags == {} and len(hub.commits_of("org/parity")) == 2
+    result = push(plan_push(mv, "org/parity"))  # nothing changed: no second commit, just the tag
+    assert len(hub.commits_of("org/parity")) == 2
+    assert hub.repos["org/parity"].tags == {"v1.0.0": result.commit} == {"v1.0.0": hub.repos["org/parity"].branches["main"]}
+
+
+def test_offline_pull_from_the_hub_cache(hub, reg, tmp_path, monkeypatch):
+    push(plan_push(_version(reg), "org/parity"))
+    Registry(tmp_path / "first").pull("org/parity", revision="v1.0.0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    seen = len(hub.requests)
+    again = Registry(tmp_path / "second").pull("org/parity", revision="v1.0.0")
+    assert len(hub.requests) == seen  # nothing asked of the Hub
+    assert again.metadata["files"] == reg.get("parity", "1.0.0").metadata["files"]
+    with pytest.raises(RegistryError, match="HF_HUB_OFFLINE is set and it is not in the local Hub cache"):
+        Registry(tmp_path / "third").pull("org/parity", revision="v9.9.9")
+
+
 def test_branch_and_private(hub, reg):
     mv = _version(reg)
     result = push(plan_push(mv, "org/private-one", revision="experiments"), private=True)
