@@ -172,6 +172,11 @@ def model_card(metadata: dict, repo_id: str, tag: str, files: list[tuple[str, in
             'tokenizer = KronosTokenizer.from_pretrained(f"{path}/tokenizer")', "```", "",
             "## Base model", ""]
     out += _base_lines(metadata)
+    origin = metadata.get("origin")
+    if isinstance(origin, dict) and origin.get("source"):  # pulled back from a push: where it began
+        out += ["", f"It was pushed as `{origin.get('name')}@{origin.get('version')}`, created "
+                    f"{origin.get('created_at')}; its source then:"]
+        out += _base_lines({"source": origin["source"], "finetune": metadata.get("finetune")})
     out += ["", "## Architecture", ""] + _architecture(metadata) + [""]
     ft = metadata.get("finetune")
     if isinstance(ft, dict):

@@ -83,6 +83,11 @@ def test_push_then_pull_gives_the_same_version(hub, reg, tmp_path):
     assert src["type"] == "hub" and src["model"]["commit"] == result.commit and src["tokenizer"]["subfolder"] == "tokenizer"
     report = Registry(tmp_path / "elsewhere").verify("parity", "1.0.0", device="cpu")
     assert report.ok, report.failures
+    # Pushed on again, its card says where it came from and where it began.
+    card = plan_push(back, "org/parity-copy").card
+    assert "Pulled from the Hub: model `org/parity` at `v1.0.0`" in card
+    assert "It was pushed as `parity@1.0.0`" in card and "Imported from local checkpoint directories" in card
+    assert "base_model: org/parity" in card and "RANDOM WEIGHTS" in card
 
 
 def test_versions_are_tags_and_a_tag_holds_only_its_version(hub, reg, tmp_path):
