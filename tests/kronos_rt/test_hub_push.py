@@ -4,8 +4,8 @@ served back to `pull`, so a push followed by a pull is checked end to end over H
 import json
 import shutil
 
-from huggingface_hub import constants as hf_constants
 import pytest
+from huggingface_hub import constants as hf_constants
 
 from kronos_rt.hub import HubError
 from kronos_rt.hub_push import plan_push, push, read_token_file, version_tag

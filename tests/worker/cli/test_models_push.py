@@ -156,11 +156,11 @@ def test_the_command_as_users_run_it(evaluated, tmp_path, token_file):
         env.pop("HF_TOKEN", None)
         cmd = [sys.executable, "-m", "worker.cli", "models", "--registry", str(evaluated.root), "push", "parity@1.0.0",
                "--repo", "org/parity-cli"]
-        no_token = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        no_token = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=120)
         assert no_token.returncode == 2
         assert no_token.stderr.strip() == ("kronos-rt models push: error: no Hugging Face token: give --token-file "
                                            "FILE, set HF_TOKEN, or log in with `hf auth login`")
-        done = subprocess.run(cmd + ["--token-file", str(token_file)], env=env, capture_output=True, text=True,
+        done = subprocess.run(cmd + ["--token-file", str(token_file)], check=False, env=env, capture_output=True, text=True,
                               timeout=120)
         assert done.returncode == 0, done.stderr
         assert TOKEN not in done.stdout + done.stderr and TOKEN not in " ".join(cmd)
