@@ -2,7 +2,7 @@
 
 Checkpoint loading (`from_pretrained` with a Hub id) and the model registry (`pull`) both
 come through `snapshot`, so they agree on what "offline" means and fail with the same
-message.
+message. Uploads (kronos_rt/hub_push.py) use the same endpoint (`hub_endpoint`).
 """
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def hub_offline() -> bool:
     return value.strip().upper() in _TRUE
 
 
+def hub_endpoint() -> str | None:
+    """HF_ENDPOINT (a mirror, a private Hub, a test server), read now; None = huggingface_hub's
+    default. huggingface_hub reads it once, at import, and builds download URLs from that."""
+    value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+    return value or None
+
+
 def snapshot(repo_id: str, revision: str | None = None, allow_patterns: list[str] | None = None,
              cache_dir=None) -> Path:
     """Local folder of a Hub repo's files (those matching allow_patterns): downloaded, or
@@ -41,7 +48,7 @@ def snapshot(repo_id: str, revision: str | None = None, allow_patterns: list[str
     offline = hub_offline()
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns,
-                                      cache_dir=cache_dir, local_files_only=offline))
+                                      cache_dir=cache_dir, local_files_only=offline, endpoint=hub_endpoint()))
     except HFValidationError as exc:
         raise HubError(f"{repo_id!r} is not a valid Hugging Face Hub repo id (expected org/name): {exc}") from exc
     except Exception as exc:  # offline and not cached, unknown repo, bad revision, network down

@@ -369,11 +369,18 @@ class Registry:
 
         return self._add(name, version, fill, source, random_weights=random_weights, promote=promote, extra=extra)
 
-    def pull(self, hub_id: str, tokenizer_hub_id: str, name: str | None = None, revision: str | None = None,
-             tokenizer_revision: str | None = None, version: str | None = None, promote: bool | None = None,
-             cache_dir=None) -> ModelVersion:
+    def pull(self, hub_id: str, tokenizer_hub_id: str | None = None, name: str | None = None,
+             revision: str | None = None, tokenizer_revision: str | None = None, version: str | None = None,
+             promote: bool | None = None, cache_dir=None) -> ModelVersion:
         """Download (or, with HF_HUB_OFFLINE=1, take from the Hub cache) a model and its tokenizer
-        and import them. The name defaults to the model repo's name, lower-cased."""
+        and import them. The name defaults to the model repo's name, lower-cased.
+        Without tokenizer_hub_id the repo is one `kronos-rt models push` wrote (model and
+        tokenizer/ in one repo, with metadata.json): kronos_rt.hub_push.pull_pushed."""
+        if tokenizer_hub_id is None:
+            from .hub_push import pull_pushed  # (it imports this module)
+
+            return pull_pushed(self, hub_id, revision=revision, name=name, version=version, promote=promote,
+                               cache_dir=cache_dir)
         name = name or hub_id.rstrip("/").split("/")[-1].lower()
         validate_name(name)
         model_dir = _snapshot(hub_id, revision, cache_dir)

@@ -264,3 +264,26 @@ def compare(report: dict, candidate: str, current: str, metric: str = "mase",
     verdict = "beats" if better else "does not beat"
     return better, (f"{candidate} {verdict} {current} on {metric}: {a:.6g} vs {b:.6g} "
                     f"(needs {word} {need:.6g} with margin {margin:g}) over {report.get('windows')} windows")
+
+
+# -- recording in the registry ------------------------------------------------------------
+
+def walk_forward_record(report: dict, label: str) -> dict:
+    """What `kronos-rt eval --record` keeps in a version's metadata.json (metrics.walk_forward):
+    its summary beside the baselines' and the other models' of the same run, on what data
+    and windows. The model card (kronos_rt/model_card.py) prints it as a table."""
+    res = report["results"]
+    cfg = report.get("config") or {}
+    return {
+        "created_at": report.get("created_at"),
+        "target": report.get("target", "close"),
+        "test": (report.get("data") or {}).get("test"),
+        "windows": report.get("windows"),
+        "config": {k: cfg.get(k) for k in ("lookback", "pred_len", "stride", "sample_count", "temperature",
+                                           "top_k", "top_p", "seed", "max_windows")},
+        "data": {"files": [{k: f.get(k) for k in ("path", "sha256", "start", "end")}
+                           for f in (report.get("data") or {}).get("files", [])]},
+        "summary": res[label]["summary"],
+        "baselines": {k: v["summary"] for k, v in res.items() if v.get("kind") == "baseline"},
+        "compared_with": {k: v["summary"] for k, v in res.items() if v.get("kind") == "model" and k != label},
+    }

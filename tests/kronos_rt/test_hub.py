@@ -27,6 +27,7 @@ def calls(monkeypatch):
 
 @pytest.fixture
 def env(monkeypatch):
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     return monkeypatch
@@ -53,7 +54,14 @@ def test_snapshot_passes_local_files_only(env, calls, value, local_only):
     path = snapshot("org/repo", "v1", ["config.json"])
     assert path == PARITY / "model"
     assert calls == [dict(repo_id="org/repo", revision="v1", allow_patterns=["config.json"], cache_dir=None,
-                          local_files_only=local_only)]
+                          local_files_only=local_only, endpoint=None)]
+
+
+def test_snapshot_passes_hf_endpoint_read_now(env, calls):
+    """HF_ENDPOINT set after huggingface_hub was imported still counts (a mirror, a test server)."""
+    env.setenv("HF_ENDPOINT", "http://127.0.0.1:9/ ")
+    snapshot("org/repo")
+    assert calls[-1]["endpoint"] == "http://127.0.0.1:9"
 
 
 def _failing(exc):
@@ -91,7 +99,7 @@ def test_from_pretrained_goes_through_snapshot(env, calls):
     env.setenv("HF_HUB_OFFLINE", "yes")
     Kronos.from_pretrained("org/Kronos-x", revision="abc")
     assert calls == [dict(repo_id="org/Kronos-x", revision="abc", allow_patterns=["config.json", "model.safetensors"],
-                          cache_dir=None, local_files_only=True)]
+                          cache_dir=None, local_files_only=True, endpoint=None)]
 
 
 def test_registry_pull_goes_through_snapshot(env, calls, tmp_path):

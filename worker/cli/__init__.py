@@ -58,7 +58,7 @@ DESCRIPTIONS = {
     "report": "Reads the forecasts and bars of a replay from their topics (without joining a group) and "
               "writes report.md with latency, throughput, accuracy against naive baselines, band coverage "
               "and plots.",
-    "models": "Imports, pulls, creates, verifies, promotes and rolls back model versions in the local "
+    "models": "Imports, pulls, pushes (to a Hub repo), creates, verifies, promotes and rolls back model versions in the local "
               "registry ($KRONOS_RT_REGISTRY, default ~/.kronos-rt/registry).",
     "bench": "Times the inference engine against a full-recompute path and the prefill floor on this "
              "machine, prints Markdown tables and checks the speed targets.",

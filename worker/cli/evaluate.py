@@ -1,7 +1,7 @@
 """`kronos-rt eval`: walk-forward backtest of registry versions on held-out time.
 
     kronos-rt eval --model NAME@VERSION [--model NAME@VERSION ...] --data PATH...
-        [--test A:B] [--lookback N --pred-len N --sample-count N --stride N] [--out DIR]
+        [--test A:B] [--lookback N --pred-len N --sample-count N --stride N] [--out DIR] [--record]
 
 Every model and the persistence and drift baselines are scored on the same windows
 (kronos_rt/training/evaluate.py says how). Writes DIR/eval.json, DIR/eval.md and PNG
@@ -43,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", metavar="ROOT", help="registry root (default: $KRONOS_RT_REGISTRY)")
     parser.add_argument("--out", default="kronos-eval", help="output folder (default kronos-eval)")
     parser.add_argument("--no-plots", action="store_true", help="write eval.json and eval.md only")
+    parser.add_argument("--record", action="store_true",
+                        help="also keep each version's figures (beside the baselines') in its metadata.json, "
+                             "as metrics.walk_forward: what `models push` puts in the model card")
     parser.add_argument("--drop-bad-rows", action="store_true",
                         help="drop rows that fail validation (NaN, high < low, ...) instead of stopping")
 
@@ -58,9 +61,10 @@ def main(args: argparse.Namespace) -> int:
     if args.lookback < 2:
         raise ConfigError("--lookback must be >= 2")
     reg = Registry(args.registry)
-    candidates = []
+    candidates, versions = [], []
     for spec in args.model:
         mv = reg.resolve(spec)
+        versions.append(mv)
         candidates.append(Candidate(mv.spec, mv.model_dir, mv.tokenizer_dir, mv.max_context, mv.random_weights))
     if len({c.label for c in candidates}) != len(candidates):
         raise ConfigError("the same version is named twice")
@@ -76,6 +80,12 @@ def main(args: argparse.Namespace) -> int:
     paths = write_report(report, Path(args.out), plot=not args.no_plots)
     print(markdown(report))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if args.record and versions:
+        from kronos_rt.training.evaluate import walk_forward_record
+
+        for mv in versions:
+            reg.record_metrics(mv.name, mv.version, {"walk_forward": walk_forward_record(report, mv.spec)})
+        print("recorded in " + ", ".join(f"{mv.spec}'s metadata.json" for mv in versions))
     return 0
 
 

@@ -3,6 +3,8 @@
     kronos-rt models list
     kronos-rt models import NAME MODEL_DIR TOKENIZER_DIR [--version V]
     kronos-rt models pull HUB_ID --tokenizer HUB_ID [--name N] [--revision R]
+    kronos-rt models pull ORG/NAME [--revision vX.Y.Z]          (a repo `models push` wrote)
+    kronos-rt models push NAME@VERSION --repo ORG/NAME [--private] [--revision BRANCH] [--token-file F] [--dry-run]
     kronos-rt models init --shape mini|small|base [--seed S] [--name N]
     kronos-rt models promote NAME VERSION [--if-better-than VERSION --on EVAL.json [--metric M --margin F]]
     kronos-rt models rollback NAME
@@ -64,13 +66,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = action("pull", "download a model and its tokenizer from the Hugging Face Hub (offline: from its cache)")
     p.add_argument("hub_id", metavar="HUB_ID", help="model repo, e.g. NeoQuasar/Kronos-small")
-    p.add_argument("--tokenizer", required=True, metavar="HUB_ID",
-                   help="tokenizer repo, e.g. NeoQuasar/Kronos-Tokenizer-base")
-    p.add_argument("--name", help="registry name (default: the model repo name, lower-cased)")
-    p.add_argument("--revision", help="model revision (branch, tag or commit; default main)")
+    p.add_argument("--tokenizer", metavar="HUB_ID",
+                   help="tokenizer repo, e.g. NeoQuasar/Kronos-Tokenizer-base (omit for a repo `models push` "
+                        "wrote: it holds both, and its metadata.json)")
+    p.add_argument("--name", help="registry name (default: the pushed version's name, else the model repo "
+                                  "name, lower-cased)")
+    p.add_argument("--revision", help="model revision (branch, tag or commit; default main); a pushed "
+                                      "version's tag is vVERSION")
     p.add_argument("--tokenizer-revision", help="tokenizer revision (default main)")
-    p.add_argument("--version", help="semantic version (default: next patch)")
+    p.add_argument("--version", help="semantic version (default: the pushed version's, else next patch)")
     _add_promote_flags(p)
+
+    p = action("push", "upload a version to a Hugging Face Hub repo in one commit tagged vVERSION: the model "
+                       "(repo root) and tokenizer (tokenizer/) in the public layout, its metadata.json and a "
+                       "model card written from it")
+    p.add_argument("spec", metavar="NAME@VERSION", help="the version to push (NAME alone: its latest)")
+    p.add_argument("--repo", required=True, metavar="ORG/NAME", help="Hub model repo (created if missing)")
+    p.add_argument("--private", action="store_true",
+                   help="create the repo private (an existing public repo is refused, not changed)")
+    p.add_argument("--revision", metavar="BRANCH", default="main",
+                   help="branch to commit to (default main; created from main if missing)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="file holding the Hub token (default: $HF_TOKEN, else the login `hf auth login` stored)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the files, their sizes and sha256, and the card; contact nothing, change nothing")
 
     p = action("init", "create a pair with random weights in a public shape (for load tests and demos)")
     p.add_argument("--shape", required=True, choices=["mini", "small", "base"],
@@ -178,6 +197,8 @@ def _run(args: argparse.Namespace, reg: Registry) -> int:
         mv = reg.pull(args.hub_id, args.tokenizer, name=args.name, revision=args.revision,
                       tokenizer_revision=args.tokenizer_revision, version=args.version, promote=args.promote)
         print(_describe(mv, "pulled"))
+    elif args.action == "push":
+        return _push(args, reg)
     elif args.action == "init":
         name = args.name or f"kronos-{args.shape}-random"
         mv = reg.init(name, args.shape, seed=args.seed, version=args.version, promote=args.promote)
@@ -215,6 +236,33 @@ def _run(args: argparse.Namespace, reg: Registry) -> int:
     latest = reg.latest(mv.name)
     print(f"{mv.name}: latest -> {latest}" if latest else
           f"{mv.name}: no latest yet; `kronos-rt models promote {mv.name} {mv.version}`")
+    return 0
+
+
+def _push(args: argparse.Namespace, reg: Registry) -> int:
+    """`models push`: the plan (kronos_rt/hub_push.py), printed with --dry-run, else sent."""
+    from kronos_rt import hub_push
+
+    mv = reg.resolve(args.spec)
+    plan = hub_push.plan_push(mv, args.repo, args.revision)
+    note = " (RANDOM WEIGHTS: the card says so)" if mv.random_weights else ""
+    where = f"{plan.repo_id}@{plan.revision}"
+    if args.dry_run:
+        print(f"dry run: would push {plan.spec} to {where} in one commit \"{plan.commit_message}\" tagged "
+              f"{plan.tag}, creating the repo{' (private)' if args.private else ''} if missing{note}")
+        print(_table([[f.path, str(f.size), f.sha256] for f in plan.files], ["PATH", "BYTES", "SHA256"]))
+        print(f"{len(plan.files)} files, {plan.total_bytes} bytes ({_bytes(plan.total_bytes)}); nothing was sent")
+        print(f"--- {hub_push.CARD_NAME} ---")
+        print(plan.card)
+        return 0
+    # The token is read here and handed over as a string: never an argument, never printed.
+    token = hub_push.read_token_file(args.token_file) if args.token_file else None
+    result = hub_push.push(plan, token=token, private=args.private, log=lambda m: print(m, file=sys.stderr))
+    print(f"pushed {plan.spec} to {where}: commit {result.commit}, tag {result.tag}{note}")
+    if result.deleted:
+        print(f"deleted files of an earlier push: {', '.join(result.deleted)}")
+    print(f"  {result.commit_url}")
+    print(f"get it back with: kronos-rt models pull {plan.repo_id} --revision {result.tag}")
     return 0
 
 
@@ -266,6 +314,8 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError("--if-better-than and --on go together")
         if args.margin < 0:
             raise ConfigError("--margin must be >= 0")
+    if getattr(args, "action", None) == "pull" and args.tokenizer is None and args.tokenizer_revision:
+        raise ConfigError("--tokenizer-revision needs --tokenizer (a pushed repo holds its tokenizer itself)")
     return _run(args, Registry(args.registry))
 
 
