@@ -265,10 +265,10 @@ HELP = {
                 "continuously), CODE = continuous (24/7), an exchange code such as XSHG, XSHE, XHKG, XNYS, XNAS, "
                 "XLON, XTKS (`kronos-rt calendars` lists them), ashare (= XSHG) or us (= XNYS). Holidays, early "
                 "closes and lunch breaks follow the exchange (docs/CALENDARS.md)",
-    "calendar_range": "dates the exchange calendars are built for, START:END (YYYY-MM-DD; an empty side = the "
-                      "library's default, about 20 years back to 1 year ahead, within the years it records); "
+    "calendar_range": "dates the exchange calendars are built for, START:END (YYYY-MM-DD; an empty side keeps "
+                      "the library's own span, about 20 years back to 1 year ahead, within the years it records); "
                       "bar times past it follow the weekday rule with a warning "
-                      "(kronos_rt_calendar_fallbacks_total) (default: the library's range)",
+                      "(kronos_rt_calendar_fallbacks_total) (default: the library's span)",
     "worker_id": "name of this worker in forecasts and logs",
     "max_queue": "ready windows queued before the worker pauses its partitions (backpressure)",
     "drain_timeout_s": "on SIGTERM/SIGINT, how long to finish queued forecasts and commit before exiting",
