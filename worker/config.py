@@ -209,8 +209,12 @@ class Settings:
             parse_span(self.calendar_range)
         except ValueError as exc:
             raise ConfigError(f"--calendar-range: {exc}") from None
-        for flag, spec, read in (("--sessions", self.sessions, lambda spec: parse_session_map(spec, self.calendar_range)),
-                                 ("--calibration-groups", self.calibration_groups, read_calibration_groups)):
+        try:  # each calendar is built here, once per process; bars of --interval must fit in its sessions
+            for cal in parse_session_map(self.sessions, self.calendar_range).values:
+                cal.check_interval(self.interval_td)
+        except ValueError as exc:
+            raise ConfigError(f"--sessions {self.sessions!r}: {exc}") from None
+        for flag, spec, read in (("--calibration-groups", self.calibration_groups, read_calibration_groups),):
             try:
                 read(spec)
             except ValueError as exc:

@@ -144,8 +144,11 @@ class CalendarFallbacks:
             "kronos_rt_calendar_fallbacks",
             "Forecast horizons stamped past the end of an exchange calendar's table, by the weekday rule "
             "(no holidays); widen --calendar-range.", labels=["calendar"])
-        for cal in built_calendars():
-            family.add_metric([cal.name], cal.fallbacks)
+        counts: dict[str, int] = {}
+        for cal in built_calendars():  # one per code, unless the process built several spans of it
+            counts[cal.name] = counts.get(cal.name, 0) + cal.fallbacks
+        for name, n in sorted(counts.items()):
+            family.add_metric([name], n)
         yield family
 
     def describe(self):

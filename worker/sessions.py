@@ -89,14 +89,18 @@ class SessionCalendar:
         """Session open times of t's day (the off_grid check counts bars from them)."""
         return [o for o, _ in self.sessions]
 
-    def next_times(self, last: _dt.datetime, interval: _dt.timedelta, n: int) -> list[_dt.datetime]:
-        """The n bar times after `last` (which need not itself be in a session)."""
+    def check_interval(self, interval: _dt.timedelta) -> None:
+        """ValueError unless bars of this interval fit in a session (or are daily or longer)."""
         if interval <= _dt.timedelta(0):
             raise ValueError(f"interval must be positive, got {interval}")
         if self.sessions and interval < _dt.timedelta(days=1):
             longest = max(_span(o, c) for o, c in self.sessions)
             if interval > longest:
                 raise ValueError(f"interval {interval} is longer than any session of {self.name!r}")
+
+    def next_times(self, last: _dt.datetime, interval: _dt.timedelta, n: int) -> list[_dt.datetime]:
+        """The n bar times after `last` (which need not itself be in a session)."""
+        self.check_interval(interval)
         out = []
         t = last
         try:
@@ -174,14 +178,8 @@ class ExchangeSessions:
     def next_times(self, last: _dt.datetime, interval: _dt.timedelta, n: int) -> list[_dt.datetime]:
         """The n bar times after `last` (which need not itself be in a session): the parts of
         the calendar's sessions, then the weekday rule past the table's end."""
-        if interval <= _dt.timedelta(0):
-            raise ValueError(f"interval must be positive, got {interval}")
-        if interval.microseconds:
-            raise ValueError(f"interval must be whole seconds, got {interval}")
-        step = interval.days * DAY_S + interval.seconds
+        step = self.check_interval(interval)
         daily = step >= DAY_S
-        if not daily and step > self.table.longest_part_s:
-            raise ValueError(f"interval {interval} is longer than any session of {self.name!r}")
         if n <= 0:
             return []
         s = to_seconds(last)
@@ -194,6 +192,18 @@ class ExchangeSessions:
             self._fell_back(last)
             out += self.fallback.next_times(out[-1] if out else last, interval, n - len(out))
         return out
+
+    def check_interval(self, interval: _dt.timedelta) -> int:
+        """The interval in seconds; ValueError unless its bars fit in a session part (or are
+        daily or longer)."""
+        if interval <= _dt.timedelta(0):
+            raise ValueError(f"interval must be positive, got {interval}")
+        if interval.microseconds:
+            raise ValueError(f"interval must be whole seconds, got {interval}")
+        step = interval.days * DAY_S + interval.seconds
+        if step < DAY_S and step > self.table.longest_part_s:
+            raise ValueError(f"interval {interval} is longer than any session of {self.name!r}")
+        return step
 
     def _fell_back(self, last: _dt.datetime) -> None:
         self.fallbacks += 1

@@ -166,3 +166,26 @@ def test_off_grid_counts_from_each_days_own_opens():
     with pytest.raises(events.InvalidEvent, match="off_grid"):
         events.parse_bar(b'{"schema":"bar.v1","symbol":"A","ts":"2024-11-29T10:20:00","open":1,"high":1,'
                          b'"low":1,"close":1}', policy=policy)
+
+
+def test_an_interval_longer_than_every_session_is_refused_at_start_up():
+    from worker.config import Settings
+    from worker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--sessions '\\*.SH=XSHG': interval 3:00:00 is longer than any session "
+                                          "of 'XSHG'"):
+        Settings(sessions="*.SH=XSHG", interval="3h")
+    assert Settings(sessions="*.SH=XSHG", interval="1d").interval == "1d"
+    assert Settings(sessions="*=continuous", interval="3h").interval == "3h"
+
+
+def test_fallbacks_are_exported_as_a_metric():
+    from prometheus_client import generate_latest
+
+    from worker.metrics import WorkerMetrics
+
+    cal = calendar("XSHG", "2024-01-01:2024-06-30")
+    cal.next_times(D(2024, 6, 28, 15, 0), M5, 2)
+    text = generate_latest(WorkerMetrics().registry).decode()
+    line = next(ln for ln in text.splitlines() if ln.startswith('kronos_rt_calendar_fallbacks_total{calendar="XSHG"}'))
+    assert float(line.split()[-1]) >= 1
