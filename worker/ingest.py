@@ -123,7 +123,10 @@ class Ingest:
         calendar: a holiday, a lunch break, after the close. It is still stored and
         forecast: the tape is the truth when it and the calendar disagree (an unscheduled
         session, a late print, extended hours), and refusing it would leave a hole in the
-        symbol's window. Its horizon starts at the calendar's next open part."""
+        symbol's window. Its horizon starts at the calendar's next open part. Daily and
+        longer bars are not checked: they carry whatever time of day the feed uses."""
+        if self.interval >= _dt.timedelta(days=1):
+            return
         try:
             cal = self.calendar_for(bar.symbol)
             period = cal.closed_reason(bar.time)
