@@ -45,7 +45,7 @@ class SessionTable:
     closes: list[int]
     session_of: list[int]     # part k belongs to session session_of[k] (0-based)
     days: list[int]           # session labels as days since 1970-01-01, one per session
-    part_days: list[int]      # wall-clock day of each part's open and close (sorted unique days touched)
+    part_days: list[int]      # the wall-clock days any part touches (days since 1970-01-01, sorted, unique)
     regular: tuple[tuple[_dt.time, _dt.time], ...]  # the most common parts of a session (the weekday rule's)
     weekdays: frozenset[int]  # Monday=0 .. Sunday=6, from the calendar's weekmask
 
@@ -182,6 +182,8 @@ def _regular_parts(opens, closes, session_of) -> tuple[tuple[_dt.time, _dt.time]
             return ()
         by_session.setdefault(s, []).append((o % DAY_S, (c - 1) % DAY_S + 1))
     pattern, _ = Counter(tuple(p) for p in by_session.values()).most_common(1)[0]
+    if pattern == ((0, DAY_S),):  # 24/7 and the like
+        return ()
 
     def tod(s: int) -> _dt.time:
         return _dt.time.max if s >= DAY_S else _dt.time(s // 3600, s // 60 % 60, s % 60)
