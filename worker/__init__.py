@@ -8,8 +8,8 @@ those below it; tests/worker/test_layering.py checks):
 - contracts/: bar.v1 and forecast.v1 as the service reads and writes them;
 - calendars/: trading sessions, the bar times after a bar;
 - adapters/: Kafka and Redis connections, security flags, key schema, waiting for them;
-- config.py: the worker's settings, flags and environment, model resolution;
 - quality/: scores, calibrated bands, their Redis state;
+- config.py: the worker's settings, flags and environment, model resolution;
 - pipeline/: a bar's path (fetch, ingest, windows, batcher, inference, publish, commit) and
   at-least-once bookkeeping;
 - ops/: readiness, metrics, memory settings;

@@ -14,7 +14,7 @@ from pathlib import Path
 from worker.adapters import security
 from worker.errors import ConfigError
 from worker.adapters.security import KafkaSecurity
-from worker.calendars.sessions import calibration_groups as read_calibration_groups, parse_session_map
+from worker.calendars.sessions import calibration_groups as read_calibration_groups, parse_session_map, parse_span
 
 ENV_PREFIX = "KRONOS_RT_"
 
@@ -135,6 +135,7 @@ class Settings:
     metrics_port: int = 9100
     interval: str = "5m"
     sessions: str = "continuous"
+    calendar_range: str = ""
     worker_id: str = field(default_factory=default_worker_id)
     max_queue: int = 4096
     drain_timeout_s: float = 20.0
@@ -152,7 +153,7 @@ class Settings:
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # forecast quality (worker/quality/live.py)
     scores_topic: str = ""
-    calibration_window: int = 0
+    calibration_window: int = -1  # -1: DEFAULT_WINDOW when --sample-count > 1 (sampled bands), else 0
     calibration_gamma: float = 0.3
     calibration_min_scores: int = 20
     calibration_groups: str = "*=all"
@@ -193,13 +194,27 @@ class Settings:
         parse_interval(self.interval)
         parse_interval(self.max_future_skew)
         parse_duration_or_off(self.max_past_age)
+        if self.calibration_window < 0:
+            # Raw sampled bands of Kronos cover far less than their nominal level (BENCHMARKS.md):
+            # wherever sample paths make bands, calibrated ones go out beside them by default.
+            from worker.quality.calibration import DEFAULT_WINDOW
+
+            self.calibration_window = DEFAULT_WINDOW if self.sample_count > 1 else 0
         self._check_symbol_maps()
         self._check_http()
 
     def _check_symbol_maps(self) -> None:
         # Read once here so a typo stops the command with its flag named, not mid-start-up.
-        for flag, spec, read in (("--sessions", self.sessions, parse_session_map),
-                                 ("--calibration-groups", self.calibration_groups, read_calibration_groups)):
+        try:
+            parse_span(self.calendar_range)
+        except ValueError as exc:
+            raise ConfigError(f"--calendar-range: {exc}") from None
+        try:  # each calendar is built here, once per process; bars of --interval must fit in its sessions
+            for cal in parse_session_map(self.sessions, self.calendar_range).values:
+                cal.check_interval(self.interval_td)
+        except ValueError as exc:
+            raise ConfigError(f"--sessions {self.sessions!r}: {exc}") from None
+        for flag, spec, read in (("--calibration-groups", self.calibration_groups, read_calibration_groups),):
             try:
                 read(spec)
             except ValueError as exc:
@@ -250,7 +265,14 @@ HELP = {
     "dtype": "inference dtype: auto (float16 on cuda, float32 on cpu), float32, float16, bfloat16",
     "metrics_port": "port of /metrics, /healthz and /readyz (0 = pick a free one)",
     "interval": "bar interval, e.g. 5m, 1h",
-    "sessions": "trading-session calendar: continuous, ashare, us, or SYMBOL_GLOB=NAME,... (see worker/calendars/sessions.py)",
+    "sessions": "trading calendar per symbol: SYMBOL_GLOB=CODE,... (first match wins; unmatched symbols trade "
+                "continuously), CODE = continuous (24/7), an exchange code such as XSHG, XSHE, XHKG, XNYS, XNAS, "
+                "XLON, XTKS (`kronos-rt calendars` lists them), ashare (= XSHG) or us (= XNYS). Holidays, early "
+                "closes and lunch breaks follow the exchange (docs/CALENDARS.md)",
+    "calendar_range": "dates the exchange calendars are built for, START:END (YYYY-MM-DD; an empty side keeps "
+                      "the library's own span, about 20 years back to 1 year ahead, within the years it records); "
+                      "bar times past it follow the weekday rule with a warning "
+                      "(kronos_rt_calendar_fallbacks_total) (default: the library's span)",
     "worker_id": "name of this worker in forecasts and logs",
     "max_queue": "ready windows queued before the worker pauses its partitions (backpressure)",
     "drain_timeout_s": "on SIGTERM/SIGINT, how long to finish queued forecasts and commit before exiting",
@@ -271,7 +293,7 @@ HELP = {
     "scores_topic": "output topic of score.v1 events: each forecast step scored against the realized close "
                     "(key = symbol; empty = off)",
     "calibration_window": "recent scores per horizon step behind the calibrated bands (calibrated_quantiles "
-                          "in forecasts; 0 = off)",
+                          "in forecasts; 0 = off) (default: 256 when --sample-count > 1, else 0)",
     "calibration_gamma": "coverage integrator gain (per miss, in window spreads, divided by sqrt(step)): "
     "how fast the calibrated bands react to missed coverage",
     "calibration_min_scores": "scores a horizon step needs before its calibrated band is published",

@@ -46,7 +46,7 @@ class Worker:
         self.engine = engine
         self.model_ref = model_ref
         self.metrics = metrics or WorkerMetrics()
-        self.calendar_for = parse_session_map(settings.sessions)
+        self.calendar_for = parse_session_map(settings.sessions, settings.calendar_range)
         self.interval = settings.interval_td
         self.partitions: dict = {}          # TopicPartition -> PartitionState, owned ones only
         self.metrics_port: int | None = None

@@ -37,6 +37,7 @@ COMMANDS = {
     "bench-serve": ("worker.tools.bench_serve", "benchmark the HTTP API: 1/8/64 clients beside the bare engine"),
     "finetune": ("worker.cli.finetune", "fine-tune a model on your tapes into a new (unpromoted) registry version"),
     "eval": ("worker.cli.evaluate", "walk-forward backtest of registry versions against persistence and drift"),
+    "calendars": ("worker.cli.calendars", "list the exchange calendars --sessions accepts, with a date's sessions"),
 }
 
 # What `kronos-rt COMMAND --help` says above and below the flags.
@@ -74,6 +75,9 @@ DESCRIPTIONS = {
                 "registry version (evaluate it, then promote it on the evidence).",
     "eval": "Walk-forward backtest of registry versions on held-out time against persistence and drift: "
             "MAE/RMSE/MASE/hit rate and, with sampled paths, CRPS and band coverage.",
+    "calendars": "Lists the trading calendars --sessions accepts (exchange codes from exchange_calendars, their "
+                 "aliases, ashare = XSHG, us = XNYS, continuous) with each one's sessions on a date: holidays, "
+                 "early closes and lunch breaks included, in exchange-local time.",
 }
 
 EXAMPLES = {
@@ -103,6 +107,7 @@ EXAMPLES = {
                  "kronos-rt finetune --base kronos-small@latest --data tapes/ --name my-small --resume"],
     "eval": ["kronos-rt eval --model kronos-small@latest --model my-small@latest --data tapes/",
              "kronos-rt eval --model my-small --data tape.csv --sample-count 1 --no-plots"],
+    "calendars": ["kronos-rt calendars", "kronos-rt calendars XSHG XHKG XNYS --date 2024-02-09"],
 }
 
 

@@ -15,7 +15,7 @@ from worker import config
 
 # The worker's model, sampling, batching and HTTP flags; Kafka and Redis ones do not apply.
 FIELDS = ("model", "tokenizer", "registry", "model_poll_s", "device", "dtype", "max_context", "pred_len", "temperature", "top_k",
-          "top_p", "sample_count", "quantiles", "seed", "max_batch", "max_wait_ms", "interval", "sessions",
+          "top_p", "sample_count", "quantiles", "seed", "max_batch", "max_wait_ms", "interval", "sessions", "calendar_range",
           "worker_id", "api_token", "http_max_queue", "http_max_bars", "http_max_pred_len", "http_max_series",
           "http_max_body_kb", "http_timeout_s", "http_strict", "http_cors")
 

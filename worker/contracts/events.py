@@ -169,7 +169,7 @@ class BarPolicy:
 
     - off_grid: the bar time must lie on the interval grid. Intraday intervals count from
       midnight, from the Unix epoch (intervals that do not divide a day) or from any session
-      open of the symbol's calendar (1h bars of a 09:30 open end at 10:30). Intervals of a
+      open of the symbol's calendar that day (1h bars of a 09:30 open end at 10:30). Intervals of a
       day or more are not checked (daily bars carry whatever time of day the feed uses).
     - future_ts: the bar time may be at most `max_future_skew` after the message's Kafka
       timestamp. A ts with an offset is compared in UTC; a ts without one is compared as if
@@ -181,7 +181,7 @@ class BarPolicy:
     interval: _dt.timedelta
     max_future_skew: _dt.timedelta = _dt.timedelta(days=1)
     max_past_age: _dt.timedelta | None = None
-    calendar_for: object = None   # symbol -> SessionCalendar (worker/calendars/sessions.py); None: midnight/epoch grid
+    calendar_for: object = None   # symbol -> calendar (worker/calendars/sessions.py); None: midnight/epoch grid
 
     def check(self, bar: Bar, timestamp_ms: int | None, utc_offset: _dt.timedelta | None) -> None:
         """utc_offset: the offset bar.ts carries (None: written without one); parse_bar has it."""
@@ -215,7 +215,7 @@ class BarPolicy:
         if (t - midnight) % step == _ZERO:
             return True
         if self.calendar_for is not None:
-            for opens, _ in self.calendar_for(bar.symbol).sessions:
+            for opens in self.calendar_for(bar.symbol).opens_on(t):
                 if (t - _dt.datetime.combine(t.date(), opens)) % step == _ZERO:
                     return True
         return False

@@ -122,7 +122,7 @@ class ForecastService:
         self.batcher = batcher
         self.metrics = metrics
         self.worker_id = worker_id or settings.worker_id
-        self.calendar_for = parse_session_map(settings.sessions)
+        self.calendar_for = parse_session_map(settings.sessions, settings.calendar_range)
         self.interval = settings.interval_td
         self.closed = False
         batcher.on_low_batch = lambda batch: metrics.batch_size.observe(len(batch.items))

@@ -29,7 +29,10 @@ from prometheus_client import (
     generate_latest,
 )
 
+from prometheus_client.core import CounterMetricFamily
+
 from worker.quality.live import QualityMetrics
+from worker.calendars.sessions import built_calendars
 from worker.pipeline.windows import Upsert
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,13 @@ class WorkerMetrics:
             "kronos_rt_ready", "1 while a /readyz check holds, else 0, by check (read at every scrape).", ["check"],
             registry=r,
         )
+        self.closed_period_bars = Counter(
+            "kronos_rt_bars_closed_period",
+            "Bars accepted although stamped inside a closed period of their symbol's calendar, by calendar "
+            "and period (closed_day: weekend or holiday, break: e.g. lunch, outside_hours).",
+            ["calendar", "period"], registry=r,
+        )
+        r.register(CalendarFallbacks())
 
         # Create the children whose label values are known up front, so dashboards and
         # alerts see zeros instead of missing series before the first event.
@@ -121,6 +131,28 @@ class WorkerMetrics:
     def set_model(self, name: str, version: str, device: str, dtype: str, random_weights: bool = False) -> None:
         self.model_info.info({"name": str(name), "version": str(version), "device": str(device), "dtype": str(dtype),
                               "random_weights": "true" if random_weights else "false"})
+
+
+class CalendarFallbacks:
+    """kronos_rt_calendar_fallbacks_total{calendar}: horizons this process stamped (partly) by
+    an exchange calendar's weekday rule because they ran past its table (worker/calendars/sessions.py).
+    Read from the calendars at every scrape; they are built once per process, so the count
+    is the process's."""
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "kronos_rt_calendar_fallbacks",
+            "Forecast horizons stamped past the end of an exchange calendar's table, by the weekday rule "
+            "(no holidays); widen --calendar-range.", labels=["calendar"])
+        counts: dict[str, int] = {}
+        for cal in built_calendars():  # one per code, unless the process built several spans of it
+            counts[cal.name] = counts.get(cal.name, 0) + cal.fallbacks
+        for name, n in sorted(counts.items()):
+            family.add_metric([name], n)
+        yield family
+
+    def describe(self):
+        yield CounterMetricFamily("kronos_rt_calendar_fallbacks", "", labels=["calendar"])
 
 
 # Series names Prometheus stores for each family type (the text format appends these).

@@ -84,6 +84,7 @@ class Ingest:
         self.metrics = metrics
         self.on_lost = on_lost  # Redis forgot a window we had: rebuild every partition's windows
         self.quality = quality  # live scoring (worker/quality/live.py): claims ride on the upsert round trip
+        self._warned_closed: set[str] = set()  # symbols whose closed-period bars were logged once
 
     def _claim(self):
         q = self.quality
@@ -118,6 +119,30 @@ class Ingest:
                     p.reply = reply
         return parsed
 
+    def note_closed_period(self, bar: events.Bar) -> None:
+        """Count (and log once per symbol) a bar stamped inside a closed period of its
+        calendar: a holiday, a lunch break, after the close. It is still stored and
+        forecast: the tape is the truth when it and the calendar disagree (an unscheduled
+        session, a late print, extended hours), and refusing it would leave a hole in the
+        symbol's window. Its horizon starts at the calendar's next open part. Daily and
+        longer bars are not checked: they carry whatever time of day the feed uses."""
+        if self.interval >= _dt.timedelta(days=1):
+            return
+        try:
+            cal = self.calendar_for(bar.symbol)
+            period = cal.closed_reason(bar.time)
+        except Exception:  # noqa: BLE001 - counting must never cost the bar
+            log.debug("closed-period check of %s %s failed", bar.symbol, bar.ts, exc_info=True)
+            return
+        if period is None:
+            return
+        self.metrics.closed_period_bars.labels(calendar=cal.name, period=period).inc()
+        if bar.symbol not in self._warned_closed and len(self._warned_closed) < 10_000:
+            self._warned_closed.add(bar.symbol)
+            log.warning("%s %s lies in a closed period of calendar %s (%s): accepted and counted "
+                        "(kronos_rt_bars_closed_period_total); further ones of this symbol are counted only",
+                        bar.symbol, bar.ts, cal.name, period)
+
     def parse(self, msg) -> events.Bar | events.InvalidEvent:
         """The message's Bar, or why it is none, under this worker's bar policy."""
         return parse_message(msg, self.policy)
@@ -131,6 +156,7 @@ class Ingest:
         if isinstance(bar, events.InvalidEvent):
             state.handled(msg.offset)
             return DeadLetter(state, msg.offset, msg.key, msg.value, bar.reason, bar.detail)
+        self.note_closed_period(bar)
         # A rebuild since the reply was fetched (store.generation moved) makes it stale:
         # upsert again (the same offset again, which counts as a redelivery).
         if parsed.reply is not None and parsed.generation == self.store.generation:

@@ -26,9 +26,16 @@ from worker.tools import TAPE
 from worker.tools.tables import format_table
 
 
-def forecasts(tape, model, tokenizer, *, lookback, min_history, pred_len, sample_count, levels, batch=64, seed=0):
-    """mean close [N, P] and close quantiles [N, P, Q] for every bar t >= min_history - 1, plus closes."""
+def forecasts(tape, model, tokenizer, *, lookback, min_history, pred_len, sample_count, levels, batch=64, seed=0,
+              sessions="XSHG"):
+    """mean close [N, P] and close quantiles [N, P, Q] for every bar t >= min_history - 1, plus closes.
+    Each forecast's future bar times are its calendar's (`sessions`, as the worker's --sessions
+    NAME), as the worker stamps them: the model reads their time features."""
+    import datetime as _dt
+
     import torch
+
+    from worker.calendars.sessions import calendar
 
     from kronos_rt import SamplingParams, load_engine
     from worker.tools.replay import prepare
@@ -39,7 +46,10 @@ def forecasts(tape, model, tokenizer, *, lookback, min_history, pred_len, sample
     times = rows["time"].to_numpy("datetime64[s]")
     eng = load_engine(model, tokenizer, device="cpu", dtype="float32", max_context=max(lookback, 128))
     sp = SamplingParams(temperature=1.0, top_k=0, top_p=0.9, sample_count=sample_count, seed=seed)
-    step = np.timedelta64(300, "s")
+    cal, step = calendar(sessions), _dt.timedelta(minutes=5)
+
+    def future(t):
+        return np.array(cal.next_times(times[t].astype(object), step, pred_len), dtype="datetime64[s]")
     idx = list(range(min_history - 1, len(rows) - 1))
     means, quants = [], []
     torch.manual_seed(seed)
@@ -47,7 +57,7 @@ def forecasts(tape, model, tokenizer, *, lookback, min_history, pred_len, sample
         part = idx[s:s + batch]
         fcs = eng.forecast([vals[max(0, t + 1 - lookback):t + 1] for t in part],
                            [times[max(0, t + 1 - lookback):t + 1] for t in part],
-                           [times[t] + step * np.arange(1, pred_len + 1) for t in part], pred_len, sp,
+                           [future(t) for t in part], pred_len, sp,
                            quantiles=levels)
         for fc in fcs:
             means.append(fc.mean[:, 3])
@@ -149,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pred-len", type=int, default=12)
     ap.add_argument("--sample-count", type=int, default=8)
     ap.add_argument("--levels", default="0.1,0.5,0.9")
+    ap.add_argument("--sessions", default="XSHG",
+                    help="the tape's calendar (a --sessions NAME) for the forecasts' future bar times")
     ap.add_argument("--window", type=int, default=DEFAULT_WINDOW)
     ap.add_argument("--gamma", type=float, default=DEFAULT_GAMMA)
     ap.add_argument("--warmup", type=int, default=300, help="forecasts left out of the figures")
@@ -161,7 +173,8 @@ def main(argv=None) -> int:
     levels = [float(x) for x in a.levels.split(",")]
     idx, means, quants, closes = cached_forecasts(
         a.tape, a.model, a.tokenizer, cache_dir=None if a.no_cache else a.cache_dir, lookback=a.lookback,
-        min_history=a.min_history, pred_len=a.pred_len, sample_count=a.sample_count, levels=levels)
+        min_history=a.min_history, pred_len=a.pred_len, sample_count=a.sample_count, levels=levels,
+        sessions=a.sessions)
     for mode in (("cqr", "mean") if a.mode == "both" else (a.mode,)):
         out = walk(idx, means, quants, closes, levels, window=a.window, gamma=a.gamma, warmup=a.warmup, mode=mode)
         print(f"\n{len(closes)} bars, {len(idx)} forecasts, warm-up {a.warmup}; calibration around "

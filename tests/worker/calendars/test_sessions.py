@@ -1,4 +1,5 @@
-"""worker/calendars/sessions.py: future bar timestamps, checked against a real A-share tape."""
+"""worker/calendars/sessions.py: future bar timestamps, checked against a real A-share tape and the
+holidays, early closes and lunch breaks of real exchange calendars (tests/worker/calendars/test_calendars.py)."""
 import datetime as dt
 
 import pandas as pd
@@ -18,7 +19,7 @@ def test_ashare_matches_real_tape():
     for i in range(len(times) - 12):
         checked += 1
         agree += cal.next_times(times[i], FIVE, 12) == times[i + 1:i + 13]
-    # The tape (2024-06-18..08-29) has no missing bars and no exchange holidays.
+    # The tape (2024-06-18..08-29, XSHG) has no missing bars and no exchange holidays.
     assert checked > 2400
     assert agree == checked
 
@@ -64,26 +65,29 @@ def test_bad_interval():
         SessionCalendar.named("continuous").next_times(dt.datetime(2024, 6, 18, 10), dt.timedelta(0), 1)
 
 
-def test_bad_name_lists_valid_names():
-    with pytest.raises(ValueError, match="ashare.*continuous.*us"):
-        SessionCalendar.named("nyse")
-    with pytest.raises(ValueError, match="valid"):
-        parse_session_map("*.SH=ashare,AAPL=nasdaq")
+def test_bad_name_says_how_to_list_valid_ones():
+    with pytest.raises(ValueError, match="unknown session calendar 'nyse_x'.*continuous, ashare, us.*"
+                                         "`kronos-rt calendars` lists the valid codes"):
+        SessionCalendar.named("nyse_x")
+    with pytest.raises(ValueError, match="kronos-rt calendars"):
+        parse_session_map("*.SH=ashare,AAPL=nasdaq_x")
 
 
 def test_session_map_first_match_wins():
-    lookup = parse_session_map("*.SH=ashare, *.SZ=ashare, AAPL=us, A*=continuous, *=us")
-    assert lookup("600000.SH").name == "ashare"
-    assert lookup("000001.SZ").name == "ashare"
-    assert lookup("AAPL").name == "us"
+    lookup = parse_session_map("*.SH=ashare, *.SZ=XSHE, *.HK=XHKG, AAPL=us, A*=continuous, *=XNYS")
+    assert lookup("600000.SH").name == "XSHG"   # ashare is XSHG
+    assert lookup("000001.SZ").name == "XSHG"   # Shenzhen keeps Shanghai's calendar
+    assert lookup("0700.HK").name == "XHKG"
+    assert lookup("AAPL").name == "XNYS"        # us is XNYS
     assert lookup("AMZN").name == "continuous"
-    assert lookup("MSFT").name == "us"
-    assert lookup("600000.sh").name == "us"  # patterns are case-sensitive
+    assert lookup("MSFT").name == "XNYS"
+    assert lookup("600000.sh").name == "XNYS"  # patterns are case-sensitive
+    assert lookup("600000.SH") is lookup("000001.SZ")  # one calendar per code, built once
 
 
 def test_session_map_defaults():
     assert parse_session_map("continuous")("600000.SH").name == "continuous"
-    assert parse_session_map("ashare")("anything").name == "ashare"
+    assert parse_session_map("ashare")("anything").name == "XSHG"
     assert parse_session_map("")("x").name == "continuous"
     assert parse_session_map("*.SH=ashare")("BTC-USD").name == "continuous"
     with pytest.raises(ValueError):
@@ -119,6 +123,6 @@ def test_symbol_map_answers_from_its_cache(monkeypatch):
     calls = []
     real = fnmatch.fnmatchcase
     monkeypatch.setattr(sessions.fnmatch, "fnmatchcase", lambda s, p: calls.append(s) or real(s, p))
-    assert lookup("600000.SH").name == lookup("600000.SH").name == "ashare"
+    assert lookup("600000.SH").name == lookup("600000.SH").name == "XSHG"
     assert lookup("BTC-USD").name == lookup("BTC-USD").name == "continuous"
     assert calls == ["600000.SH", "BTC-USD"]  # matched once per symbol, then cached

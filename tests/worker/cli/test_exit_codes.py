@@ -137,12 +137,26 @@ def test_bench_stream(capsys):
     assert (rc, line) == (2, "kronos-rt bench-stream: error: --bursts and --symbols must be >= 1, --warmup-bursts >= 0")
 
 
+UNKNOWN_CALENDAR = ("unknown session calendar 'nyse_x': use continuous, ashare, us or an exchange code such as "
+                    "XSHG, XHKG, XNYS, XLON; `kronos-rt calendars` lists the valid codes")
+
+
 @pytest.mark.parametrize("command, flag, value, why", [
-    ("worker", "--sessions", "*.SH=ashare,nyse", "unknown session calendar 'nyse'; valid: ashare, continuous, us"),
-    ("serve", "--sessions", "*.SH=ashare,nyse", "unknown session calendar 'nyse'; valid: ashare, continuous, us"),
+    ("worker", "--sessions", "*.SH=ashare,nyse_x", UNKNOWN_CALENDAR),
+    ("serve", "--sessions", "*.SH=XSHG,*=XXXX", UNKNOWN_CALENDAR.replace("nyse_x", "XXXX")),
     ("worker", "--calibration-groups", "*.SH=sh,=us", "empty symbol pattern in calibration group entry '=us'"),
 ])
 def test_symbol_maps_are_checked_before_anything_starts(capsys, command, flag, value, why):
     # No broker, Redis or model is looked for: the flag is refused first, exit 2, one line.
     rc, line = one_line(capsys, command, flag, value)
     assert (rc, line) == (2, f"kronos-rt {command}: error: {flag} {value!r}: {why}")
+
+
+def test_calendar_range_and_the_calendars_command_refuse_bad_input_in_one_line(capsys):
+    rc, line = one_line(capsys, "worker", "--calendar-range", "2030")
+    assert (rc, line) == (2, "kronos-rt worker: error: --calendar-range: calendar range '2030' must be START:END "
+                             "dates (either side may be empty)")
+    rc, line = one_line(capsys, "calendars", "XNYS", "nyse_x")
+    assert (rc, line) == (2, f"kronos-rt calendars: error: {UNKNOWN_CALENDAR}")
+    rc, line = one_line(capsys, "calendars", "--date", "2024-02-30")
+    assert (rc, line) == (2, "kronos-rt calendars: error: --date '2024-02-30' must be YYYY-MM-DD")

@@ -66,6 +66,31 @@ async def test_session_calendar_and_request_sampling(tape_rows):
     assert all(len(h["quantiles"]["close"]) == 2 for h in doc["horizon"])
 
 
+@pytest.mark.parametrize("symbol, last, first_steps", [
+    ("600000.SH", "2024-02-08 15:00", ["2024-02-19T09:35:00", "2024-02-19T09:40:00"]),  # Spring Festival eve
+    ("AAPL", "2024-11-29 12:55", ["2024-11-29T13:00:00", "2024-12-02T09:35:00"]),       # early close
+])
+async def test_default_horizon_follows_the_exchange_calendar_and_so_do_the_values(tape_rows, predictor, symbol,
+                                                                                   last, first_steps):
+    from worker.calendars.sessions import calendar
+
+    code = "XSHG" if symbol.endswith(".SH") else "XNYS"
+    ctx = tape_rows.iloc[0:40].copy()
+    # The tape's bars, restamped to end at `last` on the exchange's own bar times.
+    end = pd.Timestamp(last).to_pydatetime()
+    start = end - pd.Timedelta(days=20).to_pytimedelta()
+    times = [t for t in [start] + calendar(code).next_times(start, BASE.interval_td, 2000) if t <= end][-40:]
+    assert times[-1] == end
+    ctx["timestamps"] = pd.to_datetime(times)
+    async with serving(sessions="*.SH=XSHG,*=XNYS") as (api, http):
+        r = await http.post("/v1/forecast", json={"symbol": symbol, "bars": bars_of(ctx), "pred_len": 6})
+    assert r.status_code == 200, r.text
+    steps = [h["ts"] for h in r.json()["horizon"]]
+    assert steps[:2] == first_steps
+    fut = pd.Series(pd.to_datetime(steps))
+    np.testing.assert_allclose(values(r.json()), _expected(predictor, ctx, fut), rtol=1e-4, atol=1e-2)
+
+
 async def test_64_concurrent_requests_are_batched_and_each_equals_its_answer_alone(tape_rows):
     # Three window lengths and two horizon lengths: grouped apart inside a batch.
     reqs = [{"symbol": f"S{i}", "bars": bars_of(tape_rows.iloc[i * 20: i * 20 + (40, 48, 56)[i % 3]]),

@@ -132,3 +132,40 @@ async def test_redis_losing_a_window_asks_for_a_rebuild(ingest, redis_url):
     await client.aclose()
     await handle_all(ingest, state, [msg(4)])
     assert ingest.lost == [True]
+
+
+def bar_at(t: dt.datetime, i: int, symbol="600000.SH"):
+    doc = {"symbol": symbol, "ts": t.isoformat(), "open": 10.0, "high": 11.0, "low": 9.0, "close": 10.0 + i / 100,
+           "volume": 100.0}
+    return SimpleNamespace(key=symbol.encode(), value=events.dumps(doc), offset=i, timestamp=1_700_000_000_000)
+
+
+async def test_bars_in_closed_periods_are_accepted_counted_and_forecast_from_the_next_open(
+        redis_url, redis_prefix, caplog):
+    """The closed-period policy (docs/CALENDARS.md): a bar stamped in XSHG's lunch break or on
+    a holiday is stored and forecast like any other, counted by calendar and period, logged
+    once per symbol; its horizon starts at the next open part. Nothing is dead-lettered."""
+    client = aioredis.from_url(redis_url)
+    metrics = WorkerMetrics()
+    ing = Ingest(WindowStore(client, redis_prefix, 16), lookback=8, min_history=3, pred_len=2,
+                 interval=dt.timedelta(minutes=5), calendar_for=parse_session_map("*.SH=XSHG"),
+                 metrics=metrics, on_lost=None)
+    times = [dt.datetime(2024, 2, 8, 11, 25), dt.datetime(2024, 2, 8, 11, 30),
+             dt.datetime(2024, 2, 8, 12, 0),     # lunch break
+             dt.datetime(2024, 2, 8, 13, 5),
+             dt.datetime(2024, 2, 9, 10, 0),     # Spring Festival holiday
+             dt.datetime(2024, 2, 8, 16, 0)]     # after the close (out of order, inside the window)
+    state = PartitionState(TP)
+    with caplog.at_level("WARNING", logger="worker.pipeline.ingest"):
+        out = await handle_all(ing, state, [bar_at(t, i) for i, t in enumerate(times)])
+    await client.aclose()
+    assert not any(isinstance(o, DeadLetter) for o in out)
+    assert isinstance(out[2], Ready) and out[2].horizon == [dt.datetime(2024, 2, 8, 13, 5),
+                                                           dt.datetime(2024, 2, 8, 13, 10)]
+    assert isinstance(out[4], Ready) and out[4].horizon == [dt.datetime(2024, 2, 19, 9, 35),
+                                                           dt.datetime(2024, 2, 19, 9, 40)]
+    assert len(out[4].values) == 5  # nothing lost from the window
+    counted = {p: metrics.closed_period_bars.labels(calendar="XSHG", period=p)._value.get()
+               for p in ("break", "closed_day", "outside_hours")}
+    assert counted == {"break": 1, "closed_day": 1, "outside_hours": 1}
+    assert caplog.text.count("lies in a closed period") == 1

@@ -145,3 +145,35 @@ def test_offsets_are_reused_until_the_state_changes():
     for h in range(3):
         other.load_step(h, cal.step_state(h))
     np.testing.assert_array_equal(other.offsets(4), fresh)  # loaded state: computed anew, same numbers
+
+
+def test_calibrated_bands_are_on_by_default_wherever_sample_paths_make_bands(redis_url):
+    """Raw sampled bands of Kronos cover far less than their nominal level (BENCHMARKS.md), so
+    --sample-count > 1 turns the calibration on unless --calibration-window 0 says otherwise."""
+    import argparse
+
+    from worker import config
+    from worker.quality.calibration import DEFAULT_WINDOW
+    from worker.quality.live import make_live_scoring
+
+    assert config.Settings(sample_count=8).calibration_window == DEFAULT_WINDOW
+    assert config.Settings(sample_count=1).calibration_window == 0
+    assert config.Settings(sample_count=8, calibration_window=0).calibration_window == 0
+    assert config.Settings(sample_count=1, calibration_window=64).calibration_window == 64
+    parser = argparse.ArgumentParser()
+    config.add_flags(parser)
+    flags = parser.parse_args(["--sample-count", "8"])
+    assert config.from_args(flags).calibration_window == DEFAULT_WINDOW
+    assert config.from_args(parser.parse_args(["--sample-count", "8", "--calibration-window", "0"])).calibration_window == 0
+    assert "(default: 256 when --sample-count > 1, else 0)" in " ".join(parser.format_help().split())
+
+    import redis.asyncio as aioredis
+
+    from worker.adapters.keys import RedisKeys
+    from worker.ops.metrics import WorkerMetrics
+
+    r = aioredis.Redis.from_url(redis_url)  # scripts are registered, nothing is sent
+    keys, metrics = RedisKeys("krt-test-default-calibration"), WorkerMetrics()
+    live = make_live_scoring(config.Settings(sample_count=8), r, keys, None, metrics, lambda: None)
+    assert live is not None and live.quality.min_scores == config.Settings().calibration_min_scores
+    assert make_live_scoring(config.Settings(sample_count=1), r, keys, None, metrics, lambda: None) is None
