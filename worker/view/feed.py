@@ -16,7 +16,7 @@ import logging
 
 from aiokafka import TopicPartition
 
-from worker.kafka import make_consumer
+from worker.kafka import make_consumer, topic_partitions
 from worker.view.state import ViewState
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,9 @@ class Feed:
         """Assign the partitions of the topics that exist now, keeping the positions of those
         already read (aiokafka's assign() replaces the whole assignment)."""
         consumer = self._consumer
-        existing = await consumer.topics()  # a metadata request for all topics: creates nothing
-        found = {}
-        for topic in self.kind_of:
-            if topic in existing:
-                parts = consumer.partitions_for_topic(topic) or set()
-                if parts:
-                    found[topic] = len(parts)
+        listed = await consumer.topics()  # a listing of every topic: creates nothing
+        existing = [t for t in self.kind_of if t in listed]
+        found = await topic_partitions(self.brokers, existing, self.security) if existing else {}
         if found == self.partitions:
             return
         old = set(consumer.assignment())
