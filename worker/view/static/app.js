@@ -166,7 +166,7 @@
     const total = times.length + horizon;
     view.shownPoints = total;
     if (view.fit || !before || before.to >= total0 - 1) {
-      const width = view.fit || !before ? 120 : before.to - before.from;
+      const width = view.fit || !before ? Math.min(120, total + 6) : before.to - before.from;
       if (total) ts.setVisibleLogicalRange({ from: total + 2 - width, to: total + 2 });
       view.fit = false;
     }
@@ -250,10 +250,10 @@
     view.limits = st.limits || view.limits;
     const m = st.messages || {}, bad = st.invalid || {};
     const count = (o) => Object.values(o).reduce((a, b) => a + b, 0);
-    $("stats").textContent = `${st.symbols} symbols; messages read: ${count(m)}` +
-      ` (bars ${m.bars || 0}, forecasts ${m.forecasts || 0}${m.scores ? ", scores " + m.scores : ""});` +
-      ` malformed skipped: ${count(bad)}; redelivered dropped: ${st.duplicates};` +
-      ` kept per symbol: ${st.limits.max_bars} bars, ${st.limits.max_forecasts} forecasts; max ${st.limits.max_symbols} symbols`;
+    $("stats").textContent = `${st.symbols} symbols \u00b7 read ${count(m)}` +
+      ` (bars ${m.bars || 0}, forecasts ${m.forecasts || 0}${m.scores ? ", scores " + m.scores : ""})` +
+      ` \u00b7 malformed skipped ${count(bad)} \u00b7 repeats dropped ${st.duplicates}` +
+      ` \u00b7 kept: ${st.limits.max_bars} bars, ${st.limits.max_forecasts} forecasts per symbol, ${st.limits.max_symbols} symbols`;
   }
 
   // -- data -------------------------------------------------------------------------------
