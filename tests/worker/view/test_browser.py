@@ -28,19 +28,21 @@ ROOT = Path(__file__).resolve().parents[3]
 ARTEFACT = ROOT / "runs" / "test-artefacts" / "view.png"
 FIRST_BARS = 64  # per symbol: forecasts from the 32nd bar on (the e2e settings' min_history)
 
-# Pixels of the chart's canvases by colour: candles (up/down), the mean path, the band fill.
+# Pixels of the chart's canvases by colour: candles (up/down), the mean path, the raw band's fill
+# (blue at 18 % on white) and the calibrated band's (orange at 16 %), as app.js draws them.
 COUNT_PIXELS = """
-const counts = {candles: 0, mean: 0, band: 0};
+const counts = {candles: 0, mean: 0, raw: 0, calibrated: 0};
 for (const c of document.querySelectorAll('#chart canvas')) {
   if (!c.width || !c.height) continue;
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
   for (let i = 0; i < d.length; i += 4) {
     const r = d[i], g = d[i + 1], b = d[i + 2], a = d[i + 3];
     if (a < 200) continue;
-    const near = (R, G, B) => Math.abs(r - R) + Math.abs(g - G) + Math.abs(b - B) < 40;
-    if (near(38, 166, 154) || near(239, 83, 80)) counts.candles++;
-    else if (near(31, 79, 209)) counts.mean++;
-    else if (b > 225 && b - r > 15 && r > 150) counts.band++;
+    const near = (R, G, B, tol) => Math.abs(r - R) + Math.abs(g - G) + Math.abs(b - B) < tol;
+    if (near(38, 166, 154, 40) || near(239, 83, 80, 40)) counts.candles++;
+    else if (near(31, 79, 209, 40)) counts.mean++;
+    else if (near(215, 223, 247, 12)) counts.raw++;
+    else if (near(251, 234, 220, 12)) counts.calibrated++;
   }
 }
 return counts;
@@ -116,7 +118,8 @@ async def test_page_draws_forecasts_and_takes_new_ones_live(broker, redis_url, r
                                    lambda v: v["latestAsOf"] == last_as_of and v["bandPoints"] > 0)
             assert shown["symbol"] == symbols[0] and shown["bars"] == FIRST_BARS and shown["forecasts"] >= 10
             pixels = await js_until(driver, COUNT_PIXELS, lambda c: c["candles"] > 500 and c["mean"] > 20
-                                    and c["band"] > 100)
+                                    and c["raw"] > 30 and c["calibrated"] > 300)
+            print("chart pixels by colour:", pixels)
             calibrated = await asyncio.to_thread(
                 driver.execute_script, "return document.getElementById('detail').textContent")
             assert "calibrated [" in calibrated and "latency" in calibrated
