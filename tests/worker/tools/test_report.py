@@ -216,9 +216,8 @@ def test_forecast_charts_pick_a_few_symbols_and_times_spread_over_the_replay(tmp
         bars += [bar(i, c, symbol=sym) for i, c in enumerate(closes)]
         last = 28 - n  # A has the most fully realized forecasts, D the fewest
         for a in range(5, 30):
-            steps = [(a + k, closes[min(a, 29)] + 0.1 * k, [closes[min(a, 29)] + 0.1 * k - 0.2 * k,
-                                                            closes[min(a, 29)] + 0.1 * k,
-                                                            closes[min(a, 29)] + 0.1 * k + 0.2 * k]) for k in (1, 2)]
+            mean = [closes[a] + 0.3 * k for k in (1, 2)]  # above the realized closes (0.1 a bar)
+            steps = [(a + k, m, [m - 0.2 * k, m, m + 0.2 * k]) for k, m in zip((1, 2), mean)]
             f = fc(a, steps, 10, a, symbol=sym)
             if a + 2 <= last:
                 for k, h in enumerate(f["horizon"], start=1):
