@@ -25,7 +25,7 @@ LAYERS = [
     ["ops"],
     ["lifecycle"],
     ["http"],
-    ["app"],
+    ["app", "view"],
     ["tools"],
     ["cli"],
 ]

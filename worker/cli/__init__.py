@@ -29,6 +29,7 @@ COMMANDS = {
     "broker": ("worker.cli.broker", "run the embedded Kafka-protocol broker for local play"),
     "replay": ("worker.tools.replay", "publish a CSV/Parquet tape as bar events"),
     "tail": ("worker.cli.tail", "print forecasts as they arrive, one line each"),
+    "view": ("worker.cli.view", "serve a live chart of the forecasts in the browser"),
     "report": ("worker.tools.report", "write a Markdown report of a replay"),
     "models": ("worker.cli.models", "manage the local model registry"),
     "bench": ("worker.cli.bench", "benchmark the inference engine against full recompute"),
@@ -56,6 +57,11 @@ DESCRIPTIONS = {
               "as a live feed sends them, as fast as possible or at a multiple of real time.",
     "tail": "Subscribes to a forecast topic and prints one line per forecast as it arrives: symbol, as_of, "
             "next close, quantile band, end-to-end latency. Redelivered duplicates are dropped.",
+    "view": "Serves a web page (FastAPI) with every symbol's latest forecast and, for the chosen symbol, "
+            "candles of the recent bars with the latest forecast's mean path and its raw and calibrated bands, "
+            "earlier forecasts fading, pushed to the page as messages arrive. Reads the topics with its own "
+            "consumer (no group, no commits); keeps the last --max-bars bars and --max-forecasts forecasts "
+            "of at most --max-symbols symbols. See docs/VIEW.md.",
     "report": "Reads the forecasts and bars of a replay from their topics (without joining a group) and "
               "writes report.md with latency, throughput, accuracy against naive baselines, band coverage "
               "and plots.",
@@ -92,6 +98,9 @@ EXAMPLES = {
                "KRONOS_RT_BROKERS=localhost:29092 kronos-rt replay tape.csv --limit 100"],
     "tail": ["kronos-rt tail --brokers localhost:29092", "kronos-rt tail --symbol 600000.SH --from-beginning",
              "kronos-rt tail --topic demo.forecasts.5m --count 10"],
+    "view": ["kronos-rt view --brokers localhost:29092 --port 8050",
+             "kronos-rt view --bars-topic demo.bars.5m --forecasts-topic demo.forecasts.5m --scores-topic scores.5m",
+             "kronos-rt view --host 0.0.0.0 --history 0 --max-symbols 200"],
     "report": ["kronos-rt report --brokers localhost:29092 --out report/",
                "kronos-rt report --forecasts-topic demo.forecasts.5m --bars-topic demo.bars.5m"],
     "models": ["kronos-rt models list",
@@ -112,7 +121,7 @@ EXAMPLES = {
 
 
 # Short-lived commands whose failures the error printer explains (the worker keeps aiokafka's logs).
-QUIET_KAFKA_LOGS = {"replay", "report", "tail", "broker", "demo"}
+QUIET_KAFKA_LOGS = {"replay", "report", "tail", "broker", "demo", "view"}
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

@@ -46,11 +46,13 @@ def main(args: argparse.Namespace) -> int:
             from worker.adapters.kafka import ensure_topics
 
             asyncio.run(ensure_topics(broker.bootstrap, dict(args.topic)))
+        # Handlers before the "listening" line: a Ctrl-C right after it is a clean stop, not exit 130.
+        stop = _stop_on_signal()
         print(f"kronos-rt broker: listening on {broker.bootstrap} (log {broker.log_path}); Ctrl-C stops it",
               flush=True)
         print(f"  try: kronos-rt worker --brokers {broker.bootstrap}   |   "
               f"kronos-rt tail --brokers {broker.bootstrap}", flush=True)
-        _wait_for_signal(broker)
+        _wait_until(stop, broker)
         print("kronos-rt broker: stopped", file=sys.stderr)
         return 0
     finally:
@@ -68,13 +70,18 @@ def _check_port_free(host: str, port: int) -> None:
                                "something (another broker?) holds it: pick another --port") from exc
 
 
-def _wait_for_signal(broker) -> None:
-    """Block until SIGINT/SIGTERM, or until the broker process dies."""
+def _stop_on_signal():
+    """An event that SIGINT or SIGTERM sets from now on."""
     import threading
 
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    return done
+
+
+def _wait_until(done, broker) -> None:
+    """Block until `done` is set (a signal), or until the broker process dies."""
     while not done.wait(0.5):
         if not broker.running:
             raise StartupError(f"the broker exited unexpectedly; see its log {broker.log_path}")

@@ -63,6 +63,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto (GPU if any), cpu, cuda:N")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--view-port", type=int, default=8050,
+                        help="port of the live forecast page (`kronos-rt view`) while the demo runs; a free one "
+                             "if it is taken; -1: no page")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -131,7 +134,7 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
     # Named now, created only when the report is written: a failed run leaves no empty folder.
     out = Path(args.out) if args.out else Path("kronos-rt-demo") / time.strftime(f"run-%Y%m%d-%H%M%S-{os.getpid()}")
 
-    broker, redis_server = EmbeddedBroker(), RedisServer()
+    broker, redis_server, view = EmbeddedBroker(), RedisServer(), None
     try:
         redis_server.start()
     except (RuntimeError, FileNotFoundError) as exc:
@@ -155,6 +158,10 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
             worker_task.result()
             raise DemoError("the worker stopped before it was assigned partitions")
         print(f"demo: worker {settings.worker_id} ready (metrics on http://127.0.0.1:{worker.metrics_port}/metrics)")
+        if args.view_port >= 0:
+            view = await start_view(broker.bootstrap, args.view_port)
+            print(f"demo: live forecast page at {view.url} (open it to watch the forecasts arrive; "
+                  "it closes with the demo)", flush=True)
 
         expected = args.symbols * max(0, args.bars - args.min_history + 1)
         print(f"demo: {_history_note(args)}")
@@ -178,8 +185,32 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
                           seconds=time.monotonic() - t0, report=report_path,
                           model=f"{mv.name}@{mv.version}", random_weights=random_weights)
     finally:
+        if view is not None:
+            await view.stop()
         broker.stop()
         redis_server.stop()
+
+
+async def start_view(bootstrap: str, port: int):
+    """`kronos-rt view` on the demo's topics (worker/view/), on `port`, or on a free one when
+    that is taken (another demo, another view)."""
+    from worker.view.app import ViewServer
+    from worker.view.feed import Feed
+    from worker.view.state import ViewState
+
+    async def on(p: int):
+        state = ViewState()
+        feed = Feed(state, bootstrap, {"bars": TOPICS["bars"], "forecasts": TOPICS["forecasts"]}, history=0)
+        view = ViewServer(state, feed, port=p)
+        await view.start()
+        return view
+
+    try:
+        return await on(port)
+    except StartupError:  # ViewServer's "cannot serve on ...": the port is taken
+        if port == 0:
+            raise
+        return await on(0)
 
 
 def _history_note(args) -> str:

@@ -20,7 +20,9 @@ def _fmt(v, digits: int = 4) -> str:
     return "n/a" if v is None else f"{v:.{digits}g}"
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, images: dict[str, Path] | None = None) -> str:
+    """eval.md; `images` (plot stem -> file, from plots()) adds the charts: the forecasts of a few
+    windows against the realized closes, error and coverage by step."""
     res = report["results"]
     cfg = report["config"]
     lines = [f"# Walk-forward evaluation: {report['windows']} windows",
@@ -44,6 +46,20 @@ def markdown(report: dict) -> str:
                                for label, e in res.items()]))
     if any(e.get("random_weights") for e in res.values()):
         lines += ["", "RANDOM WEIGHTS: the registry says these weights are random; their forecasts mean nothing."]
+    images = images or {}
+    if "examples" in images:
+        windows = report["examples"]["windows"]
+        where = ", ".join(f"{w['series']} @ {w['origin']}" for w in windows)
+        lines += ["", "## Forecasts against realized closes", "",
+                  f"{len(windows)} windows spread over the test range ({where}): the last closes before the origin "
+                  "(thin black), the realized closes after it (thick black), each forecaster's mean path and, "
+                  "for models with sample paths, its 10-90 % band (shaded).", "",
+                  f"![forecasts against realized closes]({images['examples'].name})"]
+    if "error_by_step" in images:
+        lines += ["", "## Error by horizon step", "", f"![MAE and MASE by step]({images['error_by_step'].name})"]
+    if "coverage_by_step" in images:
+        lines += ["", "## Band coverage by horizon step", "",
+                  f"![coverage of the 10-90 % band by step]({images['coverage_by_step'].name})"]
     return "\n".join(lines) + "\n"
 
 
@@ -120,8 +136,7 @@ def write_report(report: dict, out_dir, plot: bool = True) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "eval.json", "markdown": out_dir / "eval.md"}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    paths["markdown"].write_text(markdown(report))
-    if plot:
-        for p in plots(report, out_dir):
-            paths[p.stem] = p
+    images = {p.stem: p for p in plots(report, out_dir)} if plot else {}
+    paths["markdown"].write_text(markdown(report, images))
+    paths.update(images)
     return paths

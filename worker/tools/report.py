@@ -13,7 +13,9 @@ writes <out>/report.md with:
   MAE, RMSE, direction hit rate, next to two naive baselines (last close, and drift:
   the mean bar-to-bar change over the last `lookback` bars, extrapolated linearly);
 - coverage of the quantile bands [lowest level, highest level] when present, per horizon step:
-  raw (`quantiles`) vs calibrated (`calibrated_quantiles`) vs nominal, as a table and a plot.
+  raw (`quantiles`) vs calibrated (`calibrated_quantiles`) vs nominal, as a table and a plot;
+- forecast charts: for a few symbols and times, the realized closes with the mean path and the
+  bands of the forecast made then, so the accuracy table has pictures behind it.
 
 A horizon step is matched to the realized bar with the same symbol and ts. Forecasts
 whose as_of bar is not among the bars are left out of the accuracy numbers (the
@@ -392,6 +394,95 @@ def _plot_coverage(coverage: list[Coverage], path: Path, label: str = "") -> Non
     fig.savefig(path)
 
 
+# Forecast charts: how many symbols (rows) and forecast times per symbol (columns).
+CHART_SYMBOLS = 3
+CHART_TIMES = 3
+
+
+def _chart_picks(forecasts: list[dict], bars: list[dict]) -> list[tuple[str, list[dict]]]:
+    """(symbol, forecasts) to chart: the symbols with the most fully realized forecasts (whole
+    horizon among the bars; then by name), and for each a few of those, spread over the replay."""
+    _, index, _ = _bar_index(bars)
+    ready: dict[str, list[tuple[_dt.datetime, dict]]] = defaultdict(list)
+    for fc in forecasts:
+        sym = fc["symbol"]
+        try:
+            as_of = parse_time(fc["as_of"])
+            steps = [parse_time(h["ts"]) for h in fc["horizon"]] + [as_of]
+            float(fc["horizon"][0]["close"])
+        except (KeyError, TypeError, ValueError, IndexError, InvalidEvent):
+            continue
+        if all((sym, t) in index for t in steps):
+            ready[sym].append((as_of, fc))
+    picks = []
+    for sym in sorted(ready, key=lambda s: (-len(ready[s]), s))[:CHART_SYMBOLS]:
+        fcs = [fc for _, fc in sorted(ready[sym], key=lambda p: p[0])]
+        # Evenly spread, away from the very first forecast (its history is the shortest).
+        at = np.linspace(0, len(fcs) - 1, CHART_TIMES + 1)[1:].round().astype(int)
+        picks.append((sym, [fcs[i] for i in dict.fromkeys(at.tolist())]))
+    return picks
+
+
+def _band_rows(fc: dict, field_name: str) -> tuple[list[float], list[float]] | None:
+    """Lowest and highest close quantile per step of `field_name`, None when a step lacks them."""
+    levels = fc.get("quantile_levels") or []
+    if len(levels) < 2:
+        return None
+    lo_i, hi_i = int(np.argmin(levels)), int(np.argmax(levels))
+    lo, hi = [], []
+    for h in fc["horizon"]:
+        q = (h.get(field_name) or {}).get("close")
+        if not isinstance(q, list) or len(q) != len(levels):
+            return None
+        lo.append(float(q[lo_i]))
+        hi.append(float(q[hi_i]))
+    return lo, hi
+
+
+def _plot_forecasts(picks: list[tuple[str, list[dict]]], bars: list[dict], path: Path, label: str = "") -> None:
+    """One panel per (symbol, forecast): realized closes around as_of, the mean path from the
+    close at as_of, the raw band filled and the calibrated band dashed."""
+    from matplotlib.figure import Figure
+
+    closes, index, _ = _bar_index(bars)
+    rows, cols = len(picks), max(len(fcs) for _, fcs in picks)
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows + 0.6), dpi=100, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, (sym, fcs) in enumerate(picks):
+        series = closes[sym]
+        for c in range(cols):
+            ax = axes[r][c]
+            if c >= len(fcs):
+                ax.set_visible(False)
+                continue
+            fc = fcs[c]
+            i = index[(sym, parse_time(fc["as_of"]))][1]
+            steps = [index[(sym, parse_time(h["ts"]))][1] - i for h in fc["horizon"]]
+            before = max(0, i - 3 * len(steps))
+            x = np.arange(before, min(len(series), i + steps[-1] + 1)) - i
+            ax.plot(x, series[x + i], color="black", lw=1.2, label="realized close", zorder=3)
+            last = float(series[i])
+            ax.plot([0, *steps], [last, *(float(h["close"]) for h in fc["horizon"])], color="#1f4fd1", lw=1.8,
+                    marker="o", ms=2.5, label="mean path")
+            raw = _band_rows(fc, "quantiles")
+            if raw is not None:
+                ax.fill_between([0, *steps], [last, *raw[0]], [last, *raw[1]], color="#1f4fd1", alpha=0.18, lw=0,
+                                label="raw band")
+            cal = _band_rows(fc, "calibrated_quantiles")
+            if cal is not None:
+                for k, edge in enumerate(cal):
+                    ax.plot([0, *steps], [last, *edge], color="#e67e22", ls="--", lw=1.1,
+                            label="calibrated band" if k == 0 else None)
+            ax.axvline(0, color="gray", lw=0.6, ls=":")
+            ax.set_title(f"{sym} @ {fc['as_of']}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if r == rows - 1:
+                ax.set_xlabel("bars from as_of", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle(_plot_title("Forecasts against the realized closes", label), fontsize=10)
+    fig.savefig(path)
+
+
 # -- Markdown -----------------------------------------------------------------------------------
 
 def _fmt(x, digits: int = 4) -> str:
@@ -480,6 +571,17 @@ def _markdown(s: ReportSummary, lookback: int, title: str, context: dict[str, st
         L.append("No forecast step could be matched to a realized bar.")
     L.append("")
 
+    L += ["## Forecasts against realized closes", ""]
+    if "forecasts.png" in {f.name for f in s.files}:
+        L += ["For a few symbols (those with the most forecasts whose whole horizon is realized) and times "
+              "spread over the replay: the realized closes (black), the mean path of the forecast made at that "
+              "as_of (blue, from the close at as_of), its raw band between the lowest and highest quantile level "
+              "(blue fill) and its calibrated band (orange dashes) where the forecast carries one.", "",
+              "![forecasts against realized closes](forecasts.png)"]
+    else:
+        L.append("Skipped: no forecast has its whole horizon among the bars yet.")
+    L.append("")
+
     L += ["## Quantile band coverage (close)", ""]
     if s.coverage:
         for raw, cal in _band_pairs(s.coverage):
@@ -544,6 +646,10 @@ def build_report(forecasts: list[dict], bars: list[dict], out_dir, *, lookback: 
     if steps:
         _plot_accuracy(steps, out_dir / "accuracy.png", label)
         summary.files.append(out_dir / "accuracy.png")
+    picks = _chart_picks(distinct, bars)
+    if picks:
+        _plot_forecasts(picks, bars, out_dir / "forecasts.png", label)
+        summary.files.append(out_dir / "forecasts.png")
     if any(c.kind == "calibrated" for c in coverage):  # the raw-only report keeps its table alone
         _plot_coverage(coverage, out_dir / "coverage.png", label)
         summary.files.append(out_dir / "coverage.png")

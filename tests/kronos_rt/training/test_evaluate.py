@@ -35,6 +35,12 @@ def test_random_walk_persistence_is_best_and_model_mase_at_least_one(tmp_path):
     paths = write_report(report, tmp_path / "out")
     assert {"json", "markdown", "error_by_step", "coverage_by_step", "examples"} <= paths.keys()
     assert all(p.stat().st_size > 0 for p in paths.values())
+    # eval.md shows the forecasts of a few windows against the realized closes, and the other plots
+    written = paths["markdown"].read_text()
+    assert "## Forecasts against realized closes" in written and "![forecasts against realized closes](examples.png)" in written
+    assert "(error_by_step.png)" in written and "(coverage_by_step.png)" in written
+    assert written.count(" @ ") >= 4  # the windows charted: series @ origin
+    assert "## Forecasts against" not in markdown(report)  # without plots, no image is named
 
 
 def test_linear_trend_drift_is_exact(tmp_path):

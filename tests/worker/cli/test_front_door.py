@@ -158,15 +158,24 @@ def test_report_plots_carry_titles(tmp_path, monkeypatch):
 
     from worker.tools import report
 
-    titles = []
-    real = Axes.set_title
+    from matplotlib.figure import Figure
+
+    titles, figure_titles = [], []
+    real, real_sup = Axes.set_title, Figure.suptitle
     monkeypatch.setattr(Axes, "set_title", lambda self, t, *a, **k: (titles.append(t), real(self, t, *a, **k))[1])
+    monkeypatch.setattr(Figure, "suptitle",
+                        lambda self, t, *a, **k: (figure_titles.append(t), real_sup(self, t, *a, **k))[1])
     times = [np.datetime64("2024-06-18T11:00:00") + i * np.timedelta64(300, "s") for i in range(8)]
     bars = [{"symbol": "600000.SH", "ts": str(t), "open": 11.0, "high": 11.1, "low": 10.9, "close": 11.0,
              "volume": 1.0} for t in times]
     summary = report.build_report([_forecast_doc(as_of=str(t)) for t in times[3:]], bars, tmp_path)
-    assert len([f for f in summary.files if f.suffix == ".png"]) == len(titles) >= 3
-    assert all("demo-random@0.1.0 [RANDOM WEIGHTS]" in t for t in titles)
+    label = "demo-random@0.1.0 [RANDOM WEIGHTS]"
+    # One title per plot, carrying the label: an axes' title, or the figure's for the panels of the
+    # forecast chart (whose own titles say symbol @ as_of).
+    plot_titles = [t for t in titles if label in t] + figure_titles
+    assert len([f for f in summary.files if f.suffix == ".png"]) == len(plot_titles) >= 3
+    assert all(label in t for t in figure_titles) and "forecasts.png" in {f.name for f in summary.files}
+    assert all(" @ " in t for t in titles if label not in t)
 
 
 # -- library -------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "creating 'demo-random'" in text and "RANDOM WEIGHTS" in text
     assert "forecasts        86 of 86 expected" in text  # 2 symbols x (90 - 48 + 1)
     assert "p50" in text and "p99" in text
+    assert "demo: live forecast page at http://127.0.0.1:" in text  # kronos-rt view on the demo's topics
     report = (out / "report.md").read_text()
     assert "## Latency" in report and "## Accuracy" in report and "demo-random@0.1.0" in report
     assert (out / "latency_hist.png").stat().st_size > 0

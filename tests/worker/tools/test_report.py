@@ -5,13 +5,14 @@ import asyncio
 import datetime as dt
 import math
 
+import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.conftest import unique_topic
 from worker.cli import main as cli_main
-from worker.tools.report import build_report
+from worker.tools.report import _chart_picks, build_report
 from worker.adapters.kafka import ensure_topics
 
 T0 = dt.datetime(2024, 6, 18, 9, 0)
@@ -105,7 +106,7 @@ def test_exact_numbers(tmp_path):
     assert cov.per_step == {1: (2, 0), 2: (2, 2)}
 
     names = sorted(p.name for p in s.files)
-    assert names == ["accuracy.png", "latency_hist.png", "report.md", "throughput.png"]
+    assert names == ["accuracy.png", "forecasts.png", "latency_hist.png", "report.md", "throughput.png"]
     for p in s.files:
         assert p.is_file() and p.stat().st_size > 0
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in s.files if p.suffix == ".png")
@@ -134,6 +135,7 @@ def test_empty_inputs_still_write_a_report(tmp_path):
     assert s.n_forecasts == 0 and s.accuracy == [] and s.overall is None and s.coverage == []
     md = (tmp_path / "report.md").read_text()
     assert "No forecasts." in md and "No forecast step could be matched" in md
+    assert "Skipped: no forecast has its whole horizon among the bars yet." in md
     with pytest.raises(ValueError, match="lookback"):
         build_report([], [], tmp_path, lookback=1)
 
@@ -195,3 +197,49 @@ def test_calibrated_coverage_per_step_beside_raw(tmp_path):
     assert "| 1 | 2 | 0.0% | 2 | 100.0% | 80.0% |" in md
     assert "| 2 | 2 | 100.0% | 2 | 0.0% | 80.0% |" in md
     assert "![Band coverage per horizon step](coverage.png)" in md
+
+
+def test_forecast_charts_show_fully_realized_forecasts(tmp_path):
+    forecasts, bars = dataset()
+    # Only F2 (as_of bar 4, steps at bars 5 and 6) has its whole horizon among the bars.
+    assert _chart_picks(forecasts, bars) == [("S", [forecasts[1]])]
+    s = build_report(forecasts, bars, tmp_path, lookback=3)
+    assert (tmp_path / "forecasts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = s.report_path.read_text()
+    assert "## Forecasts against realized closes" in md and "![forecasts against realized closes](forecasts.png)" in md
+
+
+def test_forecast_charts_pick_a_few_symbols_and_times_spread_over_the_replay(tmp_path):
+    bars, forecasts = [], []
+    for n, sym in enumerate(["A", "B", "C", "D"]):
+        closes = [10 + n + 0.1 * i for i in range(30)]
+        bars += [bar(i, c, symbol=sym) for i, c in enumerate(closes)]
+        last = 28 - n  # A has the most fully realized forecasts, D the fewest
+        for a in range(5, 30):
+            mean = [closes[a] + 0.3 * k for k in (1, 2)]  # above the realized closes (0.1 a bar)
+            steps = [(a + k, m, [m - 0.2 * k, m, m + 0.2 * k]) for k, m in zip((1, 2), mean)]
+            f = fc(a, steps, 10, a, symbol=sym)
+            if a + 2 <= last:
+                for k, h in enumerate(f["horizon"], start=1):
+                    h["calibrated_quantiles"] = {"close": [h["close"] - 0.3 * k, h["close"], h["close"] + 0.3 * k]}
+            forecasts.append(f)
+    # D's bars stop early: fewer of its forecasts are fully realized.
+    bars = [b for b in bars if not (b["symbol"] == "D" and b["ts"] > ts(20))]
+    picks = _chart_picks(forecasts, bars)
+    assert [sym for sym, _ in picks] == ["A", "B", "C"]  # the three with the most realized forecasts
+    for sym, fcs in picks:
+        as_ofs = [f["as_of"] for f in fcs]
+        # 23 realized forecasts (as_of 5..27): three spread over them, not the first
+        assert as_ofs == [ts(12), ts(20), ts(27)]
+    s = build_report(forecasts, bars, tmp_path, lookback=3)
+    assert "forecasts.png" in [p.name for p in s.files]
+    from PIL import Image
+
+    with Image.open(tmp_path / "forecasts.png") as img:
+        w, h = img.size
+        assert w > h  # 3 x 3 panels, wider than tall
+        r, g, b = np.asarray(img.convert("RGB")).astype(int).transpose(2, 0, 1)
+    blue = int(((b > 180) & (r < 60) & (g < 110)).sum())                   # mean paths
+    orange = int(((r > 200) & (g > 100) & (g < 150) & (b < 60)).sum())     # calibrated bands
+    fill = int(((b > 225) & (b - r > 15) & (r > 150)).sum())               # raw band fill
+    assert blue > 200 and orange > 100 and fill > 200
