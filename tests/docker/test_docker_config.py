@@ -343,8 +343,10 @@ def test_a_running_worker_exports_every_name_dashboards_and_alerts_use(dashboard
     shadows.skipped.labels("m", "2", "behind").inc()
     shadows.errors.labels("m", "2").inc()
 
+    from worker.calendars.sessions import calendar
     from worker.ops.health import Health
 
+    calendar("XNYS")  # calendar families appear once the process built an exchange calendar
     server = MetricsServer(m, port=0, host="127.0.0.1", ready_checks=Health().checks)  # as the worker wires it
     port = server.start()
     try:
