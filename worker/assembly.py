@@ -63,12 +63,13 @@ class Parts:
 async def connect_redis(parts: Parts, s, *, calendar_for, shadow_models: list,
                         stopping: Callable[[], bool]) -> bool:
     """Redis and what keeps its state there: windows, ingest, scoring, recovery. False: stop() came first."""
-    import redis.asyncio as aioredis
     from redis.exceptions import AuthenticationError, ResponseError
 
+    from worker import redis_connect
+
+    keys = RedisKeys(s.redis_prefix)  # its script layouts were checked with the settings (config.py)
     # Timeouts, so a frozen or vanished Redis raises (and is waited out) instead of hanging.
-    parts.redis = aioredis.from_url(s.redis, socket_connect_timeout=2, socket_timeout=10)
-    keys = RedisKeys(s.redis_prefix)
+    parts.redis = redis_connect.connect(s.redis, socket_connect_timeout=2, socket_timeout=10)
     parts.store = WindowStore(parts.redis, s.redis_prefix, s.lookback + REDELIVERY_SLACK)
     parts.scoring = make_live_scoring(s, parts.redis, keys, parts.store, parts.metrics, lambda: parts.publisher,
                                       models=1 + len(shadow_models))
@@ -87,6 +88,7 @@ async def connect_redis(parts: Parts, s, *, calendar_for, shadow_models: list,
     if not await wait_until(parts.store.ping, f"Redis at {hide_password(s.redis)}", stopping=stopping,
                             timeout_s=s.startup_timeout_s, fatal=(AuthenticationError, ResponseError)):
         return False
+    parts.health.note_redis_node(parts.redis, parts.metrics)
     parts.health.ready["redis"] = True
     return True
 

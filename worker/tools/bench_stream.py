@@ -126,9 +126,9 @@ def _engine_and_ref(args):
 
 async def _warm_history(redis_url: str, prefix: str, lookback: int, tape) -> None:
     """Write each symbol's history straight into its Redis window (no Kafka, no forecasts)."""
-    import redis.asyncio as aioredis
+    from worker import redis_connect
 
-    client = aioredis.from_url(redis_url)
+    client = redis_connect.connect(redis_url)
     store = WindowStore(client, prefix, lookback)
     try:
         for _, bar, _ in _bars(tape):
@@ -139,13 +139,13 @@ async def _warm_history(redis_url: str, prefix: str, lookback: int, tape) -> Non
 
 async def _delete_prefix(redis_url: str, prefix: str) -> None:
     """Leave a shared Redis as it was: drop every key the bench's worker wrote."""
-    import redis.asyncio as aioredis
+    from worker import redis_connect
 
-    client = aioredis.from_url(redis_url)
+    client = redis_connect.connect(redis_url)
     try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]  # a Cluster: every master
         for i in range(0, len(keys), 1000):
-            await client.delete(*keys[i:i + 1000])
+            await client.delete(*keys[i:i + 1000])  # a Cluster splits it per slot
     finally:
         await client.aclose()
 
@@ -156,13 +156,20 @@ def _bars(tape):
     return bar_events(tape)
 
 
-async def run_bench(args) -> BenchResult:
+async def run_bench(args, topology: str = "single") -> BenchResult:
+    """One bench run; topology "cluster": on a local 3-master Redis Cluster started for it
+    (worker/tools/redis_ha.py), else on --redis or a private redis-server."""
     from worker.app import Worker
     from worker.tools.services import EmbeddedBroker, RedisServer
 
     with contextlib.ExitStack() as stack:
         brokers = args.brokers or stack.enter_context(EmbeddedBroker()).bootstrap
-        redis_url = args.redis or stack.enter_context(RedisServer()).url
+        if topology == "cluster":
+            from worker.tools.redis_ha import LocalCluster
+
+            redis_url = stack.enter_context(LocalCluster(masters=3)).url
+        else:
+            redis_url = args.redis or stack.enter_context(RedisServer()).url
         u = uuid.uuid4().hex[:8]
         bars_topic, fc_topic = f"bench-bars-{u}", f"bench-fc-{u}"
         scores_topic = f"bench-scores-{u}" if args.scoring else ""
@@ -334,7 +341,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
     parser.add_argument("--repeats", type=int, default=3, help="engine-only timing repeats per batch size")
     parser.add_argument("--brokers", help="Kafka bootstrap servers (default: start an embedded broker)")
-    parser.add_argument("--redis", help="Redis URL (default: start a private redis-server)")
+    parser.add_argument("--redis", help="Redis URL, any form --redis of the worker takes (default: start a "
+                                        "private redis-server)")
+    parser.add_argument("--topologies", default="single",
+                        help="comma separated: single (--redis or a private server), cluster (a local 3-master "
+                             "Redis Cluster started for it); one run each, in this order, tables side by side")
     parser.add_argument("--tape", default=str(TAPE), help="tape the synthetic symbols come from")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up on a burst after this long")
     parser.add_argument("--shadow", action="store_true",
@@ -347,8 +358,15 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.bursts < 1 or args.warmup_bursts < 0 or args.symbols < 1:
         raise ConfigError("--bursts and --symbols must be >= 1, --warmup-bursts >= 0")
+    topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    if not topologies or set(topologies) - {"single", "cluster"}:
+        raise ConfigError(f"--topologies {args.topologies!r}: comma separated single, cluster")
+    if args.redis:
+        from worker import redis_connect
+
+        redis_connect.parse(args.redis)  # an unknown form: one line before anything starts
     load_before = os.getloadavg()[0]
-    result = asyncio.run(run_bench(args))
+    results = [(t, asyncio.run(run_bench(args, t))) for t in topologies]
     import torch
 
     from kronos_rt.bench import processor
@@ -359,5 +377,8 @@ def main(args: argparse.Namespace) -> int:
           f"max_wait_ms {args.max_wait_ms:g}, scoring {'on' if args.scoring else 'off'}, "
           f"{torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d %H:%M')}, "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print(result.table())
+    for topology, result in results:
+        if len(results) > 1 or topology != "single":
+            print(f"\nRedis: {topology}" + (" (local, 3 masters)" if topology == "cluster" else ""))
+        print(result.table())
     return 0
