@@ -77,11 +77,19 @@ class Health:
             log.warning("the fetch loop goes on again")
 
     async def ping_redis(self, store, timeout_s: float = 2.0) -> bool:
+        why = ""
         try:
             ok = await asyncio.wait_for(store.ping(), timeout_s)
-        except Exception:
-            ok = False
+        except Exception as exc:
+            from worker import poison
+
+            ok, why = False, poison.describe(exc) if str(exc) else "no answer within %gs" % timeout_s
         self.ready["redis"] = bool(ok) and not self._redis_down
+        if not self._redis_down:  # the fetch loop's reason, while it waits Redis out, comes first
+            if ok:
+                self.redis.pop("redis_error", None)
+            else:
+                self.redis["redis_error"] = why or "PING failed"
         return self.ready["redis"]
 
     async def probe_broker(self, consumer, period_s: float = 1.0, timeout_s: float = 3.0) -> None:

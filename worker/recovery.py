@@ -107,7 +107,7 @@ class Recovery:
                 self.lost = True
 
         try:
-            answered = await wait_until(back, "Redis", stopping=stopping)
+            answered = await wait_until(back, "Redis", stopping=stopping, cap_s=1.0)  # a failover takes seconds
         finally:
             health.redis_down(False)
         if answered:

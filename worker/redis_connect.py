@@ -155,7 +155,7 @@ def topology(client) -> str:
     """single, sentinel or cluster: what kind of client this is."""
     if hasattr(client, "get_primaries"):
         return CLUSTER
-    if hasattr(client.connection_pool, "sentinel_manager"):
+    if hasattr(getattr(client, "connection_pool", None), "sentinel_manager"):
         return SENTINEL
     return SINGLE
 
@@ -170,8 +170,16 @@ def node_in_use(client) -> str:
     if kind == SENTINEL:
         addr = client.connection_pool.master_address
         return f"{addr[0]}:{addr[1]}" if addr else ""
-    kw = client.connection_pool.connection_kwargs
+    kw = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
     return kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+
+
+async def ping(client) -> bool:
+    """PING the node in use; on a Cluster every master (one down is a Redis not to rely on:
+    its slots' windows are out of reach)."""
+    if topology(client) == CLUSTER:
+        return bool(await client.ping(target_nodes=client.PRIMARIES))
+    return bool(await client.ping())
 
 
 # ------------------------------------------------------------------ scripts and slots

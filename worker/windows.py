@@ -321,4 +321,4 @@ class WindowStore:
         self.forget(symbols)
 
     async def ping(self) -> bool:
-        return bool(await self.redis.ping())
+        return await redis_connect.ping(self.redis)  # a Cluster: every master

@@ -1,0 +1,143 @@
+"""A worker on highly available Redis (servers from tests/conftest.py fixtures) while its
+primary is killed (kill -9) mid-stream: behind Sentinel the replica is promoted, on a
+3-master Cluster with replicas one master's replica is. The worker says 503 with the
+reason meanwhile, follows the promoted node, rebuilds the windows from the bar topic
+(a promoted replica may miss the old primary's last writes), and every owed forecast is
+published with the very numbers a single-node run gives."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+import redis
+
+from tests.worker.faults.report import readyz, tally
+from tests.worker.test_app_e2e import (
+    TAPE, consume, expected_keys, make_settings, names, one_torch_thread, running_worker,
+)
+from tests.worker.faults.test_failover_backlog import _covered
+from worker.kafka import ensure_topics
+from worker.tools.replay import prepare, replay
+from worker.tools.services import RedisServer
+
+pytestmark = pytest.mark.slow
+assert one_torch_thread  # autouse fixture, imported to apply here too
+
+SYMBOLS, BEFORE, DURING = 6, 60, 50
+SPEED = 3000  # 5-minute bars: one bar time every 0.1 s, so bars keep coming through the failover
+
+
+def _horizons(msgs) -> dict:
+    out = {}
+    for m in msgs:
+        doc = json.loads(m.value)
+        out.setdefault((doc["symbol"], doc["as_of"]), doc["horizon"])
+    return out
+
+
+def _gap_s(msgs, after_ms: float) -> tuple[float, float]:
+    """Across the failover: the longest pause between forecast messages published after
+    `after_ms` (Kafka timestamps), and the worst bar -> forecast latency among them (the
+    pause a bar met, even while a backlog of inference kept the output going)."""
+    late = [m for m in msgs if m.timestamp >= after_ms]
+    ts = sorted(m.timestamp for m in late)
+    worst = max((json.loads(m.value)["latency_ms"]["total"] for m in late), default=0.0)
+    return max((b - a for a, b in zip(ts, ts[1:])), default=0.0) / 1000, worst / 1000
+
+
+async def _stream(broker, tag: str, url: str, kill=None):
+    """Replay BEFORE bars per symbol and wait for their forecasts; `kill()`; replay DURING more
+    at SPEED while watching /readyz; wait for every owed forecast and /readyz 200.
+    Returns (rows, owed, messages, seconds from kill to the last owed forecast, 503 bodies seen,
+    /readyz body before and after, the gap in output, worker)."""
+    topics = names(tag)
+    await ensure_topics(broker, {topics["bars_topic"]: 2})
+    rows = prepare(TAPE, fanout=SYMBOLS, limit=BEFORE + DURING)
+    want = expected_keys(rows)
+    before = prepare(TAPE, fanout=SYMBOLS, limit=BEFORE)
+    during = prepare(TAPE, fanout=SYMBOLS, skip=BEFORE, limit=DURING)
+    settings = make_settings(broker, url, "krt", topics)
+    down: list[dict] = []
+    async with running_worker(settings) as worker:
+        await replay(before, broker, topics["bars_topic"])
+        await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= expected_keys(before),
+                      timeout=90)
+        first = readyz(worker.metrics_port)
+        sending = asyncio.create_task(replay(during, broker, topics["bars_topic"], speed=SPEED,
+                                              max_gap="5m"))  # overnight: no 20 s pause
+        await asyncio.sleep(0.5)
+        t0, kill_ms = time.monotonic(), time.time() * 1000
+        if kill is not None:
+            kill()
+        while not sending.done():
+            status, body = readyz(worker.metrics_port)
+            if status == 503:
+                down.append(body)
+            await asyncio.sleep(0.1)
+        await sending
+        msgs = await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=120)
+        took = time.monotonic() - t0
+        deadline = time.monotonic() + 20
+        while readyz(worker.metrics_port)[0] != 200:
+            assert time.monotonic() < deadline, "/readyz did not say 200 again"
+            await asyncio.sleep(0.1)
+        last = readyz(worker.metrics_port)
+    return rows, want, msgs, took, down, first, last, _gap_s(msgs, kill_ms), worker
+
+
+_REFERENCE: dict = {}
+
+
+async def single_node_forecasts(broker):
+    """The reference, run once per module: the same bars on one plain redis-server, nothing killed."""
+    if not _REFERENCE:
+        with RedisServer() as server:
+            rows, want, msgs, *_, gap, _ = await _stream(broker, "redis-single", server.url)
+        assert _covered(msgs) >= want
+        _REFERENCE.update(horizons=_horizons(msgs), gap=gap)
+    return _REFERENCE["horizons"], _REFERENCE["gap"]
+
+
+def _check(scenario, rows, want, msgs, took, down, first, last, gap, worker, reference, topology):
+    row = tally(scenario, len(rows), want, msgs, took,
+                note=f"output gap {gap[0]:.1f} s, worst bar->forecast {gap[1]:.1f} s")
+    assert row.lost == 0 and row.identical
+    mine = _horizons(msgs)
+    assert {k: mine[k] for k in want} == {k: reference[k] for k in want}  # the single-node run's numbers
+    assert first[0] == last[0] == 200
+    assert first[1]["redis_topology"] == last[1]["redis_topology"] == topology
+    assert first[1]["redis_node"] != last[1]["redis_node"]  # it follows the promoted node
+    assert down, "/readyz never said 503 while Redis failed over"
+    assert all(b["redis"] is False and b["redis_error"] for b in down)
+    assert worker.stats["rebuilds"] >= 1  # the promoted node's windows were rebuilt from the bar topic
+    return row
+
+
+async def test_sentinel_failover_mid_stream(broker, redis_sentinel):
+    reference, base_gap = await single_node_forecasts(broker)
+    g = redis_sentinel
+    rows, want, msgs, took, down, first, last, gap, worker = await _stream(
+        broker, "redis-sentinel", g.url, kill=g.primary.kill)
+    _check("Sentinel failover (kill -9 primary)", rows, want, msgs, took, down, first, last, gap, worker,
+           reference, "sentinel")
+    assert first[1]["redis_node"] == g.primary.addr and last[1]["redis_node"] == g.replicas[0].addr
+    print(f"\nSentinel failover: output gap, worst bar->forecast {gap} s (single node, nothing killed: {base_gap}); "
+          f"kill -> last owed forecast {took:.1f} s; 503 bodies seen: {len(down)}")
+
+
+async def test_cluster_master_failover_mid_stream(broker, redis_cluster_ha):
+    reference, base_gap = await single_node_forecasts(broker)
+    c = redis_cluster_ha
+    prefix_keys = lambda n: list(redis.Redis(port=n.port).scan_iter(match="krt:*"))  # noqa: E731
+    victim = c.primaries()[0]
+
+    rows, want, msgs, took, down, first, last, gap, worker = await _stream(
+        broker, "redis-cluster", c.url, kill=victim.kill)
+    _check("Cluster master failover (kill -9)", rows, want, msgs, took, down, first, last, gap, worker,
+           reference, "cluster")
+    assert victim.addr in first[1]["redis_node"] and victim.addr not in last[1]["redis_node"]
+    assert all(len(prefix_keys(n)) > 0 for n in c.primaries())  # windows spread over the 3 masters
+    print(f"\nCluster master failover: output gap, worst bar->forecast {gap} s (single node: {base_gap}); "
+          f"kill -> last owed forecast {took:.1f} s; 503 bodies seen: {len(down)}")
