@@ -10,7 +10,8 @@ The clients are redis-py's own (asyncio `Sentinel.master_for`, `RedisCluster`; t
 twins for the commands that use sync Redis): Sentinel finds the primary and follows a
 failover, the Cluster client routes each key to its slot's master and retries MOVED/ASK.
 The password in the URL goes to the data nodes; sentinels that want one of their own
-get it from `?sentinel_password=` (or KRONOS_RT_REDIS_SENTINEL_PASSWORD). TLS options
+get it from KRONOS_RT_REDIS_SENTINEL_PASSWORD, a file named by
+KRONOS_RT_REDIS_SENTINEL_PASSWORD_FILE, or `?sentinel_password=`. TLS options
 (`ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile`, `ssl_cert_reqs`) ride in the query string.
 
 Lua scripts on a Cluster: a cluster pipeline does not load the scripts it runs (a plain
@@ -105,9 +106,23 @@ def _tls_kwargs(t: RedisTarget) -> dict:
     return {"ssl": True, **{k: v for k, v in t.options.items() if k in _TLS_OPTIONS}}
 
 
+def _sentinel_password(t: RedisTarget) -> str | None:
+    if t.options.get("sentinel_password"):
+        return t.options["sentinel_password"]
+    if os.environ.get("KRONOS_RT_REDIS_SENTINEL_PASSWORD"):
+        return os.environ["KRONOS_RT_REDIS_SENTINEL_PASSWORD"]
+    path = os.environ.get("KRONOS_RT_REDIS_SENTINEL_PASSWORD_FILE")
+    if path:
+        try:
+            return open(path, encoding="utf-8").read().strip()
+        except OSError as exc:
+            raise ConfigError(f"KRONOS_RT_REDIS_SENTINEL_PASSWORD_FILE={path}: {exc.strerror}") from exc
+    return None
+
+
 def _sentinel_kwargs(t: RedisTarget, kw: dict) -> dict:
     out = {k: v for k, v in kw.items() if k.startswith("socket_")}
-    password = t.options.get("sentinel_password") or os.environ.get("KRONOS_RT_REDIS_SENTINEL_PASSWORD")
+    password = _sentinel_password(t)
     if password:
         out["password"] = password
         if t.options.get("sentinel_username"):
@@ -218,6 +233,15 @@ async def execute(client, pipe) -> list:
     except NoScriptError:
         loaded.clear()
         raise
+
+
+async def delete_prefix(client, prefix: str) -> int:
+    """Delete every key under `prefix:` (tools that borrow a shared Redis leave it as they found
+    it); a Cluster is scanned on every master and the DELs split per slot. Returns the count."""
+    keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    for i in range(0, len(keys), 1000):
+        await client.delete(*keys[i:i + 1000])
+    return len(keys)
 
 
 def keyslot(key: str) -> int:

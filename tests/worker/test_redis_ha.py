@@ -258,3 +258,71 @@ async def test_sentinel_follows_a_failover(redis_sentinel):
     finally:
         await client.aclose()
         sync.close()
+
+
+@pytest.mark.parametrize("missing", [1, 2])
+async def test_a_replica_that_missed_the_last_writes_is_noticed(private_redis, missing):
+    """What a failover onto a lagging replica leaves: the window as it was `missing` writes ago
+    (restored from a DUMP, as a replica holds it). The next upsert of the symbol says lost,
+    the version going on (missing=1) or back (2) alike, so the worker rebuilds from the bar topic."""
+    client = redis_connect.connect(private_redis)
+    sync = redis.Redis.from_url(private_redis)
+    try:
+        store = WindowStore(client, "kt", 32)
+        for i in range(10 - missing):
+            await store.upsert(mk(i, "LAG"), i)
+        snapshot = {k: sync.dump(k) for k in store.keys("LAG")}
+        for i in range(10 - missing, 10):
+            assert not (await store.upsert(mk(i, "LAG"), i)).lost
+        for k, v in snapshot.items():  # the replica's view: the last `missing` writes never arrived
+            sync.restore(k, 0, v, replace=True)
+        r = await store.upsert(mk(10, "LAG"), 10)
+        assert r.lost
+    finally:
+        await client.aclose()
+        sync.close()
+
+
+async def test_readyz_and_a_metric_name_the_topology_and_node(redis_sentinel):
+    """/readyz carries redis_topology and redis_node beside the checks (redis_error while a ping
+    fails), kronos_rt_redis_info the same; neither changes what counts as ready."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from worker.health import Health
+    from worker.metrics import MetricsServer, WorkerMetrics
+
+    def readyz(port):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    g = redis_sentinel
+    client = redis_connect.connect(g.url, socket_connect_timeout=1, socket_timeout=1)
+    health, metrics = Health(), WorkerMetrics()
+    server = MetricsServer(metrics, port=0, host="127.0.0.1", ready_checks=lambda: {"redis": health.ready["redis"]},
+                           details=health.details)
+    port = server.start()
+    store = WindowStore(client, prefix(), 8)
+    try:
+        assert await health.ping_redis(store)
+        assert not health.note_redis_node(client, metrics)  # the first note is no change
+        assert readyz(port) == (200, {"redis": True, "redis_topology": "sentinel", "redis_node": g.primary.addr})
+        info = [s for m in metrics.registry.collect() if m.name == "kronos_rt_redis" for s in m.samples]
+        assert info[0].labels == {"topology": "sentinel", "node": g.primary.addr}
+        g.primary.kill()
+        assert not await health.ping_redis(store)
+        status, body = readyz(port)
+        assert status == 503 and body["redis"] is False and body["redis_error"]
+        deadline = time.monotonic() + 30
+        while not await health.ping_redis(store):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        assert health.note_redis_node(client, metrics)  # moved: the worker rebuilds on this
+        assert readyz(port) == (200, {"redis": True, "redis_topology": "sentinel", "redis_node": g.replicas[0].addr})
+    finally:
+        server.stop()
+        await client.aclose()

@@ -143,9 +143,7 @@ async def _delete_prefix(redis_url: str, prefix: str) -> None:
 
     client = redis_connect.connect(redis_url)
     try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]  # a Cluster: every master
-        for i in range(0, len(keys), 1000):
-            await client.delete(*keys[i:i + 1000])  # a Cluster splits it per slot
+        await redis_connect.delete_prefix(client, prefix)
     finally:
         await client.aclose()
 
