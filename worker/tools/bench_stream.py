@@ -61,6 +61,7 @@ class BenchResult:
     stages_ms: dict[str, list[float]]  # per forecast: the worker's latency_ms fields (receive, queue, ...)
     scores: int | None = None        # --scoring: score.v1 events the worker published (None: scoring off)
     shadow_forecasts: int | None = None  # --shadow: shadow forecasts published (None: no shadow)
+    redis_ms: list[float] | None = None  # Redis alone: one burst's upserts in one pipeline, per repeat
 
     def engine_burst_ms(self, i: int) -> float:
         """Engine-only time for burst i's batches, one after another."""
@@ -98,6 +99,9 @@ class BenchResult:
              f"{statistics.median(ratios):.3f}, {ratios[worst]:.3f} (burst {worst + 1})"),
             (f"target: median <= {TARGET_RATIO:.1f}", "PASS" if self.passed else "FAIL"),
         ]
+        if self.redis_ms:
+            rows.append(("Redis alone: one burst's upserts, pipelined (median, max)",
+                         f"{statistics.median(self.redis_ms):.1f}, {max(self.redis_ms):.1f} ms"))
         if self.scores is not None:
             rows.insert(3, ("scores published (scoring on)", f"{self.scores}"))
         if self.shadow_forecasts is not None:
@@ -146,6 +150,34 @@ async def _delete_prefix(redis_url: str, prefix: str) -> None:
         await redis_connect.delete_prefix(client, prefix)
     finally:
         await client.aclose()
+
+
+async def _time_redis(redis_url: str, prefix: str, lookback: int, tape, repeats: int) -> list[float]:
+    """Redis alone, after the bursts: each repeat upserts the next bar of every symbol in one
+    pipelined round trip (as the worker does a burst; a Cluster splits it per master) and
+    applies the replies. ms per repeat."""
+    from worker import redis_connect
+
+    client = redis_connect.connect(redis_url)
+    store = WindowStore(client, prefix, lookback)
+    by_time: dict = {}
+    for _, bar, _ in _bars(tape):
+        by_time.setdefault(bar["ts"], []).append(events.parse_bar(events.dumps(bar)))
+    out = []
+    try:
+        for i, (_, bars) in enumerate(sorted(by_time.items())):
+            items = [(bar, i) for bar in bars]
+            t0 = time.perf_counter()
+            for (bar, off), reply in zip(items, await store.upsert_ahead(items)):
+                await store.apply(bar, off, reply)
+            if i >= lookback:  # the windows are full: the steady state of a live burst
+                out.append((time.perf_counter() - t0) * 1000)
+            if len(out) >= repeats:
+                break
+        await redis_connect.delete_prefix(client, prefix)
+    finally:
+        await client.aclose()
+    return out
 
 
 def _bars(tape):
@@ -277,6 +309,8 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
             worker.stop()
             await task
             await _delete_prefix(redis_url, prefix)
+        redis_ms = await _time_redis(redis_url, f"{prefix}-redis", args.lookback, synthetic,
+                                     max(5, args.repeats))
 
         # The engine alone, same windows, every batch size the measured bursts ran.
         used = sorted({b for bs in burst_batches for b in bs})
@@ -288,7 +322,7 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
             forecasts_per_s=len(latencies) / max(1e-9, sum(burst_ms) / 1000),
             burst_batches=burst_batches, burst_ms=burst_ms, engine_ms=engine_ms,
             worker_inference_ms=burst_inference, stages_ms=stages, scores=scores,
-            shadow_forecasts=shadow_forecasts,
+            shadow_forecasts=shadow_forecasts, redis_ms=redis_ms,
         )
 
 
