@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from worker import kafka
+from worker import kafka, poison
 from worker.batcher import MicroBatcher
 from worker.commit import Committer
 from worker.errors import hide_password
@@ -57,13 +57,15 @@ class Parts:
         if self.batcher is not None:
             await self.batcher.close()
         if self.redis is not None:
-            await self.redis.aclose()
+            from worker import redis_connect
+
+            await redis_connect.close(self.redis)
 
 
 async def connect_redis(parts: Parts, s, *, calendar_for, shadow_models: list,
                         stopping: Callable[[], bool]) -> bool:
     """Redis and what keeps its state there: windows, ingest, scoring, recovery. False: stop() came first."""
-    from redis.exceptions import AuthenticationError, ResponseError
+    from redis.exceptions import AuthenticationError, ConnectionError as RedisConnectionError, ResponseError
 
     from worker import redis_connect
 
@@ -85,7 +87,15 @@ async def connect_redis(parts: Parts, s, *, calendar_for, shadow_models: list,
                                                                             security=s.kafka_security),
                               s.worker_id, parts.metrics, parse=parts.ingest.parse)
     # A refused password (or a ResponseError such as NOAUTH) will not fix itself: say so and exit.
-    if not await wait_until(parts.store.ping, f"Redis at {hide_password(s.redis)}", stopping=stopping,
+    async def answers() -> None:
+        try:
+            await parts.store.ping()
+        except ResponseError as exc:
+            if poison.is_outage(exc):  # a Cluster still forming or failing over: wait, as for a refused connection
+                raise RedisConnectionError(str(exc)) from exc
+            raise
+
+    if not await wait_until(answers, f"Redis at {hide_password(s.redis)}", stopping=stopping,
                             timeout_s=s.startup_timeout_s, fatal=(AuthenticationError, ResponseError)):
         return False
     parts.health.note_redis_node(parts.redis, parts.metrics)

@@ -166,6 +166,14 @@ def connect_sync(url: str | RedisTarget, **kw):
     return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in t.nodes], **auth, **_tls_kwargs(t), **kw)
 
 
+async def close(client) -> None:
+    """Close the client and, behind Sentinel, its connections to the sentinels."""
+    await client.aclose()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()
+
+
 def topology(client) -> str:
     """single, sentinel or cluster: what kind of client this is."""
     if hasattr(client, "get_primaries"):

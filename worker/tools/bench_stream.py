@@ -138,7 +138,7 @@ async def _warm_history(redis_url: str, prefix: str, lookback: int, tape) -> Non
         for _, bar, _ in _bars(tape):
             await store.upsert(events.parse_bar(events.dumps(bar)), 0)
     finally:
-        await client.aclose()
+        await redis_connect.close(client)
 
 
 async def _delete_prefix(redis_url: str, prefix: str) -> None:
@@ -149,7 +149,7 @@ async def _delete_prefix(redis_url: str, prefix: str) -> None:
     try:
         await redis_connect.delete_prefix(client, prefix)
     finally:
-        await client.aclose()
+        await redis_connect.close(client)
 
 
 async def _time_redis(redis_url: str, prefix: str, lookback: int, tape, repeats: int) -> list[float]:
@@ -176,7 +176,7 @@ async def _time_redis(redis_url: str, prefix: str, lookback: int, tape, repeats:
                 break
         await redis_connect.delete_prefix(client, prefix)
     finally:
-        await client.aclose()
+        await redis_connect.close(client)
     return out
 
 

@@ -199,7 +199,7 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
             try:
                 await redis_connect.delete_prefix(client, prefix)
             finally:
-                await client.aclose()
+                await redis_connect.close(client)
 
 
 def _history_note(args) -> str:
