@@ -37,14 +37,28 @@ def _horizons(msgs) -> dict:
     return out
 
 
-def _gap_s(msgs, after_ms: float) -> tuple[float, float]:
-    """Across the failover: the longest pause between forecast messages published after
-    `after_ms` (Kafka timestamps), and the worst bar -> forecast latency among them (the
-    pause a bar met, even while a backlog of inference kept the output going)."""
-    late = [m for m in msgs if m.timestamp >= after_ms]
-    ts = sorted(m.timestamp for m in late)
+async def _watch(broker: str, topic: str, arrivals: list) -> None:
+    """A subscriber: the wall-clock time each forecast reaches it, until cancelled."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, group_id=None, auto_offset_reset="latest")
+    await consumer.start()
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.monotonic()
+            arrivals.extend((now, m) for msgs in batch.values() for m in msgs)
+    finally:
+        await consumer.stop()
+
+
+def _gap_s(arrivals, t_kill: float, msgs) -> tuple[float, float]:
+    """Across the failover, as a subscriber sees it: the longest stretch with no forecast from
+    the kill on, and the worst bar -> forecast latency of the forecasts published meanwhile."""
+    times = [t_kill] + sorted(t for t, _ in arrivals if t >= t_kill)
+    late = [m for t, m in arrivals if t >= t_kill]
     worst = max((json.loads(m.value)["latency_ms"]["total"] for m in late), default=0.0)
-    return max((b - a for a, b in zip(ts, ts[1:])), default=0.0) / 1000, worst / 1000
+    return round(max((b - a for a, b in zip(times, times[1:])), default=0.0), 2), round(worst / 1000, 2)
 
 
 async def _stream(broker, tag: str, url: str, kill=None):
@@ -65,10 +79,13 @@ async def _stream(broker, tag: str, url: str, kill=None):
         await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= expected_keys(before),
                       timeout=90)
         first = readyz(worker.metrics_port)
+        arrivals: list = []
+        watching = asyncio.create_task(_watch(broker, topics["forecasts_topic"], arrivals))
+        await asyncio.sleep(1.0)  # subscribed before anything new is sent
         sending = asyncio.create_task(replay(during, broker, topics["bars_topic"], speed=SPEED,
                                               max_gap="5m"))  # overnight: no 20 s pause
         await asyncio.sleep(0.5)
-        t0, kill_ms = time.monotonic(), time.time() * 1000
+        t0 = time.monotonic()
         if kill is not None:
             kill()
         while not sending.done():
@@ -79,12 +96,14 @@ async def _stream(broker, tag: str, url: str, kill=None):
         await sending
         msgs = await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=120)
         took = time.monotonic() - t0
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
         deadline = time.monotonic() + 20
         while readyz(worker.metrics_port)[0] != 200:
             assert time.monotonic() < deadline, "/readyz did not say 200 again"
             await asyncio.sleep(0.1)
         last = readyz(worker.metrics_port)
-    return rows, want, msgs, took, down, first, last, _gap_s(msgs, kill_ms), worker
+    return rows, want, msgs, took, down, first, last, _gap_s(arrivals, t0, msgs), worker
 
 
 _REFERENCE: dict = {}
