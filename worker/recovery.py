@@ -20,7 +20,7 @@ import logging
 import time
 from typing import AsyncIterator, Callable
 
-from worker import events
+from worker import events, poison
 from worker.keys import RedisKeys
 from worker.partition import PartitionState
 from worker.windows import WindowStore
@@ -87,8 +87,6 @@ class Recovery:
         """Redis failed a command mid-stream: pause every partition, say not ready, wait with
         backoff until it accepts a write; note whether it came back empty."""
         from worker.waiting import wait_until
-
-        from worker import poison
 
         health.redis_down(True, poison.describe(err))
         paused = flow.pause_all()

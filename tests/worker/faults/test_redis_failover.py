@@ -113,7 +113,7 @@ async def single_node_forecasts(broker):
     """The reference, run once per module: the same bars on one plain redis-server, nothing killed."""
     if not _REFERENCE:
         with RedisServer() as server:
-            rows, want, msgs, *_, gap, _ = await _stream(broker, "redis-single", server.url)
+            _, want, msgs, *_, gap, _ = await _stream(broker, "redis-single", server.url)
         assert _covered(msgs) >= want
         _REFERENCE.update(horizons=_horizons(msgs), gap=gap)
     return _REFERENCE["horizons"], _REFERENCE["gap"]
