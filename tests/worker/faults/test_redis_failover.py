@@ -160,3 +160,46 @@ async def test_cluster_master_failover_mid_stream(broker, redis_cluster_ha):
     assert all(len(prefix_keys(n)) > 0 for n in c.primaries())  # windows spread over the 3 masters
     print(f"\nCluster master failover: output gap, worst bar->forecast {gap} s (single node: {base_gap}); "
           f"kill -> last owed forecast {took:.1f} s; 503 bodies seen: {len(down)}")
+
+
+async def _scored(broker, tag: str, url: str) -> tuple[dict, dict]:
+    """Forecasts and scores (live scoring and calibration on) of one run: {(symbol, as_of): horizon},
+    {(symbol, as_of, step): (abs_error, calibration)}."""
+    topics = names(tag)
+    scores_topic = topics["forecasts_topic"] + ".scores"
+    await ensure_topics(broker, {topics["bars_topic"]: 2})
+    rows = prepare(TAPE, fanout=4, limit=80)
+    want = expected_keys(rows)
+    known = {(s, t.strftime("%Y-%m-%dT%H:%M:%S")) for s, t in zip(rows["symbol"], rows["time"])}
+    settings = make_settings(broker, url, "krt", topics, scores_topic=scores_topic, calibration_window=64,
+                             calibration_min_scores=8)
+    async with running_worker(settings):
+        await replay(rows, broker, topics["bars_topic"])
+        fmsgs = await consume(broker, topics["forecasts_topic"], lambda got: _covered(got) >= want, timeout=120)
+        owed = sum((json.loads(m.value)["symbol"], h["ts"]) in known
+                   for m in fmsgs for h in json.loads(m.value)["horizon"])
+        smsgs = await consume(broker, scores_topic, lambda got: len(got) >= owed, timeout=60)
+    scores = {}
+    for m in smsgs:
+        d = json.loads(m.value)
+        scores[(d["symbol"], d["as_of"], d["step"])] = (d["abs_error"], json.dumps(d["calibration"], sort_keys=True))
+    return _horizons(fmsgs), scores
+
+
+async def test_scoring_and_calibration_on_a_cluster_equal_a_single_node(broker, redis_cluster):
+    """Live scoring keeps its stored forecasts, claims and calibration pools in Redis: on a
+    3-master cluster the forecasts and every score equal one server's, and calibrated bands
+    appear. (Which bands a forecast gets depends on how many scores were in when it was made,
+    a matter of timing on any Redis, so those are not compared.)"""
+    with RedisServer() as server:
+        single = await _scored(broker, "score-single", server.url)
+    on_cluster = await _scored(broker, "score-cluster", redis_cluster.url)
+
+    def uncalibrated(horizons):
+        return {k: [{f: v for f, v in h.items() if f != "calibrated_quantiles"} for h in hs]
+                for k, hs in horizons.items()}
+
+    assert uncalibrated(single[0]) == uncalibrated(on_cluster[0])
+    assert {k: v[0] for k, v in single[1].items()} == {k: v[0] for k, v in on_cluster[1].items()}
+    assert len(single[1]) > 100
+    assert any("calibrated_quantiles" in h for hs in on_cluster[0].values() for h in hs)
