@@ -189,11 +189,24 @@ class LocalSentinel(_Group):
         self.url = "redis+sentinel://" + ",".join(s.addr for s in self.sentinels) + f"/{name}"
 
     def start(self, timeout: float = 30.0) -> "LocalSentinel":
-        for n in self.nodes:
-            n.start()
-        for n in self.nodes:
-            n.wait()
         deadline = time.monotonic() + timeout
+        data = [self.primary, *self.replicas]
+        for n in data:
+            n.start()
+        for n in data:
+            n.wait()
+        # Sentinels learn the replicas from the primary's INFO (every 10 s after the first):
+        # start them once the replicas are attached, so the first INFO already names them.
+        want = f"connected_slaves:{len(self.replicas)}"
+        while want not in subprocess.run([_exe("redis-cli"), "-p", str(self.primary.port), "info", "replication"],
+                                         capture_output=True, text=True, timeout=10).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replicas did not attach to the primary")
+            time.sleep(0.05)
+        for n in self.sentinels:
+            n.start()
+        for n in self.sentinels:
+            n.wait()
         # Ready when every sentinel knows the replicas and its two peers.
         while time.monotonic() < deadline:
             if all(self._sentinel_sees(s) for s in self.sentinels):
