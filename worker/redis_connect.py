@@ -201,7 +201,13 @@ async def ping(client) -> bool:
     """PING the node in use; on a Cluster every master (one down is a Redis not to rely on:
     its slots' windows are out of reach)."""
     if topology(client) == CLUSTER:
-        return bool(await client.ping(target_nodes=client.PRIMARIES))
+        if not client.get_primaries():
+            await client.initialize()
+        # Each master directly, without the client's retries: a dead one says so at once
+        # (/readyz 503 within a tick of the kill), not after the client has given up on it.
+        for node in client.get_primaries():
+            await node.execute_command("PING")
+        return True
     return bool(await client.ping())
 
 
