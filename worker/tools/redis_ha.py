@@ -144,7 +144,7 @@ class LocalCluster(_Group):
         return out.stdout
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every live node says cluster_state:ok and sees every live master."""
+        """Until every live node says cluster_state:ok (every slot served)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             live = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
@@ -160,15 +160,6 @@ class LocalCluster(_Group):
         ports = {int(line.split()[1].split("@")[0].rsplit(":", 1)[1]) for line in text.splitlines()
                  if "master" in line.split()[2] and "fail" not in line.split()[2]}
         return [n for n in self.nodes if n.port in ports]
-
-    def replica_of(self, master: _Node) -> _Node:
-        live = next(n for n in self.nodes if n.proc.poll() is None and n is not master)
-        text = self.cli(master, "cluster", "myid").strip()
-        for line in self.cli(live, "cluster", "nodes").splitlines():
-            f = line.split()
-            if f[3] == text:
-                return next(n for n in self.nodes if n.port == int(f[1].split("@")[0].rsplit(":", 1)[1]))
-        raise RuntimeError(f"no replica of {master.addr}")
 
 
 class LocalSentinel(_Group):
