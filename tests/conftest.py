@@ -53,3 +53,30 @@ def private_redis():
     """URL of a redis-server owned by this test alone: free to FLUSHALL or stop."""
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="module")
+def redis_cluster():
+    """A private 3-master Redis Cluster (no replicas), shared by the module's tests: use unique prefixes."""
+    from worker.tools.redis_ha import LocalCluster
+
+    with LocalCluster(masters=3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster_ha():
+    """A private 3-master Redis Cluster with a replica per master (1 s node timeout): free to kill."""
+    from worker.tools.redis_ha import LocalCluster
+
+    with LocalCluster(masters=3, replicas=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_sentinel():
+    """A private primary + replica watched by 3 sentinels (1 s down-after): free to kill."""
+    from worker.tools.redis_ha import LocalSentinel
+
+    with LocalSentinel() as group:
+        yield group

@@ -202,6 +202,16 @@ class Settings:
             self.calibration_window = DEFAULT_WINDOW if self.sample_count > 1 else 0
         self._check_symbol_maps()
         self._check_http()
+        self._check_redis()
+
+    def _check_redis(self) -> None:
+        # A URL of an unknown form, or a prefix that would split a script's keys over Cluster
+        # slots, stops the command here in one line, not in redis-py at the first bar.
+        from worker.adapters import redis_connect
+        from worker.adapters.keys import RedisKeys
+
+        redis_connect.parse(self.redis)
+        redis_connect.check_slots(RedisKeys(self.redis_prefix).script_layouts())
 
     def _check_symbol_maps(self) -> None:
         # Read once here so a typo stops the command with its flag named, not mid-start-up.
@@ -242,7 +252,9 @@ HELP = {
     "bars_topic": "input topic of bar.v1 events (key = symbol)",
     "forecasts_topic": "output topic of forecast.v1 messages (key = symbol)",
     "dlq_topic": "dead-letter topic for invalid events (original key/value, error.* and source.* headers)",
-    "redis": "Redis URL holding the rolling windows",
+    "redis": "Redis URL holding the rolling windows: redis://host:port/db, "
+             "redis+sentinel://host:port[,host:port...]/MASTER_NAME[/db], redis+cluster://host:port[,host:port...] "
+             "(rediss... for TLS; docs/REDIS.md)",
     "redis_prefix": "prefix of every Redis key the worker writes",
     "model": "Kronos model: a local directory, a Hugging Face hub id, or NAME@VERSION from the model registry",
     "tokenizer": "Kronos tokenizer: a local directory, a Hugging Face hub id, or NAME@VERSION; auto = the "

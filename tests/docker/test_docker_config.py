@@ -167,6 +167,58 @@ def test_bind_mounts_exist(compose):
                 assert source in compose.get("volumes", {}), f"{name}: named volume {source} not declared"
 
 
+
+# --- the Sentinel variant (docker-compose.sentinel.yml laid over the compose file) ---
+
+SENTINEL_COMPOSE = DOCKER / "docker-compose.sentinel.yml"
+
+
+def merged(base, over):
+    """What `docker compose -f base -f over` uses: mappings merged key by key, anything else replaced
+    (depends_on maps merge too, as compose merges them)."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {k: merged(base[k], over[k]) if k in base and k in over else over.get(k, base.get(k))
+                for k in {**base, **over}}
+    return over
+
+
+@pytest.fixture(scope="module")
+def sentinel_compose(compose) -> dict:
+    return merged(compose, load_yaml(SENTINEL_COMPOSE))
+
+
+def test_sentinel_variant_adds_a_replica_and_three_sentinels(sentinel_compose):
+    assert set(sentinel_compose["services"]) == {"kafka", "kafka-init", "redis", "redis-replica", "sentinel-1",
+                                                 "sentinel-2", "sentinel-3", "worker", "prometheus", "grafana"}
+    replica = sentinel_compose["services"]["redis-replica"]
+    assert replica["command"][replica["command"].index("--replicaof") + 1:][:2] == ["redis", "6379"]
+
+
+def test_sentinel_variant_points_the_worker_at_the_sentinels_it_starts(sentinel_compose):
+    from worker.adapters import redis_connect
+    from worker.config import Settings
+
+    services = sentinel_compose["services"]
+    url = services["worker"]["environment"]["KRONOS_RT_REDIS"]
+    Settings(redis=url)  # a form the worker takes
+    target = redis_connect.parse(url)
+    assert target.topology == "sentinel" and len(target.nodes) == 3
+    for host, port in target.nodes:
+        script = " ".join(services[host]["command"])
+        assert f"'port {port}'" in script and "--sentinel" in script
+        # Each watches the compose primary under the master name the worker asks for, with a quorum of 2.
+        assert f"'sentinel monitor {target.master_name} redis 6379 2'" in script
+        assert "redis-cli" in " ".join(services[host]["healthcheck"]["test"])
+    deps = services["worker"]["depends_on"]
+    assert all(deps[f"sentinel-{i}"] == {"condition": "service_healthy"} for i in (1, 2, 3))
+    assert deps["kafka-init"] == {"condition": "service_completed_successfully"}
+
+
+def test_sentinel_variant_dependencies_exist_and_are_healthchecked(sentinel_compose):
+    test_depends_on_targets_exist_and_healthy_conditions_have_healthchecks(sentinel_compose)
+    test_published_ports_are_valid_and_unique(sentinel_compose)
+    test_every_service_has_an_image_or_a_buildable_dockerfile(sentinel_compose)
+
 # --- Dockerfile --------------------------------------------------------------
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

@@ -41,6 +41,11 @@ class RedisKeys:
             return f"{self.prefix}:{{{group}}}:cal"
         return f"{self.prefix}:calpool:{{{group}}}"
 
+    def script_layouts(self, sample: str = "SYMBOL") -> dict[str, list[str]]:
+        """The keys each Lua script takes together, for a sample symbol: each list must sit in one
+        Cluster slot (worker/redis_connect.check_slots). Every other key is used alone."""
+        return {"a window": self.window(sample), "a symbol's stored forecasts": self.forecasts(sample)}
+
     def partition_marker(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:partition:{topic}:{partition}"
 

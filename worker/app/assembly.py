@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from worker.adapters import kafka
+from worker.pipeline import poison
 from worker.pipeline.batcher import MicroBatcher
 from worker.pipeline.commit import Committer
 from worker.errors import hide_password
@@ -57,18 +58,21 @@ class Parts:
         if self.batcher is not None:
             await self.batcher.close()
         if self.redis is not None:
-            await self.redis.aclose()
+            from worker.adapters import redis_connect
+
+            await redis_connect.close(self.redis)
 
 
 async def connect_redis(parts: Parts, s, *, calendar_for, shadow_models: list,
                         stopping: Callable[[], bool]) -> bool:
     """Redis and what keeps its state there: windows, ingest, scoring, recovery. False: stop() came first."""
-    import redis.asyncio as aioredis
-    from redis.exceptions import AuthenticationError, ResponseError
+    from redis.exceptions import AuthenticationError, ConnectionError as RedisConnectionError, ResponseError
 
+    from worker.adapters import redis_connect
+
+    keys = RedisKeys(s.redis_prefix)  # its script layouts were checked with the settings (config.py)
     # Timeouts, so a frozen or vanished Redis raises (and is waited out) instead of hanging.
-    parts.redis = aioredis.from_url(s.redis, socket_connect_timeout=2, socket_timeout=10)
-    keys = RedisKeys(s.redis_prefix)
+    parts.redis = redis_connect.connect(s.redis, socket_connect_timeout=2, socket_timeout=10)
     parts.store = WindowStore(parts.redis, s.redis_prefix, s.lookback + REDELIVERY_SLACK)
     parts.scoring = make_live_scoring(s, parts.redis, keys, parts.store, parts.metrics, lambda: parts.publisher,
                                       models=1 + len(shadow_models))
@@ -84,9 +88,18 @@ async def connect_redis(parts: Parts, s, *, calendar_for, shadow_models: list,
                                                                             security=s.kafka_security),
                               s.worker_id, parts.metrics, parse=parts.ingest.parse)
     # A refused password (or a ResponseError such as NOAUTH) will not fix itself: say so and exit.
-    if not await wait_until(parts.store.ping, f"Redis at {hide_password(s.redis)}", stopping=stopping,
+    async def answers() -> None:
+        try:
+            await parts.store.ping()
+        except ResponseError as exc:
+            if poison.is_outage(exc):  # a Cluster still forming or failing over: wait, as for a refused connection
+                raise RedisConnectionError(str(exc)) from exc
+            raise
+
+    if not await wait_until(answers, f"Redis at {hide_password(s.redis)}", stopping=stopping,
                             timeout_s=s.startup_timeout_s, fatal=(AuthenticationError, ResponseError)):
         return False
+    parts.health.note_redis_node(parts.redis, parts.metrics)
     parts.health.ready["redis"] = True
     return True
 

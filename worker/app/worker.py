@@ -121,7 +121,8 @@ class Worker:
 
     async def _run(self) -> bool:
         s = self.s
-        server = MetricsServer(self.metrics, s.metrics_port, host=s.metrics_host, ready_checks=self.health.checks)
+        server = MetricsServer(self.metrics, s.metrics_port, host=s.metrics_host, ready_checks=self.health.checks,
+                               details=self.health.details)
         self.metrics_port = server.start()
         fetch = stop_wait = None
         try:
@@ -230,5 +231,7 @@ class Worker:
             if hw is not None and st.processed is not None:
                 self.metrics.consumer_lag.labels(st.tp.topic, str(st.tp.partition)).set(max(0, hw - st.processed))
         if self.health.ready["redis"]:
+            if self.health.note_redis_node(p.redis):
+                p.recovery.lost = True  # failed over: what the old node never passed on is rebuilt
             await p.recovery.notice_loss(p.ownership.owned())
         self.inference.report_memory()

@@ -6,7 +6,8 @@ workers can run side by side in one test process without name clashes.
 Endpoints served by MetricsServer:
   /metrics  Prometheus text exposition of the worker's registry
   /healthz  200 "ok" while the process (and so this thread) is alive
-  /readyz   200 when every ready check is true, else 503; JSON body {check: bool}
+  /readyz   200 when every ready check is true, else 503; JSON body {check: bool}, plus
+            the details the owner adds (the Redis topology and node in use: strings)
 A scrape of /metrics reads the same checks into kronos_rt_ready{check}, so dashboards and
 alerts see what /readyz would answer.
 """
@@ -105,6 +106,10 @@ class WorkerMetrics:
         self.paused_partitions = Gauge(
             "kronos_rt_paused_partitions", "Partitions paused for backpressure.", registry=r,
         )
+        self.redis_info = Info(
+            "kronos_rt_redis", "The Redis topology (single, sentinel, cluster) and the node in use: the server, "
+            "Sentinel's current primary, or a Cluster's masters.", registry=r,
+        )
         self.ready = Gauge(
             "kronos_rt_ready", "1 while a /readyz check holds, else 0, by check (read at every scrape).", ["check"],
             registry=r,
@@ -188,11 +193,13 @@ class MetricsServer:
         port: int,
         host: str = "0.0.0.0",
         ready_checks: Callable[[], dict[str, bool]] = lambda: {},
+        details: Callable[[], dict[str, str]] = lambda: {},
     ):
         self.metrics = metrics
         self.port = port
         self.host = host
         self.ready_checks = ready_checks
+        self.details = details  # said in /readyz next to the checks (the Redis node), never a check
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -240,7 +247,11 @@ def _make_handler(owner: MetricsServer) -> type[BaseHTTPRequestHandler]:
                 self._send(200, "text/plain; charset=utf-8", b"ok")
             elif path == "/readyz":
                 ready, checks = owner.readiness()
-                self._send(200 if ready else 503, "application/json", json.dumps(checks).encode())
+                try:
+                    body = {**owner.details(), **checks}
+                except Exception:  # details never decide readiness, nor break the endpoint
+                    body = checks
+                self._send(200 if ready else 503, "application/json", json.dumps(body).encode())
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found")
 

@@ -8,7 +8,7 @@ them out and handles the message again instead of dead-lettering every bar of an
 
 Two kinds of infrastructure failure, told apart here once for every caller:
 - an outage (`is_outage`): Redis gone, timing out, out of memory, read-only, loading;
-  the network. It ends by itself: the fetch loop pauses every partition and waits, as
+  a Sentinel or Cluster failover under way; the network. It ends by itself: the fetch loop pauses every partition and waits, as
   long as it takes (worker/pipeline/recovery.py: ride_out).
 - any other Redis or Kafka reply error (a script failing, a key of the wrong type): Redis
   answers, so waiting for it proves nothing. The fetch loop retries the message with a
@@ -32,8 +32,8 @@ REPLY_RETRIES = 5  # a reply error on one message: tries before it goes to the D
 def _infrastructure_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [OSError, asyncio.TimeoutError, TimeoutError]
     try:
-        from redis.exceptions import RedisError  # any Redis reply error hits every message alike
-        errors.append(RedisError)
+        from redis.exceptions import RedisClusterException, RedisError  # any Redis reply error hits every message alike
+        errors += [RedisError, RedisClusterException]
     except ImportError:
         pass
     try:
@@ -48,11 +48,17 @@ def _outage_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [OSError, asyncio.TimeoutError, TimeoutError]  # the network
     try:
         from redis.exceptions import (
-            BusyLoadingError, ConnectionError as RedisConnectionError, OutOfMemoryError, ReadOnlyError,
-            TimeoutError as RedisTimeoutError,
+            BusyLoadingError, ClusterDownError, ConnectionError as RedisConnectionError, NoScriptError,
+            OutOfMemoryError, ReadOnlyError, RedisClusterUnreachableError, SlotNotCoveredError,
+            TimeoutError as RedisTimeoutError, TryAgainError,
         )
-        # Gone or restarting, loading its data, out of memory, a replica read-only after a failover.
-        errors += [RedisConnectionError, RedisTimeoutError, BusyLoadingError, OutOfMemoryError, ReadOnlyError]
+        # Gone or restarting, loading its data, out of memory, a replica read-only after a failover;
+        # a Cluster with a master down or failing over (CLUSTERDOWN, MASTERDOWN, TRYAGAIN, a slot
+        # nobody serves yet). MasterNotFoundError (no sentinel names a primary) is a ConnectionError.
+        # NOSCRIPT: a pipeline met a Cluster node that has not had our scripts yet, a replica
+        # promoted during the call; the next attempt loads them (worker/adapters/redis_connect.py).
+        errors += [RedisConnectionError, RedisTimeoutError, BusyLoadingError, OutOfMemoryError, ReadOnlyError,
+                   ClusterDownError, TryAgainError, SlotNotCoveredError, RedisClusterUnreachableError, NoScriptError]
     except ImportError:
         pass
     return tuple(errors)

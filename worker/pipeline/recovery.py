@@ -7,8 +7,12 @@ the partition's bars from `PartitionState.rebuild_from()` up to where the worker
 are re-read (outside the consumer group) and upserted again, without forecasting them.
 
 `ride_out` is what the fetch loop does when Redis fails a command (gone, restarting, out of
-memory, read-only): pause every partition, say not ready, wait until Redis accepts a write
-again, and note whether it came back empty (`lost`: rebuild before the next bar).
+memory, read-only, a Sentinel or Cluster failover under way): pause every partition, say
+not ready, wait until Redis accepts a write again, and note whether it came back empty or
+on another node (`lost`: rebuild before the next bar). A failover's promoted replica may
+miss the old primary's last writes while still holding the markers, so a change of node
+counts as a loss (the slow tick notices one the client rode out by itself, as a Cluster
+client retrying MOVED may).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import time
 from typing import AsyncIterator, Callable
 
 from worker.contracts import events
+from worker.pipeline import poison
 from worker.adapters.keys import RedisKeys
 from worker.pipeline.partition import PartitionState
 from worker.pipeline.windows import WindowStore
@@ -84,7 +89,7 @@ class Recovery:
         backoff until it accepts a write; note whether it came back empty."""
         from worker.adapters.waiting import wait_until
 
-        health.redis_down(True)
+        health.redis_down(True, poison.describe(err))
         paused = flow.pause_all()
         log.warning("Redis stopped answering (%r): paused %d partitions", err, len(paused))
         t0 = time.monotonic()
@@ -95,9 +100,13 @@ class Recovery:
             await self.redis.set(self.keys.probe(), self.worker_id, ex=60)
             if await self.lost_any(states()):
                 self.lost = True  # came back empty: rebuild from the bar topic before going on
+            # A Sentinel or Cluster failover: the promoted replica may lack the last writes the
+            # old primary took (asynchronous replication), markers or not: rebuild them too.
+            if health.note_redis_node(self.redis):
+                self.lost = True
 
         try:
-            answered = await wait_until(back, "Redis", stopping=stopping)
+            answered = await wait_until(back, "Redis", stopping=stopping, cap_s=1.0)  # a failover takes seconds
         finally:
             health.redis_down(False)
         if answered:

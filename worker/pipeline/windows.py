@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.adapters import redis_connect
 from worker.contracts.events import Bar, epoch_seconds
 from worker.adapters.keys import RedisKeys
 
@@ -168,6 +169,17 @@ class _Local:
                       self.offsets[sl].copy(), self.version)
 
 
+def _lacks(fetched: _Local, local: _Local) -> bool:
+    """Redis's window (just re-read) misses a bar of our copy that it should still hold: one
+    at or after its oldest bar (older ones were trimmed, or stored elsewhere, rightly)."""
+    have = fetched.times[fetched.start:fetched.end]
+    if not len(have):
+        return len(local) > 0
+    mine = local.times[local.start:local.end]
+    mine = mine[mine >= have[0]]
+    return bool(len(mine)) and not np.isin(mine, have).all()
+
+
 def _text(x) -> str:
     return x.decode() if isinstance(x, (bytes, bytearray)) else str(x)
 
@@ -198,8 +210,8 @@ class WindowStore:
         self.redis = redis
         self.lookback = lookback
         self._keys = RedisKeys(prefix)
-        self._upsert = redis.register_script(_UPSERT_LUA)
-        self._read = redis.register_script(_READ_LUA)
+        self._upsert = redis_connect.register_script(redis, _UPSERT_LUA)
+        self._read = redis_connect.register_script(redis, _READ_LUA)
         self._cache: dict[str, _Local] = {}
         # Bumped by delete(): replies of upsert_ahead taken before it are stale.
         self.generation = 0
@@ -225,7 +237,7 @@ class WindowStore:
             await self._upsert(keys=self.keys(bar.symbol), args=self._upsert_args(bar, offset), client=pipe)
             if also is not None:
                 await also(pipe, bar, offset)
-        replies = await pipe.execute()
+        replies = await redis_connect.execute(self.redis, pipe)  # a Cluster splits it per node
         return list(zip(replies[0::2], replies[1::2])) if also is not None else replies
 
     def _upsert_args(self, bar: Bar, offset: int) -> list:
@@ -256,7 +268,12 @@ class WindowStore:
             self._cache[bar.symbol] = _Local(self.lookback, np.array([t]), np.array([bar.values()]),
                                              np.array([offset]), version)
             return result
-        await self._fetch(bar.symbol)
+        fetched = await self._fetch(bar.symbol)
+        if local is not None and _lacks(fetched, local):
+            # A bar we stored is gone though the version went on: a failover onto a replica
+            # that never got the old primary's last write(s) (a Sentinel or Cluster promotion).
+            del self._cache[bar.symbol]
+            return UpsertResult(status, length, version, True, redelivered)
         return result
 
     async def window(self, symbol: str, refresh: bool = False) -> Window:
@@ -297,4 +314,4 @@ class WindowStore:
         self.forget(symbols)
 
     async def ping(self) -> bool:
-        return bool(await self.redis.ping())
+        return await redis_connect.ping(self.redis)  # a Cluster: every master

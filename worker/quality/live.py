@@ -35,6 +35,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
 from worker.contracts import events
+from worker.adapters import redis_connect
 from worker.quality.calibration import DEFAULT_GAMMA, DEFAULT_MIN_SCORES, DEFAULT_WINDOW, Calibrator, residual_scale
 from worker.adapters.keys import RedisKeys
 from worker.quality.scoring import ForecastRecord, band_name, band_pairs, score_step
@@ -165,8 +166,8 @@ class Quality:
         self.per_symbol = per_symbol  # a symbol's own calibration once it has this many scores (0 = pools only)
         self.keep = (2 * pred_len + 16) * max(1, models)
         self.worker_id = worker_id
-        self._claim = redis.register_script(_CLAIM_LUA)
-        self._store = redis.register_script(_STORE_LUA)
+        self._claim = redis_connect.register_script(redis, _CLAIM_LUA)
+        self._store = redis_connect.register_script(redis, _STORE_LUA)
         self._cals: dict[tuple[str, bool], Calibrator] = {}
 
     # ------------------------------------------------------------- calibration state
@@ -269,7 +270,7 @@ class Quality:
                     self.keep, len(epochs), *epochs, *realized]
             await self._store(keys=self.keys.forecasts(rec.symbol), args=args, client=pipe)
         out = []
-        for reply, known in zip(await pipe.execute(), closes):
+        for reply, known in zip(await redis_connect.execute(self.redis, pipe), closes):
             claims = self._claims(reply)
             for c in claims:
                 c.realized = known.get(c.step, math.nan)

@@ -61,6 +61,7 @@ class BenchResult:
     stages_ms: dict[str, list[float]]  # per forecast: the worker's latency_ms fields (receive, queue, ...)
     scores: int | None = None        # --scoring: score.v1 events the worker published (None: scoring off)
     shadow_forecasts: int | None = None  # --shadow: shadow forecasts published (None: no shadow)
+    redis_ms: list[float] | None = None  # Redis alone: one burst's upserts in one pipeline, per repeat
 
     def engine_burst_ms(self, i: int) -> float:
         """Engine-only time for burst i's batches, one after another."""
@@ -98,6 +99,9 @@ class BenchResult:
              f"{statistics.median(ratios):.3f}, {ratios[worst]:.3f} (burst {worst + 1})"),
             (f"target: median <= {TARGET_RATIO:.1f}", "PASS" if self.passed else "FAIL"),
         ]
+        if self.redis_ms:
+            rows.append(("Redis alone: one burst's upserts, pipelined (median, max)",
+                         f"{statistics.median(self.redis_ms):.1f}, {max(self.redis_ms):.1f} ms"))
         if self.scores is not None:
             rows.insert(3, ("scores published (scoring on)", f"{self.scores}"))
         if self.shadow_forecasts is not None:
@@ -126,28 +130,54 @@ def _engine_and_ref(args):
 
 async def _warm_history(redis_url: str, prefix: str, lookback: int, tape) -> None:
     """Write each symbol's history straight into its Redis window (no Kafka, no forecasts)."""
-    import redis.asyncio as aioredis
+    from worker.adapters import redis_connect
 
-    client = aioredis.from_url(redis_url)
+    client = redis_connect.connect(redis_url)
     store = WindowStore(client, prefix, lookback)
     try:
         for _, bar, _ in _bars(tape):
             await store.upsert(events.parse_bar(events.dumps(bar)), 0)
     finally:
-        await client.aclose()
+        await redis_connect.close(client)
 
 
 async def _delete_prefix(redis_url: str, prefix: str) -> None:
     """Leave a shared Redis as it was: drop every key the bench's worker wrote."""
-    import redis.asyncio as aioredis
+    from worker.adapters import redis_connect
 
-    client = aioredis.from_url(redis_url)
+    client = redis_connect.connect(redis_url)
     try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await client.delete(*keys[i:i + 1000])
+        await redis_connect.delete_prefix(client, prefix)
     finally:
-        await client.aclose()
+        await redis_connect.close(client)
+
+
+async def _time_redis(redis_url: str, prefix: str, lookback: int, tape, repeats: int) -> list[float]:
+    """Redis alone, after the bursts: each repeat upserts the next bar of every symbol in one
+    pipelined round trip (as the worker does a burst; a Cluster splits it per master) and
+    applies the replies. ms per repeat."""
+    from worker.adapters import redis_connect
+
+    client = redis_connect.connect(redis_url)
+    store = WindowStore(client, prefix, lookback)
+    by_time: dict = {}
+    for _, bar, _ in _bars(tape):
+        by_time.setdefault(bar["ts"], []).append(events.parse_bar(events.dumps(bar)))
+    out = []
+    try:
+        for i, (_, bars) in enumerate(sorted(by_time.items())):
+            items = [(bar, i) for bar in bars]
+            t0 = time.perf_counter()
+            for (bar, off), reply in zip(items, await store.upsert_ahead(items)):
+                await store.apply(bar, off, reply)
+            if i >= lookback:  # the windows are full: the steady state of a live burst
+                out.append((time.perf_counter() - t0) * 1000)
+            if len(out) >= repeats:
+                break
+        await redis_connect.delete_prefix(client, prefix)
+    finally:
+        await redis_connect.close(client)
+    return out
 
 
 def _bars(tape):
@@ -156,13 +186,20 @@ def _bars(tape):
     return bar_events(tape)
 
 
-async def run_bench(args) -> BenchResult:
+async def run_bench(args, topology: str = "single") -> BenchResult:
+    """One bench run; topology "cluster": on a local 3-master Redis Cluster started for it
+    (worker/tools/redis_ha.py), else on --redis or a private redis-server."""
     from worker.app.worker import Worker
     from worker.tools.services import EmbeddedBroker, RedisServer
 
     with contextlib.ExitStack() as stack:
         brokers = args.brokers or stack.enter_context(EmbeddedBroker()).bootstrap
-        redis_url = args.redis or stack.enter_context(RedisServer()).url
+        if topology == "cluster":
+            from worker.tools.redis_ha import LocalCluster
+
+            redis_url = stack.enter_context(LocalCluster(masters=3)).url
+        else:
+            redis_url = args.redis or stack.enter_context(RedisServer()).url
         u = uuid.uuid4().hex[:8]
         bars_topic, fc_topic = f"bench-bars-{u}", f"bench-fc-{u}"
         scores_topic = f"bench-scores-{u}" if args.scoring else ""
@@ -272,6 +309,8 @@ async def run_bench(args) -> BenchResult:
             worker.stop()
             await task
             await _delete_prefix(redis_url, prefix)
+        redis_ms = await _time_redis(redis_url, f"{prefix}-redis", args.lookback, synthetic,
+                                     max(5, args.repeats))
 
         # The engine alone, same windows, every batch size the measured bursts ran.
         used = sorted({b for bs in burst_batches for b in bs})
@@ -283,7 +322,7 @@ async def run_bench(args) -> BenchResult:
             forecasts_per_s=len(latencies) / max(1e-9, sum(burst_ms) / 1000),
             burst_batches=burst_batches, burst_ms=burst_ms, engine_ms=engine_ms,
             worker_inference_ms=burst_inference, stages_ms=stages, scores=scores,
-            shadow_forecasts=shadow_forecasts,
+            shadow_forecasts=shadow_forecasts, redis_ms=redis_ms,
         )
 
 
@@ -334,7 +373,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
     parser.add_argument("--repeats", type=int, default=3, help="engine-only timing repeats per batch size")
     parser.add_argument("--brokers", help="Kafka bootstrap servers (default: start an embedded broker)")
-    parser.add_argument("--redis", help="Redis URL (default: start a private redis-server)")
+    parser.add_argument("--redis", help="Redis URL, any form --redis of the worker takes (default: start a "
+                                        "private redis-server)")
+    parser.add_argument("--topologies", default="single",
+                        help="comma separated: single (--redis or a private server), cluster (a local 3-master "
+                             "Redis Cluster started for it); one run each, in this order, tables side by side")
     parser.add_argument("--tape", default=str(TAPE), help="tape the synthetic symbols come from")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="give up on a burst after this long")
     parser.add_argument("--shadow", action="store_true",
@@ -347,8 +390,15 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.bursts < 1 or args.warmup_bursts < 0 or args.symbols < 1:
         raise ConfigError("--bursts and --symbols must be >= 1, --warmup-bursts >= 0")
+    topologies = [t.strip() for t in args.topologies.split(",") if t.strip()]
+    if not topologies or set(topologies) - {"single", "cluster"}:
+        raise ConfigError(f"--topologies {args.topologies!r}: comma separated single, cluster")
+    if args.redis:
+        from worker.adapters import redis_connect
+
+        redis_connect.parse(args.redis)  # an unknown form: one line before anything starts
     load_before = os.getloadavg()[0]
-    result = asyncio.run(run_bench(args))
+    results = [(t, asyncio.run(run_bench(args, t))) for t in topologies]
     import torch
 
     from kronos_rt.bench import processor
@@ -359,5 +409,8 @@ def main(args: argparse.Namespace) -> int:
           f"max_wait_ms {args.max_wait_ms:g}, scoring {'on' if args.scoring else 'off'}, "
           f"{torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d %H:%M')}, "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
-    print(result.table())
+    for topology, result in results:
+        if len(results) > 1 or topology != "single":
+            print(f"\nRedis: {topology}" + (" (local, 3 masters)" if topology == "cluster" else ""))
+        print(result.table())
     return 0

@@ -66,6 +66,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--view-port", type=int, default=8050,
                         help="port of the live forecast page (`kronos-rt view`) while the demo runs; a free one "
                              "if it is taken; -1: no page")
+    parser.add_argument("--redis", default=None,
+                        help="Redis URL instead of a private redis-server, any form the worker takes "
+                             "(redis://, redis+sentinel://, redis+cluster://; docs/REDIS.md); the demo's keys "
+                             "are removed afterwards")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -134,18 +138,28 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
     # Named now, created only when the report is written: a failed run leaves no empty folder.
     out = Path(args.out) if args.out else Path("kronos-rt-demo") / time.strftime(f"run-%Y%m%d-%H%M%S-{os.getpid()}")
 
+    from worker.adapters import redis_connect
+    from worker.errors import hide_password
+
+    given = getattr(args, "redis", None)
+    if given:
+        redis_connect.parse(given)  # an unknown form: one line, before anything starts
     broker, redis_server, view = EmbeddedBroker(), RedisServer(), None
-    try:
-        redis_server.start()
-    except (RuntimeError, FileNotFoundError) as exc:
-        raise DemoError(f"cannot start a Redis server: {exc}. On Debian/Ubuntu: apt-get install -y redis-server") from exc
+    if not given:
+        try:
+            redis_server.start()
+        except (RuntimeError, FileNotFoundError) as exc:
+            raise DemoError(f"cannot start a Redis server: {exc}. On Debian/Ubuntu: apt-get install -y redis-server") from exc
+    redis_url = given or redis_server.url
+    prefix = f"kronos-rt-demo-{os.getpid()}" if given else "krt"  # a borrowed Redis gets its keys back clean
     try:
         broker.start()
-        print(f"demo: broker {broker.bootstrap}, redis {redis_server.url}, model {mv.name}@{mv.version}")
+        print(f"demo: broker {broker.bootstrap}, redis {hide_password(redis_url)}, model {mv.name}@{mv.version}")
         await ensure_topics(broker.bootstrap, {TOPICS["bars"]: 4, TOPICS["forecasts"]: 4, TOPICS["dlq"]: 1})
 
         settings = Settings(brokers=broker.bootstrap, group="kronos-rt-demo", bars_topic=TOPICS["bars"],
-                            forecasts_topic=TOPICS["forecasts"], dlq_topic=TOPICS["dlq"], redis=redis_server.url,
+                            forecasts_topic=TOPICS["forecasts"], dlq_topic=TOPICS["dlq"],
+                            redis=redis_url, redis_prefix=prefix,
                             model=f"{mv.name}@latest", tokenizer="auto", registry=str(registry.root),
                             lookback=args.lookback, min_history=args.min_history, pred_len=args.pred_len,
                             max_context=mv.max_context,
@@ -189,6 +203,12 @@ async def run_demo(args: argparse.Namespace) -> DemoResult:
             await view.stop()
         broker.stop()
         redis_server.stop()
+        if given:
+            client = redis_connect.connect(given)
+            try:
+                await redis_connect.delete_prefix(client, prefix)
+            finally:
+                await redis_connect.close(client)
 
 
 async def start_view(bootstrap: str, port: int):

@@ -28,6 +28,17 @@ PASSWORD = "s3cr3t-Pa55-7f9c"  # searched for in logs, metrics, forecasts and th
 
 
 @pytest.fixture(autouse=True)
+def secrets_forgotten_after():
+    """redact_in_logs lasts for the process: a test password such as "p" would otherwise be
+    starred out of every later test's log lines."""
+    from kronos_rt_client import security as client_security
+
+    before = set(client_security._REDACT.secrets)
+    yield
+    client_security._REDACT.secrets.intersection_update(before)
+
+
+@pytest.fixture(autouse=True)
 def no_kronos_env(monkeypatch):
     for name in list(os.environ):
         if name.startswith("KRONOS_RT_"):
