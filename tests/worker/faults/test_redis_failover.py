@@ -175,14 +175,22 @@ async def _scored(broker, tag: str, url: str) -> tuple[dict, dict]:
     async with running_worker(settings):
         await replay(rows, broker, topics["bars_topic"])
         fmsgs = await consume(broker, topics["forecasts_topic"], lambda got: covered(got) >= want, timeout=120)
-        owed = sum((json.loads(m.value)["symbol"], h["ts"]) in known
-                   for m in fmsgs for h in json.loads(m.value)["horizon"])
-        smsgs = await consume(broker, scores_topic, lambda got: len(got) >= owed, timeout=60)
+        # Every realized step of every forecast, by key: a count would stop early on a rescored
+        # step and compare two runs cut at different points.
+        owed = {(fc["symbol"], fc["as_of"], step) for fc in map(json.loads, (m.value for m in fmsgs))
+                for step, h in enumerate(fc["horizon"], 1) if (fc["symbol"], h["ts"]) in known}
+        smsgs = await consume(broker, scores_topic, lambda got: _score_keys(got) >= owed, timeout=60)
     scores = {}
     for m in smsgs:
         d = json.loads(m.value)
-        scores[(d["symbol"], d["as_of"], d["step"])] = (d["abs_error"], json.dumps(d["calibration"], sort_keys=True))
+        key = (d["symbol"], d["as_of"], d["step"])
+        if key in owed:
+            scores[key] = (d["abs_error"], json.dumps(d["calibration"], sort_keys=True))
     return _horizons(fmsgs), scores
+
+
+def _score_keys(msgs) -> set:
+    return {(d["symbol"], d["as_of"], d["step"]) for d in map(json.loads, (m.value for m in msgs))}
 
 
 async def test_scoring_and_calibration_on_a_cluster_equal_a_single_node(broker, redis_cluster):
