@@ -3,7 +3,12 @@
 Items are submitted from the event loop. A batch is cut when it holds `max_batch`
 items or `max_wait_s` after its first item was submitted, whichever comes first;
 items that piled up while the previous batch was computing form the next batch at
-once if their wait is already over. The compute function runs in ONE dedicated
+once if their wait is already over. While the feeder says more items are on their way
+(`feeding(True)`: the fetch loop holds bars of a burst it has not handed over yet), a
+stream batch keeps gathering past `max_wait_s`, up to `max_batch` items or
+`stream_max_gather_s` after its first item: a burst of N runs as ceil(N / max_batch)
+full batches, not as a small first batch cut while the rest of the burst was still
+being read. The compute function runs in ONE dedicated
 thread so the event loop keeps consuming, and so the model is never entered
 concurrently. Results go to an async handler, batch by batch, in submit order.
 
@@ -77,7 +82,7 @@ class MicroBatcher:
     def __init__(self, compute: Callable[[Sequence[Any]], Sequence[Any]],
                  handle: Callable[[Batch], Awaitable[None]],
                  max_batch: int = 64, max_wait_s: float = 0.005, low_max_queue: int = 256,
-                 low_max_gather_s: float | None = None):
+                 low_max_gather_s: float | None = None, stream_max_gather_s: float | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if low_max_queue < 1:
@@ -95,6 +100,10 @@ class MicroBatcher:
         # must not hold the first request back for long): default 50 x max_wait, 0.25-1 s.
         self.low_max_gather_s = (min(1.0, max(0.25, 50 * max_wait_s)) if low_max_gather_s is None
                                  else low_max_gather_s)
+        # Hard cap on gathering a stream batch while the feeder has more: default as for the low lane.
+        self.stream_max_gather_s = (min(1.0, max(0.25, 50 * max_wait_s)) if stream_max_gather_s is None
+                                    else stream_max_gather_s)
+        self._feeding = False         # the feeder holds stream items it has not submitted yet
         self._low_arriving = 0        # requests being received/parsed that will submit_low
         self._low_last = 0.0          # monotonic time of the last submit_low
         self._engine_free_at = 0.0    # monotonic time the last batch finished
@@ -163,6 +172,14 @@ class MicroBatcher:
             self._low_arriving -= 1
             self._wakeup.set()
 
+    def feeding(self, more: bool) -> None:
+        """The feeder (the fetch loop) holds items it will submit soon (True) or none (False):
+        while True, a stream batch is not cut at max_wait_s (see the module docstring)."""
+        if more != self._feeding:
+            self._feeding = more
+            if not more:
+                self._wakeup.set()
+
     def low_answered(self) -> None:
         """An answer of a low batch went out: its client may well ask again at once, so a
         low batch being gathered keeps waiting (quiet time counts from now)."""
@@ -225,12 +242,17 @@ class MicroBatcher:
                 else:
                     remaining = lane[0].mono + self.max_wait_s - now
                     if remaining <= 0:
-                        break
+                        if not self._feeding:
+                            break
+                        # More of the burst is on its way: keep gathering, up to the hard cap.
+                        remaining = lane[0].mono + self.stream_max_gather_s - now
+                        if remaining <= 0:
+                            break
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except asyncio.TimeoutError:
-                    if not low:
+                    if not low and not self._feeding:
                         break
             if low and self._queue:
                 continue  # a stream item arrived while low-priority items gathered: it goes first

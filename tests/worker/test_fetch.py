@@ -61,13 +61,16 @@ class Ingest:
 
 class Recorder:
     def __init__(self):
-        self.submitted, self.dead, self.ridden = [], [], []
+        self.submitted, self.dead, self.ridden, self.feeds = [], [], [], []
         self.pending = self.queued = 0
         self.lost = False
 
     # batcher
     def submit(self, item):
         self.submitted.append(item[1])
+
+    def feeding(self, more):
+        self.feeds.append(more)
 
     # publisher
     async def dead_letter(self, topic, item: DeadLetter):
@@ -108,7 +111,7 @@ def make(fetches, ingest, errors=()):
                             publisher=rec, committer=None, scoring=None, health=RecordingHealth(), metrics=metrics)
     states = {TP: PartitionState(TP)}
     stop = asyncio.Event()
-    settings = SimpleNamespace(max_queue=100, dlq_topic="bars.dlq")
+    settings = SimpleNamespace(max_queue=100, dlq_topic="bars.dlq", max_batch=64)
     return FetchLoop(parts, states, settings, stop.is_set), rec, states, stop
 
 
