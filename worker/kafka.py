@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 # -- aiokafka internals, in one place --------------------------------------------------------
-# The worker needs three things aiokafka has no public API for. Each is used only here, and
+# The worker needs four things aiokafka has no public API for. Each is used only here, and
 # tests/worker/test_kafka.py fails if the pinned aiokafka changes them.
 
 # A commit during a rebalance can fail with an AssertionError from inside aiokafka's
@@ -54,6 +54,47 @@ async def answers(consumer: AIOKafkaConsumer, timeout_s: float = 3.0) -> bool:
 def producer_closed(producer: AIOKafkaProducer) -> bool:
     """True once stop() began: a failed send is then not retried."""
     return bool(producer._closed)
+
+
+async def send_many(producer: AIOKafkaProducer, topic: str, records: list) -> list:
+    """Send (key, value) records of one topic as record batches (create_batch/send_batch):
+    one Python call per record instead of a whole producer.send each (future, metadata
+    wait, size estimate, partitioner), which for a burst of thousands of forecasts costs
+    more than building them. Each record goes to the partition producer.send would give its
+    key (the producer's own partitioner: aiokafka has no public way to ask which).
+    Returns [(future, indices of the records it carries)], in send order. Never raises:
+    records a batch cannot take even alone, and all not queued when something failed
+    (no metadata yet, the producer stopping), come back with future None: the caller sends
+    those one by one (producer.send, with its own error handling)."""
+    out: list = []
+    queued: set[int] = set()
+    try:
+        await producer.partitions_for(topic)  # metadata known, as producer.send waits for it
+        parts: dict[int, list[int]] = {}
+        for i, (key, value) in enumerate(records):
+            parts.setdefault(producer._partition(topic, None, key, value, key, value), []).append(i)
+        for partition, indices in parts.items():
+            batch, carried = producer.create_batch(), []
+            for i in indices:
+                key, value = records[i]
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    if carried:  # full: this one starts the next batch
+                        out.append((await producer.send_batch(batch, topic, partition=partition), carried))
+                        queued.update(carried)
+                        batch, carried = producer.create_batch(), []
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        continue  # too large for any batch: sent alone below
+                carried.append(i)
+            if carried:
+                out.append((await producer.send_batch(batch, topic, partition=partition), carried))
+                queued.update(carried)
+    except Exception as err:  # noqa: BLE001 - the records not queued go one by one, not lost
+        log.warning("sending %d records to %s as batches failed (%r): the rest go one by one",
+                    len(records) - len(queued), topic, err)
+    rest = [i for i in range(len(records)) if i not in queued]
+    if rest:
+        out.append((None, rest))
+    return out
 
 
 # -- connecting ----------------------------------------------------------------------------
