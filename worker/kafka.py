@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka import errors as aiokafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,10 @@ def producer_closed(producer: AIOKafkaProducer) -> bool:
     return bool(producer._closed)
 
 
+_PARTITIONS: dict[tuple[str, int], dict[bytes, int]] = {}  # (topic, partition count) -> key -> partition
+_PARTITIONS_MAX = 1 << 20
+
+
 async def send_many(producer: AIOKafkaProducer, topic: str, records: list) -> list:
     """Send (key, value) records of one topic as record batches (create_batch/send_batch):
     one Python call per record instead of a whole producer.send each (future, metadata
@@ -69,10 +74,21 @@ async def send_many(producer: AIOKafkaProducer, topic: str, records: list) -> li
     out: list = []
     queued: set[int] = set()
     try:
-        await producer.partitions_for(topic)  # metadata known, as producer.send waits for it
+        count = len(await producer.partitions_for(topic))  # metadata known, as producer.send waits for it
+        # A keyed record's partition under the default partitioner depends on the key and the
+        # partition count only; its murmur2 is pure Python (~5 us): remembered per key.
+        cache = _PARTITIONS.setdefault((topic, count), {}) if isinstance(producer._partitioner, DefaultPartitioner) \
+            else None
+        if cache is not None and len(cache) > _PARTITIONS_MAX:
+            cache.clear()
         parts: dict[int, list[int]] = {}
         for i, (key, value) in enumerate(records):
-            parts.setdefault(producer._partition(topic, None, key, value, key, value), []).append(i)
+            partition = None if cache is None or key is None else cache.get(key)
+            if partition is None:
+                partition = producer._partition(topic, None, key, value, key, value)
+                if cache is not None and key is not None:
+                    cache[key] = partition
+            parts.setdefault(partition, []).append(i)
         for partition, indices in parts.items():
             batch, carried = producer.create_batch(), []
             for i in indices:

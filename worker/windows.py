@@ -175,9 +175,14 @@ def _text(x) -> str:
     return x.decode() if isinstance(x, (bytes, bytearray)) else str(x)
 
 
+_EPOCH_ORDINAL = _EPOCH.toordinal()
+
+
 def epoch_seconds(t: _dt.datetime) -> int:
-    """Naive wall-clock time -> integer seconds, as if it were UTC."""
-    return (t.replace(tzinfo=None) - _EPOCH) // _dt.timedelta(seconds=1)
+    """Naive wall-clock time -> integer seconds, as if it were UTC (an offset is ignored,
+    a fraction of a second cut). From the fields: a tenth of the cost of datetime arithmetic,
+    twice per bar."""
+    return (t.toordinal() - _EPOCH_ORDINAL) * 86400 + t.hour * 3600 + t.minute * 60 + t.second
 
 
 def _record(bar: Bar) -> str:
