@@ -10,7 +10,9 @@ stream batch keeps gathering past `max_wait_s`, up to `max_batch` items or
 full batches, not as a small first batch cut while the rest of the burst was still
 being read. The compute function runs in ONE dedicated
 thread so the event loop keeps consuming, and so the model is never entered
-concurrently. Results go to an async handler, batch by batch, in submit order.
+concurrently. Results go to an async handler, batch by batch, in submit order; the
+handler of one batch runs while the next batch computes (the engine does not sit idle
+while a batch's forecasts are encoded and sent).
 
 A second, lower-priority lane (`submit_low`, used by the HTTP API when it shares the
 worker's engine) has its own bound and answers through futures instead of the handler.
@@ -111,6 +113,9 @@ class MicroBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_batch = 0
+        self._unhandled = 0           # stream items computed whose batch handle() has not finished
+        self._handling: asyncio.Task | None = None  # the last batch's handler (each awaits the one before)
+        self._handlers: set[asyncio.Task] = set()   # those not finished
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -122,8 +127,8 @@ class MicroBatcher:
 
     @property
     def pending(self) -> int:
-        """Items submitted and not yet handed to handle()."""
-        return len(self._queue) + self._in_batch
+        """Items submitted and not yet through handle()."""
+        return len(self._queue) + self._in_batch + self._unhandled
 
     @property
     def low_queued(self) -> int:
@@ -191,9 +196,12 @@ class MicroBatcher:
             self._low.remove(entry)  # frees its slot now; no-op once it is in a batch
         except ValueError:
             pass
-        if not self._queue and not self._low and not self._in_batch and not self._low_in_batch:
-            self._idle.set()
+        self._set_idle_if_done()
         self._wakeup.set()
+
+    def _set_idle_if_done(self) -> None:
+        if not (self._queue or self._low or self._in_batch or self._low_in_batch or self._unhandled):
+            self._idle.set()
 
     def run_in_thread(self, fn: Callable, *args) -> Awaitable:
         """Run `fn` on the inference thread (e.g. warm-up, model swap) between batches."""
@@ -216,6 +224,12 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        handlers = list(self._handlers)  # batches computed and not handled yet: left as a cancelled _run left them
+        for t in handlers:
+            t.cancel()
+        if handlers:
+            await asyncio.wait(handlers)
+        self._handling = None
         for e in self._low:  # nobody waits forever on a closed batcher
             if not e.fut.done():
                 e.fut.set_exception(RuntimeError("batcher is closed"))
@@ -275,11 +289,11 @@ class MicroBatcher:
                 if low:
                     self._resolve(entries, batches)
                     continue
-                for batch in batches:
-                    try:
-                        await self._handle(batch)
-                    except Exception:
-                        log.exception("batch handler failed")
+                # Handled in order, but off this loop: the next batch starts computing now.
+                self._unhandled += len(items)
+                self._handling = asyncio.ensure_future(self._handle_in_order(self._handling, batches, len(items)))
+                self._handlers.add(self._handling)
+                self._handling.add_done_callback(self._handlers.discard)
             except asyncio.CancelledError:
                 if low:  # closed mid-batch: its requests get an answer, not silence
                     for e in entries:
@@ -290,8 +304,21 @@ class MicroBatcher:
                 self._engine_free_at = time.monotonic()
                 self._in_batch = 0
                 self._low_in_batch = []
-                if not self._queue and not self._low:
-                    self._idle.set()
+                self._set_idle_if_done()
+
+    async def _handle_in_order(self, before: asyncio.Task | None, batches: list[Batch], n: int) -> None:
+        """handle() each of `batches` once the batches computed before them are handled."""
+        try:
+            if before is not None:
+                await asyncio.wait([before])  # its outcome is its own (logged there)
+            for batch in batches:
+                try:
+                    await self._handle(batch)
+                except Exception:
+                    log.exception("batch handler failed")
+        finally:
+            self._unhandled -= n
+            self._set_idle_if_done()
 
     def _resolve(self, entries: list[_Entry], batches: list[Batch]) -> None:
         """Lower-priority results to their futures (batches cover entries in order)."""
