@@ -53,6 +53,7 @@ class FetchLoop:
             blame = None  # the message a reply error is charged to
             try:
                 if p.recovery.lost:
+                    p.batcher.feeding(False)  # a rebuild takes a while: what is gathered goes now
                     await p.recovery.rebuild_all(self.owned())
                 if not todo:
                     # What the consumer already holds first: while a burst is still coming in, the
