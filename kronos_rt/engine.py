@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .decode import DecodePlan
-from .features import denormalize, fill_missing, normalize, time_features
+from .features import denormalize, fill_missing, normalize, prepare_uniform, time_features
 from .model import Kronos
 from .modules import KVCache, fill_rows
 from .packing import prepare
@@ -116,6 +116,18 @@ class Workspaces:
         self._buffers.clear()
 
 
+def _uniform(bars, x_times, y_times) -> bool:
+    """Windows [L, 6] of one length L >= 1 with L time stamps each, horizons of one length:
+    forecast() prepares them as one array (anything else goes window by window, which also
+    says what is wrong with it)."""
+    shape = np.shape(bars[0])
+    if len(shape) != 2 or shape[1] != 6 or shape[0] < 1:
+        return False
+    n, p = shape[0], len(y_times[0])
+    return (all(np.shape(b) == shape for b in bars) and all(len(t) == n for t in x_times)
+            and all(len(t) == p for t in y_times))
+
+
 @dataclass
 class _Generation:
     """What one forecast_arrays call carries from stage to stage. Rows are series until
@@ -189,6 +201,8 @@ class Engine:
         y_times[i]: datetime64 [pred_len]."""
         if not (len(bars) == len(x_times) == len(y_times)):
             raise ValueError("bars, x_times and y_times must have the same length")
+        if len(bars) > 1 and _uniform(bars, x_times, y_times):
+            return self._forecast_uniform(bars, x_times, y_times, pred_len, sampling, quantiles, return_paths)
         xs, stats, xst, yst = [], [], [], []
         for i, (b, xt, yt) in enumerate(zip(bars, x_times, y_times)):
             filled = fill_missing(b)
@@ -208,6 +222,31 @@ class Engine:
             f = Forecast(mean=denormalize(mean_n[i], mean, std).astype(np.float64))
             if paths_n is not None:
                 paths = denormalize(paths_n[i], mean, std).astype(np.float64)
+                if sampling.sample_count > 1:
+                    f.quantiles = {float(q): np.quantile(paths, q, axis=0) for q in quantiles}
+                if return_paths:
+                    f.paths = paths
+            out.append(f)
+        return out
+
+    def _forecast_uniform(self, bars, x_times, y_times, pred_len: int, sampling: SamplingParams,
+                          quantiles, return_paths: bool) -> list[Forecast]:
+        """forecast() for windows of one length (a warm stream's batch): the inputs prepared
+        and the outputs de-normalized for the whole batch in a few array calls, with the same
+        bits as window by window (tests/kronos_rt/test_engine_uniform.py)."""
+        x, mean, std = prepare_uniform(np.stack(bars), self.clip)
+        xst = time_features(np.stack([np.asarray(t, dtype="datetime64[m]") for t in x_times]))
+        yst = time_features(np.stack([np.asarray(t, dtype="datetime64[m]") for t in y_times]))
+        keep_paths = return_paths or bool(quantiles)
+        mean_n, paths_n = self.forecast_arrays(x, xst, yst, pred_len, sampling, return_paths=keep_paths)
+        means = denormalize(mean_n, mean[:, None, :], std[:, None, :]).astype(np.float64)
+        if paths_n is not None:
+            all_paths = denormalize(paths_n, mean[:, None, None, :], std[:, None, None, :]).astype(np.float64)
+        out = []
+        for i in range(len(means)):
+            f = Forecast(mean=means[i])
+            if paths_n is not None:
+                paths = all_paths[i]
                 if sampling.sample_count > 1:
                     f.quantiles = {float(q): np.quantile(paths, q, axis=0) for q in quantiles}
                 if return_paths:

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka import errors as aiokafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 
 from kronos_rt_client.security import client_kwargs
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 # -- aiokafka internals, in one place --------------------------------------------------------
-# The worker needs three things aiokafka has no public API for. Each is used only here, and
+# The worker needs four things aiokafka has no public API for. Each is used only here, and
 # tests/worker/adapters/test_kafka.py fails if the pinned aiokafka changes them.
 
 # A commit during a rebalance can fail with an AssertionError from inside aiokafka's
@@ -56,6 +57,62 @@ async def answers(consumer: AIOKafkaConsumer, timeout_s: float = 3.0) -> bool:
 def producer_closed(producer: AIOKafkaProducer) -> bool:
     """True once stop() began: a failed send is then not retried."""
     return bool(producer._closed)
+
+
+_PARTITIONS: dict[tuple[str, int], dict[bytes, int]] = {}  # (topic, partition count) -> key -> partition
+_PARTITIONS_MAX = 1 << 20
+
+
+async def send_many(producer: AIOKafkaProducer, topic: str, records: list) -> list:
+    """Send (key, value) records of one topic as record batches (create_batch/send_batch):
+    one Python call per record instead of a whole producer.send each (future, metadata
+    wait, size estimate, partitioner), which for a burst of thousands of forecasts costs
+    more than building them. Each record goes to the partition producer.send would give its
+    key (the producer's own partitioner: aiokafka has no public way to ask which).
+    Returns [(future, indices of the records it carries)], in send order. Never raises:
+    records a batch cannot take even alone, and all not queued when something failed
+    (no metadata yet, the producer stopping), come back with future None: the caller sends
+    those one by one (producer.send, with its own error handling)."""
+    out: list = []
+    queued: set[int] = set()
+    try:
+        count = len(await producer.partitions_for(topic))  # metadata known, as producer.send waits for it
+        # A keyed record's partition under the default partitioner depends on the key and the
+        # partition count only; its murmur2 is pure Python (~5 us): remembered per key.
+        cache = _PARTITIONS.setdefault((topic, count), {}) if isinstance(producer._partitioner, DefaultPartitioner) \
+            else None
+        if cache is not None and len(cache) > _PARTITIONS_MAX:
+            cache.clear()
+        parts: dict[int, list[int]] = {}
+        for i, (key, value) in enumerate(records):
+            partition = None if cache is None or key is None else cache.get(key)
+            if partition is None:
+                partition = producer._partition(topic, None, key, value, key, value)
+                if cache is not None and key is not None:
+                    cache[key] = partition
+            parts.setdefault(partition, []).append(i)
+        for partition, indices in parts.items():
+            batch, carried = producer.create_batch(), []
+            for i in indices:
+                key, value = records[i]
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    if carried:  # full: this one starts the next batch
+                        out.append((await producer.send_batch(batch, topic, partition=partition), carried))
+                        queued.update(carried)
+                        batch, carried = producer.create_batch(), []
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        continue  # too large for any batch: sent alone below
+                carried.append(i)
+            if carried:
+                out.append((await producer.send_batch(batch, topic, partition=partition), carried))
+                queued.update(carried)
+    except Exception as err:  # noqa: BLE001 - the records not queued go one by one, not lost
+        log.warning("sending %d records to %s as batches failed (%r): the rest go one by one",
+                    len(records) - len(queued), topic, err)
+    rest = [i for i in range(len(records)) if i not in queued]
+    if rest:
+        out.append((None, rest))
+    return out
 
 
 # -- connecting ----------------------------------------------------------------------------

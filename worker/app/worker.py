@@ -22,6 +22,7 @@ group's rebalances (worker/pipeline/ownership.py); finished batches go out throu
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -143,6 +144,10 @@ class Worker:
                 self._tasks.append(asyncio.create_task(p.shadows.run(), name="shadows"))
             self._tasks.append(asyncio.create_task(  # --model NAME@latest only
                 follow_registry(s, self.inference, p.batcher, self.metrics, self._reload), name="models"))
+            # Everything start-up made (torch, the model, pandas, ...: ~200 000 objects) out of the
+            # collector's way: a full collection then walks what the stream keeps, not all of it
+            # (~0.1 s each, holding the GIL, several per 5 000-symbol burst otherwise).
+            gc.freeze()
             self.fetch = FetchLoop(p, self.partitions, s, lambda: self.stopping)
             fetch = asyncio.create_task(self.fetch.run(), name="fetch")
             stop_wait = asyncio.create_task(self._stop.wait())

@@ -108,6 +108,7 @@ EXAMPLES = {
                "kronos-rt models init --shape mini --name scratch && kronos-rt models verify scratch"],
     "bench": ["kronos-rt bench", "kronos-rt bench --shape mini --device cpu"],
     "bench-stream": ["kronos-rt bench-stream --shape mini --symbols 64",
+                     "kronos-rt bench-stream --shape mini --symbols 5000 --lookback 32 --pred-len 1 --max-batch 1024",
                      "kronos-rt bench-stream --brokers localhost:29092 --redis redis://127.0.0.1:6379/0"],
     "serve": ["kronos-rt serve --model kronos-small@latest --port 8000",
               "KRONOS_RT_API_TOKEN=secret kronos-rt serve --model NeoQuasar/Kronos-mini --host 0.0.0.0"],

@@ -222,13 +222,15 @@ class BarPolicy:
 
 
 _EPOCH = _dt.datetime(1970, 1, 1)
+_EPOCH_ORDINAL = _EPOCH.toordinal()
 _ZERO = _dt.timedelta(0)
 
 
 def epoch_seconds(t: _dt.datetime) -> int:
-    """Naive wall-clock time -> integer seconds, as if it were UTC: how Redis
-    scores bar times (windows, forecast steps)."""
-    return (t.replace(tzinfo=None) - _EPOCH) // _dt.timedelta(seconds=1)
+    """Naive wall-clock time -> integer seconds, as if it were UTC (an offset is ignored, a
+    fraction of a second cut): how Redis scores bar times (windows, forecast steps). From the
+    fields: a tenth of the cost of datetime arithmetic, twice per bar."""
+    return (t.toordinal() - _EPOCH_ORDINAL) * 86400 + t.hour * 3600 + t.minute * 60 + t.second
 
 
 def dumps(obj) -> bytes:

@@ -3,9 +3,16 @@
 Items are submitted from the event loop. A batch is cut when it holds `max_batch`
 items or `max_wait_s` after its first item was submitted, whichever comes first;
 items that piled up while the previous batch was computing form the next batch at
-once if their wait is already over. The compute function runs in ONE dedicated
+once if their wait is already over. While the feeder says more items are on their way
+(`feeding(True)`: the fetch loop holds bars of a burst it has not handed over yet), a
+stream batch keeps gathering past `max_wait_s`, up to `max_batch` items or
+`stream_max_gather_s` after its first item: a burst of N runs as ceil(N / max_batch)
+full batches, not as a small first batch cut while the rest of the burst was still
+being read. The compute function runs in ONE dedicated
 thread so the event loop keeps consuming, and so the model is never entered
-concurrently. Results go to an async handler, batch by batch, in submit order.
+concurrently. Results go to an async handler, batch by batch, in submit order; the
+handler of one batch runs while the next batch computes (the engine does not sit idle
+while a batch's forecasts are encoded and sent).
 
 A second, lower-priority lane (`submit_low`, used by the HTTP API when it shares the
 worker's engine) has its own bound and answers through futures instead of the handler.
@@ -77,7 +84,7 @@ class MicroBatcher:
     def __init__(self, compute: Callable[[Sequence[Any]], Sequence[Any]],
                  handle: Callable[[Batch], Awaitable[None]],
                  max_batch: int = 64, max_wait_s: float = 0.005, low_max_queue: int = 256,
-                 low_max_gather_s: float | None = None):
+                 low_max_gather_s: float | None = None, stream_max_gather_s: float | None = None):
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         if low_max_queue < 1:
@@ -95,6 +102,10 @@ class MicroBatcher:
         # must not hold the first request back for long): default 50 x max_wait, 0.25-1 s.
         self.low_max_gather_s = (min(1.0, max(0.25, 50 * max_wait_s)) if low_max_gather_s is None
                                  else low_max_gather_s)
+        # Hard cap on gathering a stream batch while the feeder has more: default as for the low lane.
+        self.stream_max_gather_s = (min(1.0, max(0.25, 50 * max_wait_s)) if stream_max_gather_s is None
+                                    else stream_max_gather_s)
+        self._feeding = False         # the feeder holds stream items it has not submitted yet
         self._low_arriving = 0        # requests being received/parsed that will submit_low
         self._low_last = 0.0          # monotonic time of the last submit_low
         self._engine_free_at = 0.0    # monotonic time the last batch finished
@@ -102,6 +113,9 @@ class MicroBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._in_batch = 0
+        self._unhandled = 0           # stream items computed whose batch handle() has not finished
+        self._handling: asyncio.Task | None = None  # the last batch's handler (each awaits the one before)
+        self._handlers: set[asyncio.Task] = set()   # those not finished
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -113,8 +127,8 @@ class MicroBatcher:
 
     @property
     def pending(self) -> int:
-        """Items submitted and not yet handed to handle()."""
-        return len(self._queue) + self._in_batch
+        """Items submitted and not yet through handle()."""
+        return len(self._queue) + self._in_batch + self._unhandled
 
     @property
     def low_queued(self) -> int:
@@ -163,6 +177,14 @@ class MicroBatcher:
             self._low_arriving -= 1
             self._wakeup.set()
 
+    def feeding(self, more: bool) -> None:
+        """The feeder (the fetch loop) holds items it will submit soon (True) or none (False):
+        while True, a stream batch is not cut at max_wait_s (see the module docstring)."""
+        if more != self._feeding:
+            self._feeding = more
+            if not more:
+                self._wakeup.set()
+
     def low_answered(self) -> None:
         """An answer of a low batch went out: its client may well ask again at once, so a
         low batch being gathered keeps waiting (quiet time counts from now)."""
@@ -174,9 +196,12 @@ class MicroBatcher:
             self._low.remove(entry)  # frees its slot now; no-op once it is in a batch
         except ValueError:
             pass
-        if not self._queue and not self._low and not self._in_batch and not self._low_in_batch:
-            self._idle.set()
+        self._set_idle_if_done()
         self._wakeup.set()
+
+    def _set_idle_if_done(self) -> None:
+        if not (self._queue or self._low or self._in_batch or self._low_in_batch or self._unhandled):
+            self._idle.set()
 
     def run_in_thread(self, fn: Callable, *args) -> Awaitable:
         """Run `fn` on the inference thread (e.g. warm-up, model swap) between batches."""
@@ -199,6 +224,12 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        handlers = list(self._handlers)  # batches computed and not handled yet: left as a cancelled _run left them
+        for t in handlers:
+            t.cancel()
+        if handlers:
+            await asyncio.wait(handlers)
+        self._handling = None
         for e in self._low:  # nobody waits forever on a closed batcher
             if not e.fut.done():
                 e.fut.set_exception(RuntimeError("batcher is closed"))
@@ -225,12 +256,17 @@ class MicroBatcher:
                 else:
                     remaining = lane[0].mono + self.max_wait_s - now
                     if remaining <= 0:
-                        break
+                        if not self._feeding:
+                            break
+                        # More of the burst is on its way: keep gathering, up to the hard cap.
+                        remaining = lane[0].mono + self.stream_max_gather_s - now
+                        if remaining <= 0:
+                            break
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
                 except asyncio.TimeoutError:
-                    if not low:
+                    if not low and not self._feeding:
                         break
             if low and self._queue:
                 continue  # a stream item arrived while low-priority items gathered: it goes first
@@ -253,11 +289,11 @@ class MicroBatcher:
                 if low:
                     self._resolve(entries, batches)
                     continue
-                for batch in batches:
-                    try:
-                        await self._handle(batch)
-                    except Exception:
-                        log.exception("batch handler failed")
+                # Handled in order, but off this loop: the next batch starts computing now.
+                self._unhandled += len(items)
+                self._handling = asyncio.ensure_future(self._handle_in_order(self._handling, batches, len(items)))
+                self._handlers.add(self._handling)
+                self._handling.add_done_callback(self._handlers.discard)
             except asyncio.CancelledError:
                 if low:  # closed mid-batch: its requests get an answer, not silence
                     for e in entries:
@@ -268,8 +304,21 @@ class MicroBatcher:
                 self._engine_free_at = time.monotonic()
                 self._in_batch = 0
                 self._low_in_batch = []
-                if not self._queue and not self._low:
-                    self._idle.set()
+                self._set_idle_if_done()
+
+    async def _handle_in_order(self, before: asyncio.Task | None, batches: list[Batch], n: int) -> None:
+        """handle() each of `batches` once the batches computed before them are handled."""
+        try:
+            if before is not None:
+                await asyncio.wait([before])  # its outcome is its own (logged there)
+            for batch in batches:
+                try:
+                    await self._handle(batch)
+                except Exception:
+                    log.exception("batch handler failed")
+        finally:
+            self._unhandled -= n
+            self._set_idle_if_done()
 
     def _resolve(self, entries: list[_Entry], batches: list[Batch]) -> None:
         """Lower-priority results to their futures (batches cover entries in order)."""

@@ -38,6 +38,8 @@ class FetchLoop:
         self.s = settings
         self.stopping = stopping
         self.bars = 0         # messages handled
+        # Messages per fetch (and per pipelined upsert round trip): a full batch at least.
+        self.max_records = max(500, settings.max_batch)
 
     def owned(self) -> list[PartitionState]:
         return list(self.states.values())
@@ -52,11 +54,19 @@ class FetchLoop:
             blame = None  # the message a reply error is charged to
             try:
                 if p.recovery.lost:
+                    p.batcher.feeding(False)  # a rebuild takes a while: what is gathered goes now
                     await p.recovery.rebuild_all(self.owned())
                 if not todo:
-                    batch = await p.consumer.getmany(timeout_ms=100, max_records=500)
+                    # What the consumer already holds first: while a burst is still coming in, the
+                    # batcher keeps gathering (MicroBatcher.feeding); only when nothing is left
+                    # does the loop wait on the broker, and the batcher cuts what it has.
+                    batch = await p.consumer.getmany(timeout_ms=0, max_records=self.max_records)
+                    if not batch:
+                        p.batcher.feeding(False)
+                        batch = await p.consumer.getmany(timeout_ms=100, max_records=self.max_records)
                     p.health.fetch_stalled(False)
                     todo.extend((tp, self.states.get(tp), msg) for tp, msgs in batch.items() for msg in msgs)
+                    p.batcher.feeding(bool(todo))
                     parsed = careful = None
                 if parsed is None and todo:
                     blame = todo[0]
@@ -73,6 +83,8 @@ class FetchLoop:
                     if item is None:  # parsed alone (careful): the next one is parsed now
                         parsed = None
                         break
+                    if isinstance(item.bar, events.Bar) and st.runahead is not None and st.runahead.full(item.bar.symbol):
+                        p.batcher.feeding(False)  # it waits for commits, which wait for what is gathered
                     if isinstance(item.bar, events.Bar) and not await p.flow.within_runahead(
                             st, item.bar.symbol, lambda: p.committer.commit([st]), self.stopping):
                         continue  # revoked or stopping while it waited: looked at again above
@@ -84,6 +96,7 @@ class FetchLoop:
             except Exception as err:
                 if not poison.is_infrastructure(err):
                     raise
+                p.batcher.feeding(False)  # what is gathered goes now; the rest waits for Redis/the broker
                 parsed = None
                 if poison.is_outage(err):
                     failures = 0

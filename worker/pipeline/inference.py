@@ -114,9 +114,13 @@ class Inference:
         out: list[Any] = [None] * len(items)
         for (_, pred_len, sampling, quantiles), idx in groups.items():
             part = [items[i] for i in idx]
+            horizons = [it.horizon for it in part]
+            if len({len(h) for h in horizons}) == 1:  # one conversion for the group: rows [pred_len]
+                horizons = list(np.array(horizons, dtype="datetime64[s]"))
+            else:
+                horizons = [np.array(h, dtype="datetime64[s]") for h in horizons]
             forecasts = engine.forecast(
-                [it.values for it in part], [it.times for it in part],
-                [np.array(it.horizon, dtype="datetime64[s]") for it in part],
+                [it.values for it in part], [it.times for it in part], horizons,
                 pred_len, sampling, quantiles=quantiles,
                 return_paths=self.keep_paths and sampling.sample_count > 1,
             )

@@ -82,9 +82,19 @@ class Ingest:
         self.interval = interval
         self.calendar_for = calendar_for
         self.metrics = metrics
+        self._children: dict = {}  # _metric's cache
         self.on_lost = on_lost  # Redis forgot a window we had: rebuild every partition's windows
         self.quality = quality  # live scoring (worker/quality/live.py): claims ride on the upsert round trip
         self._warned_closed: set[str] = set()  # symbols whose closed-period bars were logged once
+
+    def _metric(self, name: str):
+        """The receive-stage histogram ("receive") or the events counter of an outcome, its
+        labelled child looked up once (labels() costs more than the count, per bar)."""
+        child = self._children.get(name)
+        if child is None:
+            child = self._children[name] = (self.metrics.stage_latency.labels(stage=name) if name == "receive"
+                                            else self.metrics.events.labels(outcome=name))
+        return child
 
     def _claim(self):
         q = self.quality
@@ -151,7 +161,7 @@ class Ingest:
         """One message, in partition order: upsert its bar, and say what else it needs.
         None: nothing more (stored, buffered, duplicate, too old, or revoked meanwhile)."""
         received = time.time()
-        self.metrics.stage_latency.labels(stage="receive").observe(max(0.0, received - msg.timestamp / 1000))
+        self._metric("receive").observe(max(0.0, received - msg.timestamp / 1000))
         bar = parsed.bar
         if isinstance(bar, events.InvalidEvent):
             state.handled(msg.offset)
@@ -185,7 +195,7 @@ class Ingest:
         # acknowledged and committed) is forecast again: at-least-once, never lost.
         redelivered = result.redelivered and not result.lost
         if not status.forecastable and not redelivered:
-            self.metrics.events.labels(outcome=status.value).inc()
+            self._metric(status.value).inc()
             if status is Upsert.TOO_OLD:  # never silent: a bar not forecast says why
                 log.warning("not forecast: %s %s (offset %d) is older than its whole stored window",
                             bar.symbol, bar.ts, msg.offset)
@@ -208,9 +218,9 @@ class Ingest:
                     return None
         newest = len(window) and window.times[-1] == t
         if not newest or len(window) < self.min_history:
-            self.metrics.events.labels(outcome="buffered" if newest else status.value).inc()
+            self._metric("buffered" if newest else status.value).inc()
             return None
-        self.metrics.events.labels(outcome=status.value).inc()
+        self._metric(status.value).inc()
         if not state.owned:  # revoked while we awaited Redis: the next owner forecasts it
             return None
         horizon = self.calendar_for(bar.symbol).next_times(bar.time, self.interval, self.pred_len)

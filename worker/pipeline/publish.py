@@ -161,14 +161,65 @@ class Publisher:
                         on_reject=smaller if self.dlq_max_bytes > SMALL_DLQ_BYTES else None)
 
     async def forecasts_of(self, topic: str, batch: Batch) -> None:
-        """Publish each item's forecast with its latency figures; the acks gate commits."""
+        """Publish each item's forecast with its latency figures; the acks gate commits.
+        With a producer that takes record batches (aiokafka's), the batch's forecasts go out
+        as a few record batches (kafka.send_many); a record batch that fails has each of its
+        forecasts sent again alone, with the usual retries and refusal handling."""
         self.metrics.batch_size.observe(len(batch.items))
         self.metrics.stage_latency.labels(stage="inference").observe(batch.finished - batch.started)
+        queue = self.metrics.stage_latency.labels(stage="queue")
+        if not hasattr(self.producer, "send_batch"):  # a producer that sends one record at a time
+            for it, enqueued, (fc, ref) in zip(batch.items, batch.enqueued, batch.results):
+                queue.observe(max(0.0, batch.started - enqueued))
+                latency = latency_ms(it, batch.started - enqueued, batch.started, batch.finished)
+                await self.forecast(topic, it, fc, ref, latency, len(batch.items), it.partition,
+                                    on_ack=self._forecast_acked(it, batch.finished),
+                                    on_reject=self._forecast_refused(it))
+            return
+        records = []
         for it, enqueued, (fc, ref) in zip(batch.items, batch.enqueued, batch.results):
-            self.metrics.stage_latency.labels(stage="queue").observe(max(0.0, batch.started - enqueued))
-            latency = latency_ms(it, batch.started - enqueued, batch.started, batch.finished)
-            await self.forecast(topic, it, fc, ref, latency, len(batch.items), it.partition,
-                                on_ack=self._forecast_acked(it, batch.finished), on_reject=self._forecast_refused(it))
+            queue.observe(max(0.0, batch.started - enqueued))
+            doc = self.forecast_doc(it, fc, ref, latency_ms(it, batch.started - enqueued, batch.started, batch.finished))
+            doc["batch_size"] = len(batch.items)
+            records.append((it.bar.symbol.encode(), events.dumps(doc)))
+        for fut, indices in await kafka.send_many(self.producer, topic, records):
+            if fut is None:
+                self._resend(topic, batch, records, indices)
+            else:
+                fut.add_done_callback(self._batch_done(topic, batch, records, indices))
+
+    def _batch_done(self, topic: str, batch: Batch, records: list, indices: list[int]):
+        items = batch.items
+
+        def done(f: asyncio.Future) -> None:
+            if f.cancelled() or f.exception() is not None:
+                if not self.producer_closed(self.producer):
+                    err = None if f.cancelled() else f.exception()
+                    log.warning("a record batch of %d forecasts to %s failed (%s): sending them one by one",
+                                len(indices), topic, err)
+                    self._resend(topic, batch, records, indices)
+                return
+            now = time.time()
+            m = self.metrics
+            e2e, publish = m.e2e_latency, m.stage_latency.labels(stage="publish")
+            published = max(0.0, now - batch.finished)
+            for i in indices:
+                it = items[i]
+                e2e.observe(max(0.0, now - it.kafka_ts))
+                publish.observe(published)
+                it.partition.offsets.done(it.offset)
+            m.forecasts.inc(len(indices))
+            self.forecasts += len(indices)
+        return done
+
+    def _resend(self, topic: str, batch: Batch, records: list, indices: list[int]) -> None:
+        """Forecasts a record batch did not carry: each alone, through send()'s retries."""
+        for i in indices:
+            it = batch.items[i]
+            key, value = records[i]
+            asyncio.ensure_future(self.send(topic, key, value, None, it.partition, it.offset,
+                                            on_ack=self._forecast_acked(it, batch.finished),
+                                            on_reject=self._forecast_refused(it)))
 
     async def forecast(self, topic: str, it: Ready, fc, ref, latency: dict, batch_size: int,
                        state: PartitionState | None, *, on_ack: Callable[[], None],

@@ -1,4 +1,5 @@
 """The aiokafka internals worker/adapters/kafka.py relies on: this fails when the pinned aiokafka changes them."""
+import asyncio
 import inspect
 import re
 from pathlib import Path
@@ -74,3 +75,51 @@ async def test_reading_a_missing_topic_is_an_error_and_does_not_create_it(broker
         assert name not in await admin.list_topics()
     finally:
         await admin.close()
+
+
+async def test_send_many_puts_each_record_where_producer_send_would_and_all_arrive(broker):
+    """Record batches (kafka.send_many) against the broker: every record arrives once, on the
+    partition producer.send gives its key, in order within its partition; the partition cache
+    answers as the partitioner does."""
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer
+
+    u = uuid.uuid4().hex[:8]
+    many, single = f"many-{u}", f"single-{u}"
+    await kafka.ensure_topics(broker, {many: 3, single: 3})
+    records = [(f"SYM{i % 40}".encode(), f"value-{i}".encode()) for i in range(300)]  # 40 keys, repeated
+    producer = kafka.make_producer(broker)
+    await producer.start()
+    try:
+        sends = await kafka.send_many(producer, many, records)
+        assert all(fut is not None for fut, _ in sends)
+        assert sorted(i for _, idx in sends for i in idx) == list(range(300))
+        await asyncio.gather(*(fut for fut, _ in sends))
+        await kafka.send_many(producer, many, [])  # nothing to send: nothing sent
+        for key, value in records[:40]:
+            await (await producer.send(single, key=key, value=value))
+    finally:
+        await producer.stop()
+    got = {}
+    for topic, n in ((many, 300), (single, 40)):
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            seen = []
+            async with asyncio.timeout(30):
+                while len(seen) < n:
+                    for tp, msgs in (await consumer.getmany(timeout_ms=200)).items():
+                        seen.extend((tp.partition, m.offset, m.key, m.value) for m in msgs)
+        finally:
+            await consumer.stop()
+        got[topic] = seen
+    assert sorted(v for _, _, _, v in got[many]) == sorted(v for _, v in records)
+    where = {k: p for p, _, k, _ in got[single]}
+    assert len(where) == 40 and len(set(where.values())) > 1
+    for p, _, k, _ in got[many]:
+        assert where[k] == p
+    by_partition = {}
+    for p, offset, _, v in sorted(got[many]):
+        by_partition.setdefault(p, []).append(int(v.split(b"-")[1]))
+    assert all(seq == sorted(seq) for seq in by_partition.values())  # sent order kept per partition

@@ -305,3 +305,94 @@ async def test_low_cohort_that_piled_up_waits_for_the_one_being_answered_and_the
     await asyncio.gather(*second)
     await b.close()
     assert seen == [["a0", "a1"], ["b0", "b1", "a0'", "a1'"]]
+
+
+async def test_stream_batch_keeps_gathering_while_the_feeder_has_more():
+    """A burst read in chunks: while the feeder says more is coming, the batch is not cut at
+    max_wait but at max_batch (or when the feeder has nothing left)."""
+    rec = Recorder()
+    b = MicroBatcher(doubling, rec, max_batch=8, max_wait_s=0.01, stream_max_gather_s=5.0)
+    b.start()
+    b.feeding(True)
+    for chunk in range(3):  # 3 + 3 + 3 items, each chunk well after max_wait
+        for i in range(3):
+            b.submit(3 * chunk + i)
+        await asyncio.sleep(0.05)
+    b.feeding(False)
+    assert await b.drain(timeout=5)
+    await b.close()
+    assert [len(x.items) for x in rec.batches] == [8, 1]
+    assert [r for x in rec.batches for r in x.results] == [2 * i for i in range(9)]
+
+
+async def test_stream_batch_is_cut_when_the_feeder_runs_dry_or_at_the_hard_cap():
+    rec = Recorder()
+    b = MicroBatcher(doubling, rec, max_batch=64, max_wait_s=0.01, stream_max_gather_s=0.3)
+    b.start()
+    b.feeding(True)
+    b.submit(1)
+    await asyncio.sleep(0.1)
+    assert rec.batches == []  # past max_wait, still gathering
+    b.feeding(False)
+    await asyncio.sleep(0.05)
+    assert [x.items for x in rec.batches] == [[1]]  # cut as soon as nothing more is coming
+    t0 = time.time()
+    b.feeding(True)  # the feeder says more, but nothing comes: the hard cap cuts it
+    b.submit(2)
+    assert await b.drain(timeout=5)
+    await b.close()
+    assert [x.items for x in rec.batches] == [[1], [2]]
+    assert 0.25 <= rec.batches[1].started - t0 < 2.0
+
+
+async def test_next_batch_computes_while_the_previous_one_is_handled_and_handling_keeps_order():
+    """handle() of batch k runs while batch k+1 computes; handlers still finish in batch order,
+    and pending/drain count an item until its handler is done."""
+    started = []
+    release = asyncio.Event()
+
+    def compute(items):
+        started.append(list(items))
+        return doubling(items)
+
+    handled = []
+
+    async def handle(batch):
+        if batch.items[0] == 0:
+            await release.wait()  # the first batch's forecasts take long to go out
+        handled.append(batch.items)
+
+    b = MicroBatcher(compute, handle, max_batch=2, max_wait_s=0.01)
+    b.start()
+    for i in range(4):
+        b.submit(i)
+    async with asyncio.timeout(5):
+        while len(started) < 2:
+            await asyncio.sleep(0.005)
+    assert started == [[0, 1], [2, 3]] and handled == []  # the second computed before the first was handled
+    await asyncio.sleep(0.05)
+    assert handled == [] and b.pending == 4 and not await b.drain(timeout=0.05)  # the second waits its turn
+    release.set()
+    assert await b.drain(timeout=5)
+    assert handled == [[0, 1], [2, 3]] and b.pending == 0
+    await b.close()
+
+
+async def test_close_cancels_handlers_of_batches_not_handled_yet():
+    never = asyncio.Event()
+    handled = []
+
+    async def handle(batch):
+        await never.wait()
+        handled.append(batch.items)
+
+    b = MicroBatcher(doubling, handle, max_batch=1, max_wait_s=0.001)
+    b.start()
+    for i in range(3):
+        b.submit(i)
+    async with asyncio.timeout(5):
+        while b.queued:
+            await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)  # all three computed; their handlers wait
+    await asyncio.wait_for(b.close(), 5)
+    assert handled == []

@@ -62,13 +62,16 @@ class Ingest:
 
 class Recorder:
     def __init__(self):
-        self.submitted, self.dead, self.ridden = [], [], []
+        self.submitted, self.dead, self.ridden, self.feeds = [], [], [], []
         self.pending = self.queued = 0
         self.lost = False
 
     # batcher
     def submit(self, item):
         self.submitted.append(item[1])
+
+    def feeding(self, more):
+        self.feeds.append(more)
 
     # publisher
     async def dead_letter(self, topic, item: DeadLetter):
@@ -109,7 +112,7 @@ def make(fetches, ingest, errors=()):
                             publisher=rec, committer=None, scoring=None, health=RecordingHealth(), metrics=metrics)
     states = {TP: PartitionState(TP)}
     stop = asyncio.Event()
-    settings = SimpleNamespace(max_queue=100, dlq_topic="bars.dlq")
+    settings = SimpleNamespace(max_queue=100, dlq_topic="bars.dlq", max_batch=64)
     return FetchLoop(parts, states, settings, stop.is_set), rec, states, stop
 
 
@@ -220,3 +223,13 @@ async def test_messages_of_a_partition_revoked_mid_fetch_are_left_to_the_next_ow
 
 def test_the_pause_between_reply_retries_grows_and_is_capped():
     assert [REAL_DELAY(n) for n in (1, 2, 3, 4, 7, 8, 50)] == [0.1, 0.2, 0.4, 0.8, 5.0, 5.0, 5.0]
+
+
+async def test_the_batcher_hears_whether_more_of_a_burst_is_on_its_way():
+    """Fetches the consumer already holds follow one another without a "nothing more" in
+    between (the batcher keeps gathering); once it runs dry the batcher is told, before the
+    loop waits on the broker."""
+    loop, rec, states, stop = make([[msg(0), msg(1)], [msg(2)]], Ingest())
+    await run_until(loop, stop, lambda: loop.bars == 3 and False in rec.feeds)
+    assert rec.feeds[:3] == [True, True, False]
+    assert loop.max_records == 500  # at least a full batch (max_batch 64 here) per fetch

@@ -141,3 +141,114 @@ async def test_a_send_that_gates_no_commit_takes_no_partition_state():
     await pub.send("fc.shadow", b"k", b"v", None, None, 0, on_ack=lambda: acks.append(1))
     await until(lambda: acks)
     assert acks == [1] and len(producer.sent) == 3
+
+
+# ------------------------------------------------- a batch's forecasts as record batches (issue 25)
+import datetime as _dt  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from worker.contracts import events  # noqa: E402
+from worker.pipeline.batcher import Batch  # noqa: E402
+from worker.config import ModelRef  # noqa: E402
+from worker.pipeline.ingest import Ready  # noqa: E402
+from worker.pipeline.publish import ForecastDoc  # noqa: E402
+
+_DOC_SETTINGS = SimpleNamespace(interval_td=_dt.timedelta(minutes=5), worker_id="w1", temperature=1.0, top_k=0,
+                                top_p=0.9, sample_count=1, lookback=4, pred_len=2)
+
+
+class BatchingProducer(ScriptedProducer):
+    """Takes record batches as aiokafka's producer does (create_batch, send_batch, the
+    partitioner): two partitions, at most `capacity` records a batch; the batches numbered in
+    `failing` fail (their records are then sent one by one through send())."""
+
+    def __init__(self, capacity=3, failing=()):
+        super().__init__(failures=0)
+        self.capacity, self.failing, self.batches = capacity, set(failing), []
+        self._partitioner = None  # not aiokafka's default one: no partition cache
+
+    async def partitions_for(self, topic):
+        return {0, 1}
+
+    def _partition(self, topic, partition, key, value, serialized_key, serialized_value):
+        return key[-1] % 2
+
+    def create_batch(self):
+        capacity, records = self.capacity, []
+
+        class Builder:
+            def append(self, *, key, value, timestamp):
+                if len(records) >= capacity:
+                    return None
+                records.append((key, value))
+                return True
+        b = Builder()
+        b.records = records
+        return b
+
+    async def send_batch(self, batch, topic, *, partition):
+        self.batches.append((topic, partition, list(batch.records)))
+        fut = asyncio.get_running_loop().create_future()
+        if len(self.batches) in self.failing:
+            fut.set_exception(RuntimeError("broker said no"))
+        else:
+            fut.set_result(None)
+        return fut
+
+
+def _forecast_batch(n):
+    st = PartitionState(type("TP", (), {"topic": "bars", "partition": 0})())
+    t = _dt.datetime(2024, 1, 2, 9, 35)
+    items = []
+    for i in range(n):
+        bar = events.Bar(f"S{i}", t.isoformat(), t, 10.0, 10.5, 9.5, 10.0, 100.0, None)
+        items.append(Ready(bar, st, i, bar.symbol.encode(), b"{}", kafka_ts=1000.0, received=1000.25,
+                           values=np.full((4, 6), 10.0), times=np.array([t] * 4, dtype="datetime64[s]"),
+                           horizon=[t + _dt.timedelta(minutes=5 * k) for k in (1, 2)]))
+        st.offsets.add(i)
+    fc = SimpleNamespace(mean=np.full((2, 6), 10.1), quantiles={}, paths=None)
+    ref = ModelRef("loc", "m", "v1")
+    return st, Batch(items, [1000.5] * n, 1000.6, 1000.9, [(fc, ref)] * n)
+
+
+def _comparable(value: bytes) -> dict:
+    doc = events.loads(value)
+    doc.pop("produced_at")
+    doc["latency_ms"].pop("total")  # both run up to the moment each was built
+    return doc
+
+
+async def test_a_batch_of_forecasts_goes_out_as_record_batches_and_every_ack_counts():
+    producer = BatchingProducer(capacity=3)
+    pub = Publisher(producer, metrics=WorkerMetrics(), forecast_doc=ForecastDoc(_DOC_SETTINGS))
+    st, batch = _forecast_batch(8)
+    await pub.forecasts_of("fc", batch)
+    await until(lambda: st.offsets.outstanding() == 0)
+    assert producer.sent == []  # nothing one by one
+    assert [(p, len(r)) for _, p, r in producer.batches] == [(0, 3), (0, 1), (1, 3), (1, 1)]
+    keys = [k for _, p, r in producer.batches for k, _ in r]
+    assert sorted(keys) == sorted(f"S{i}".encode() for i in range(8))
+    assert all(int(k[1:]) % 2 == p for _, p, r in producer.batches for k, _ in r)  # the partitioner's choice
+    assert pub.forecasts == 8 and pub.metrics.forecasts._value.get() == 8
+    # The same documents as the one-record-at-a-time path builds.
+    single = ScriptedProducer(failures=0)
+    one = Publisher(single, metrics=WorkerMetrics(), forecast_doc=ForecastDoc(_DOC_SETTINGS))
+    st1, batch1 = _forecast_batch(8)
+    await one.forecasts_of("fc", batch1)
+    await until(lambda: st1.offsets.outstanding() == 0)
+    by_key = {k: _comparable(v) for _, _, r in producer.batches for k, v in r}
+    assert by_key == {k: _comparable(v) for _, k, v, _ in single.sent}
+
+
+async def test_a_failed_record_batch_sends_its_forecasts_again_one_by_one():
+    producer = BatchingProducer(capacity=3, failing={1})
+    pub = publisher(producer)
+    pub.forecast_doc = ForecastDoc(_DOC_SETTINGS)
+    st, batch = _forecast_batch(6)
+    await pub.forecasts_of("fc", batch)
+    await until(lambda: st.offsets.outstanding() == 0)
+    failed = [k for k, _ in producer.batches[0][2]]
+    assert sorted(k for _, k, _, _ in producer.sent) == sorted(failed)  # those, and only those, again
+    assert pub.forecasts == 6

@@ -270,3 +270,37 @@ async def test_upsert_ahead_then_apply_equals_one_by_one(client, redis_prefix):
         fresh = await ahead.window(bar.symbol, refresh=True)  # the local copy is what Redis holds
         assert np.array_equal(fresh.values, a.values, equal_nan=True)
     assert await ahead.upsert_ahead([]) == []
+
+
+async def test_upsert_ahead_loads_the_script_when_redis_lost_it(private_redis):
+    """The pipelined EVALSHAs carry the script with the pipeline: after SCRIPT FLUSH (a Redis
+    restart) the next burst still upserts, with the same replies as one by one."""
+    client = aioredis.from_url(private_redis)
+    try:
+        store = WindowStore(client, "kt", lookback=4)
+        burst = [(mk(0, symbol=f"S{k}"), k) for k in range(5)]
+        for (bar, offset), reply in zip(burst, await store.upsert_ahead(burst)):
+            assert (await store.apply(bar, offset, reply)).status.value == "appended"
+        await client.script_flush()
+        burst = [(mk(1, symbol=f"S{k}"), 10 + k) for k in range(5)]
+        for (bar, offset), reply in zip(burst, await store.upsert_ahead(burst)):
+            r = await store.apply(bar, offset, reply)
+            assert r.status.value == "appended" and r.length == 2 and not r.lost
+    finally:
+        await client.aclose()
+
+
+def test_epoch_seconds_from_the_fields_equals_datetime_arithmetic():
+    import random
+
+    from worker.pipeline.windows import epoch_seconds
+
+    rng = random.Random(7)
+    epoch = dt.datetime(1970, 1, 1)
+    zones = [None, dt.timezone.utc, dt.timezone(dt.timedelta(hours=8)), dt.timezone(dt.timedelta(hours=-5))]
+    for _ in range(20000):
+        t = dt.datetime(1, 1, 1) + dt.timedelta(seconds=rng.randrange(0, 315537897599),
+                                                microseconds=rng.choice([0, rng.randrange(10**6)]))
+        t = t.replace(tzinfo=rng.choice(zones))
+        # The straightforward form: wall time as if UTC, floored to whole seconds.
+        assert epoch_seconds(t) == (t.replace(tzinfo=None) - epoch) // dt.timedelta(seconds=1), t
