@@ -94,11 +94,16 @@ class FetchLoop:
     async def _parse(self, items) -> dict:
         """Check first-seen partitions, then parse (and pipeline the upserts of) `items`:
         checked before the pipelined upserts can write to their windows."""
-        batch: dict = {}
         for tp, st, msg in items:
-            batch.setdefault(tp, []).append(msg)
             if st is not None and st.owned and not st.checked:
                 await self.p.recovery.check(st, msg.offset)
+        # Only partitions still owned once the checks are done: the pipelined upserts write to
+        # Redis, and a revoked partition's windows are the next owner's (its messages are
+        # skipped unparsed by run()).
+        batch: dict = {}
+        for tp, st, msg in items:
+            if st is not None and st.owned and self.states.get(tp) is st:
+                batch.setdefault(tp, []).append(msg)
         return await self.p.ingest.parse_fetch(batch)
 
     async def _handle(self, st: PartitionState, msg, parsed) -> None:

@@ -48,13 +48,17 @@ class Ownership(ConsumerRebalanceListener):
         assigned = list(assigned)
         try:
             committed = await kafka.fetch_committed(self.consumer, assigned)
-        except Exception:
-            log.exception("reading committed offsets")
-            committed = {}
+            unknown = False
+        except Exception as err:  # noqa: BLE001 - e.g. the broker froze mid-rebalance
+            log.warning("reading committed offsets failed (%r): a rebuild, if needed, starts at offset 0", err)
+            committed, unknown = {}, True
         for tp in assigned:
             offset, meta = committed.get(tp, (None, None))
+            # Not knowing what the group committed is not "nothing committed": the consumer
+            # may still start past bars whose windows Redis lost, so a rebuild reads from 0.
+            floor = 0 if unknown else inherited_floor(offset, meta)
             self.states[tp] = PartitionState(
-                tp, floor=inherited_floor(offset, meta),
+                tp, floor=floor,
                 committed=offset if offset is not None and offset >= 0 else None,
                 runahead=RunAhead(RUNAHEAD_LIMIT))
         log.info("assigned %s", sorted(tp.partition for tp in self.states))

@@ -52,6 +52,8 @@ class Recovery:
         if not await self.redis.exists(self._marker(state)) and first_offset > 0 and state.floor is not None:
             log.warning("Redis has no windows for %s: rebuilding from offset %d", state.tp, state.floor)
             await self.rebuild(state, first_offset)
+        if not state.owned:  # revoked meanwhile: the next owner checks (and marks) for itself
+            return
         await self.redis.set(self._marker(state), self.worker_id)
         state.checked = True
 
@@ -66,7 +68,9 @@ class Recovery:
         self.lost = False
         try:
             for st in sorted(states, key=lambda s: (s.tp.topic, s.tp.partition)):
-                if st.processed is not None:
+                # A partition revoked meanwhile is another worker's now: deleting and refilling
+                # its windows would undo what that worker stored since.
+                if st.processed is not None and st.owned:
                     await self.rebuild(st, st.processed)
                     await self.redis.set(self._marker(st), self.worker_id)
         except BaseException:
@@ -114,6 +118,9 @@ class Recovery:
         await self.store.delete(symbols)  # start clean so bars land in their original order
         n = 0
         async for msg in self.read(state.tp, start, end):
+            if not state.owned:  # revoked mid-rebuild: stop writing into the next owner's windows
+                log.info("rebuild of %s stopped at offset %d: the partition was revoked", state.tp, msg.offset)
+                return
             bar = self.parse(msg)
             if not isinstance(bar, events.Bar):
                 continue
