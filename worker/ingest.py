@@ -190,6 +190,9 @@ class Ingest:
         newest = len(window) and window.times[-1] == t
         if not newest or len(window) < self.min_history:
             self.metrics.events.labels(outcome="buffered" if newest else status.value).inc()
+            if not newest:  # never silent: a late bar (newer ones came from earlier offsets)
+                log.info("not forecast: %s %s (offset %d) is older than the newest bar of its window (a late bar)",
+                         bar.symbol, bar.ts, msg.offset)
             return None
         self.metrics.events.labels(outcome=status.value).inc()
         if not state.owned:  # revoked while we awaited Redis: the next owner forecasts it
