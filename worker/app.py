@@ -25,9 +25,10 @@ import asyncio
 import logging
 import time
 
-from worker import assembly
+from worker import assembly, kafka
 from worker.config import ModelRef, Settings, resolve_model
 from worker.fetch import FetchLoop
+from worker.freeze import FreezeWatch
 from worker.health import Health
 from worker.hotswap import follow_registry
 from worker.inference import Inference, build_engine
@@ -136,13 +137,15 @@ class Worker:
                             "meaningless; every message says so (random_weights: true)",
                             self.model_ref.name, self.model_ref.version)
             p = self.parts
+            watch = FreezeWatch(s.session_timeout_ms / 1000, self._stood_still)
             self._tasks = [asyncio.create_task(self._tick_loop(), name="tick"),
-                           asyncio.create_task(self.health.probe_broker(p.consumer), name="broker-probe")]
+                           asyncio.create_task(self.health.probe_broker(p.consumer), name="broker-probe"),
+                           asyncio.create_task(watch.run(), name="freeze-watch")]
             if p.shadows is not None:
                 self._tasks.append(asyncio.create_task(p.shadows.run(), name="shadows"))
             self._tasks.append(asyncio.create_task(  # --model NAME@latest only
                 follow_registry(s, self.inference, p.batcher, self.metrics, self._reload), name="models"))
-            self.fetch = FetchLoop(p, self.partitions, s, lambda: self.stopping)
+            self.fetch = FetchLoop(p, self.partitions, s, lambda: self.stopping, woke=watch.poll)
             fetch = asyncio.create_task(self.fetch.run(), name="fetch")
             stop_wait = asyncio.create_task(self._stop.wait())
             await asyncio.wait([fetch, stop_wait], return_when=asyncio.FIRST_COMPLETED)
@@ -202,6 +205,15 @@ class Worker:
         log.info("worker %s stopped (%s): %s", self.s.worker_id, "clean" if clean else "drain timed out",
                  self.stats)
         return clean
+
+    def _stood_still(self, seconds: float) -> None:
+        """The worker did not run for longer than its session timeout (worker/freeze.py): drop
+        every partition, committing nothing, and ask the group for a new assignment at once."""
+        p = self.parts
+        dropped = p.ownership.drop_all()
+        log.warning("this worker stood still for %.1fs, longer than its session timeout (frozen or starved): "
+                    "dropped partitions %s without committing and rejoining the group", seconds, dropped)
+        kafka.rejoin(p.consumer)
 
     # ------------------------------------------------------------------ housekeeping
     async def _tick_loop(self) -> None:

@@ -31,11 +31,15 @@ log = logging.getLogger("kronos_rt.worker")
 
 
 class FetchLoop:
-    def __init__(self, parts, states: dict, settings, stopping: Callable[[], bool]):
+    def __init__(self, parts, states: dict, settings, stopping: Callable[[], bool],
+                 woke: Callable[[], bool] = lambda: False):
         self.p = parts        # worker.assembly.Parts
         self.states = states  # TopicPartition -> PartitionState, owned ones (worker/ownership.py)
         self.s = settings
         self.stopping = stopping
+        # True once after the worker stood still past its session (worker/freeze.py): every
+        # partition was dropped, so what is left of the fetch is another owner's.
+        self.woke = woke
         self.bars = 0         # messages handled
 
     def owned(self) -> list[PartitionState]:
@@ -57,12 +61,15 @@ class FetchLoop:
                     p.health.fetch_stalled(False)
                     todo.extend((tp, self.states.get(tp), msg) for tp, msgs in batch.items() for msg in msgs)
                     parsed = careful = None
-                if parsed is None and todo:
+                if parsed is None and todo and not self.woke():
                     blame = todo[0]
                     # Careful: a failure is then the head message's own, and one bad message does
                     # not re-run the pipelined upserts of the whole fetch at every retry.
                     parsed = await self._parse([todo[0]] if careful else todo)
                 while todo and not self.stopping():
+                    if self.woke():
+                        todo.clear()
+                        break
                     tp, st, msg = blame = todo[0]
                     if st is None or self.states.get(tp) is not st:
                         todo.popleft()  # revoked meanwhile: the next owner reads it from the committed offset

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 # -- aiokafka internals, in one place --------------------------------------------------------
-# The worker needs three things aiokafka has no public API for. Each is used only here, and
+# The worker needs four things aiokafka has no public API for. Each is used only here, and
 # tests/worker/test_kafka.py fails if the pinned aiokafka changes them.
 
 # A commit during a rebalance can fail with an AssertionError from inside aiokafka's
@@ -49,6 +49,12 @@ async def answers(consumer: AIOKafkaConsumer, timeout_s: float = 3.0) -> bool:
         return True
     except (KafkaError, asyncio.TimeoutError, OSError):
         return False
+
+
+def rejoin(consumer: AIOKafkaConsumer) -> None:
+    """Ask the group coordinator for a new assignment now (revoke, join, sync), as aiokafka
+    does itself when a heartbeat says the group is rebalancing."""
+    consumer._coordinator.request_rejoin()
 
 
 def producer_closed(producer: AIOKafkaProducer) -> bool:

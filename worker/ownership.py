@@ -65,6 +65,21 @@ class Ownership(ConsumerRebalanceListener):
         if self.states:
             self.on_owned()
 
+    def drop_all(self) -> list:
+        """Forget every partition at once, committing nothing: this worker stood still past its
+        session (worker/freeze.py) and the group has most likely given them to others, whose
+        windows it must not write to. The group's next assignment brings back what is ours."""
+        states = list(self.states.values())
+        self.states.clear()
+        for st in states:
+            st.owned = False  # the fetch loop, rebuilds and late ingest stop writing for it
+            self.store.forget(st.oldest.keys())
+            try:
+                self.metrics.consumer_lag.remove(st.tp.topic, str(st.tp.partition))
+            except KeyError:
+                pass
+        return sorted(st.tp.partition for st in states)
+
     async def on_partitions_revoked(self, revoked) -> None:
         states = [self.states.pop(tp) for tp in revoked if tp in self.states]
         if not states:

@@ -219,3 +219,28 @@ async def test_messages_of_a_partition_revoked_mid_fetch_are_left_to_the_next_ow
 
 def test_the_pause_between_reply_retries_grows_and_is_capped():
     assert [REAL_DELAY(n) for n in (1, 2, 3, 4, 7, 8, 50)] == [0.1, 0.2, 0.4, 0.8, 5.0, 5.0, 5.0]
+
+
+async def test_a_worker_that_stood_still_handles_nothing_more_of_its_fetch():
+    """worker/freeze.py: on waking, every partition is dropped (here: the watch's callback) before
+    the next message is handled; the rest of the fetch is the next owner's."""
+    ingest = Ingest()
+    loop, rec, states, stop = make([[msg(i) for i in range(6)]], ingest)
+    handled = []
+
+    async def handle(st, m, parsed):
+        handled.append(m.offset)
+        return await Ingest.handle(ingest, st, m, parsed)
+
+    ingest.handle = handle
+
+    def woke():
+        if len(handled) == 3 and states:  # frozen after the third message
+            states.clear()
+            return True
+        return False
+
+    loop.woke = woke
+    await run_until(loop, stop, lambda: not states)
+    await asyncio.sleep(0.05)
+    assert handled == [0, 1, 2] and rec.submitted == [0, 1, 2]

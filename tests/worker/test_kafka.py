@@ -74,3 +74,9 @@ async def test_reading_a_missing_topic_is_an_error_and_does_not_create_it(broker
         assert name not in await admin.list_topics()
     finally:
         await admin.close()
+
+
+def test_a_rejoin_is_requested_from_the_coordinator():
+    assert list(inspect.signature(GroupCoordinator.request_rejoin).parameters) == ["self"]
+    assert not inspect.iscoroutinefunction(GroupCoordinator.request_rejoin)
+    assert "_coordinator.request_rejoin()" in inspect.getsource(kafka.rejoin)
