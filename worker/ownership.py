@@ -2,8 +2,9 @@
 
 On assignment a partition starts from what the group committed: the offset, and in the
 commit metadata the position a rebuild of its windows must start from (worker/commit.py).
-On revocation its in-flight copies get until the drain timeout to be acknowledged, what they
-allow is committed, and the object is dropped: late work for it sees `owned` false.
+On revocation its in-flight copies get until the revocation drain (worker/kafka.py
+REVOKE_DRAIN_S, at most --drain-timeout-s) to be acknowledged, what they allow is committed,
+and the object is dropped: late work for it sees `owned` false.
 """
 from __future__ import annotations
 
