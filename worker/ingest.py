@@ -191,7 +191,8 @@ class Ingest:
         if not newest or len(window) < self.min_history:
             self.metrics.events.labels(outcome="buffered" if newest else status.value).inc()
             if not newest:  # never silent: a late bar (newer ones came from earlier offsets)
-                log.info("not forecast: %s %s (offset %d) is older than the newest bar of its window (a late bar)",
+                log.info("not forecast: %s %s (offset %d) is older than the newest bar of its window (a late bar or a "
+                         "correction of an older one)",
                          bar.symbol, bar.ts, msg.offset)
             return None
         self.metrics.events.labels(outcome=status.value).inc()
