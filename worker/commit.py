@@ -83,5 +83,6 @@ class Committer:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
+    """The error's class and the first line of its message (aiokafka's run over several)."""
+    text = str(err.args[0] if err.args else "").strip().splitlines()
     return type(err).__name__ + (f": {text[0].strip()}" if text else "")

@@ -127,8 +127,13 @@ class FetchLoop:
             poison.log_internal("handling", st.tp.topic, st.tp.partition, msg.offset, exc)
             st.handled(msg.offset)
             out = DeadLetter(st, msg.offset, msg.key, msg.value, poison.INTERNAL_ERROR, poison.describe(exc))
-        if parsed.scores and p.scoring is not None:  # this bar realized stored forecasts' steps
-            await p.scoring.publish(st, msg.offset, parsed.scores)
+        if not st.owned and not isinstance(out, DeadLetter):
+            # Revoked while it was handled (no forecast was made for it): recording it now (or
+            # its scores' copies) could move the revocation's commit, still waiting for copies
+            # in flight, past a bar nobody forecast. The next owner reads it again.
+            return
+        # The bar's own work is recorded before anything else of it is sent, so no commit can
+        # pass it while its scores go out.
         if out is None:
             st.offsets.seen(msg.offset)
         elif isinstance(out, DeadLetter):
@@ -138,6 +143,8 @@ class FetchLoop:
             st.offsets.add(msg.offset)
             p.batcher.submit(out)
             p.metrics.queue_depth.set(p.batcher.queued)
+        if parsed.scores and p.scoring is not None:  # this bar realized stored forecasts' steps
+            await p.scoring.publish(st, msg.offset, parsed.scores)
 
     async def _reply_error(self, err: BaseException, todo: collections.deque, blame, failures: int) -> int:
         """Redis or the broker answered with an error: retry after a growing pause, or, after

@@ -12,6 +12,7 @@ again, and note whether it came back empty (`lost`: rebuild before the next bar)
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import AsyncIterator, Callable
@@ -117,16 +118,17 @@ class Recovery:
         symbols = set(state.oldest)
         await self.store.delete(symbols)  # start clean so bars land in their original order
         n = 0
-        async for msg in self.read(state.tp, start, end):
-            if not state.owned:  # revoked mid-rebuild: stop writing into the next owner's windows
-                log.info("rebuild of %s stopped at offset %d: the partition was revoked", state.tp, msg.offset)
-                return
-            bar = self.parse(msg)
-            if not isinstance(bar, events.Bar):
-                continue
-            await self.store.upsert(bar, msg.offset)
-            symbols.add(bar.symbol)
-            n += 1
+        async with contextlib.aclosing(self.read(state.tp, start, end)) as messages:
+            async for msg in messages:
+                if not state.owned:  # revoked mid-rebuild: stop writing into the next owner's windows
+                    log.info("rebuild of %s stopped at offset %d: the partition was revoked", state.tp, msg.offset)
+                    return
+                bar = self.parse(msg)
+                if not isinstance(bar, events.Bar):
+                    continue
+                await self.store.upsert(bar, msg.offset)
+                symbols.add(bar.symbol)
+                n += 1
         for sym in symbols:
             state.note_window(sym, await self.store.window(sym))
         self.metrics.window_rebuilds.inc()

@@ -174,6 +174,7 @@ class Findings:
     exact: int = 0                    # forecasts bit-equal to the fault-free computation
     gaps: list = field(default_factory=list)           # (fault, longest output gap s) per fault
     log_errors: dict = field(default_factory=dict)     # worker log -> ERROR lines
+    timeline: list = field(default_factory=list)       # the workers' state changes, merged (the last 60)
     tracebacks: dict = field(default_factory=dict)     # worker log -> tracebacks
 
     @property
@@ -323,6 +324,21 @@ def output_gaps(forecast_msgs, faults: list[Fault], t0: float, window_s: float =
     return out
 
 
+TIMELINE = re.compile(r"assigned \[|revoked \[|rebuil|Redis |broker|stood still|stopped|commits refused|"
+                      r"not forecast|Traceback|ERROR")
+
+
+def timeline(paths, last: int = 60) -> list[str]:
+    """The worker logs' state changes, all workers merged in time order (the last `last`)."""
+    lines = []
+    for p in paths:
+        name = Path(p).stem
+        for line in Path(p).read_text(errors="replace").splitlines():
+            if line[:4].isdigit() and TIMELINE.search(line):
+                lines.append(f"{line[11:23]} {name}: {line[24:220]}")
+    return sorted(lines)[-last:]
+
+
 def log_counts(paths) -> tuple[dict, dict]:
     """ERROR lines and tracebacks in each worker log."""
     errors, tracebacks = {}, {}
@@ -462,6 +478,11 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
     _say(out, f"workers stopped (exit codes {codes})")
     for line in findings.lines():
         _say(out, line)
+    logs = [p for s in slots for p in s.logs]
+    findings.timeline = timeline(logs)
+    (log_dir / "findings.txt").write_text("\n".join(
+        [f"seed {cfg.seed}"] + [f.describe() for f in faults] + findings.lines() + ["", "timeline:"]
+        + findings.timeline) + "\n")
     return faults, findings
 
 

@@ -36,7 +36,8 @@ def test_a_schedule_is_the_seeds_alone():
 @pytest.mark.parametrize("seed", SEEDS)
 async def test_a_seeded_fault_schedule_loses_no_forecast(seed, tmp_path):
     faults, found = await run_drill(short(seed, tmp_path), out=None)
-    report = "\n".join([f.describe() for f in faults] + found.lines() + [f"logs: {tmp_path}"])
+    report = "\n".join([f.describe() for f in faults] + found.lines() + [f"logs: {tmp_path}", "timeline:"]
+                       + found.timeline)
     assert found.eligible == 6 * (80 - 31), report
     assert found.lost == [], report
     assert found.not_identical == [], report
