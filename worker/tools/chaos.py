@@ -363,6 +363,7 @@ class DrillConfig:
     speed: float = 2400.0
     faults: int = 10
     spacing_s: float = 3.5
+    start_s: float = 2.0            # the first fault, seconds after the replay started
     kinds: tuple = KINDS
     session_timeout_ms: int = 3000
     lookback: int = 64
@@ -400,7 +401,7 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
 
     kinds = tuple(k for k in cfg.kinds if (k != "broker" or cfg.brokers is None) and (k != "redis" or cfg.redis is None))
     faults = draw_schedule(cfg.seed, cfg.faults, spacing_s=cfg.spacing_s, workers=cfg.workers, kinds=kinds,
-                           freeze_s=cfg.session_timeout_ms / 1000 + 1.5)
+                           start_s=cfg.start_s, freeze_s=cfg.session_timeout_ms / 1000 + 1.5)
     _say(out, f"chaos seed {cfg.seed}: {cfg.workers} workers, {cfg.partitions} partitions, {cfg.symbols} symbols x "
               f"{cfg.bars} bars at {cfg.speed:g}x; {len(faults)} faults:")
     for fault in faults:
@@ -553,6 +554,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=1, help="drills to run, seeds SEED, SEED+1, ...")
     parser.add_argument("--faults", type=int, default=d.faults, help="faults per drill")
     parser.add_argument("--spacing-s", type=float, default=d.spacing_s, help="seconds between two faults")
+    parser.add_argument("--start-s", type=float, default=d.start_s,
+                        help="the first fault, seconds into the replay (forecasts start after --min-history bars)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"fault kinds to draw from ({','.join(KINDS)})")
     parser.add_argument("--workers", type=int, default=d.workers, help="worker processes in the group")
     parser.add_argument("--partitions", type=int, default=d.partitions, help="partitions of the bar topic")
@@ -583,7 +586,8 @@ def main(args: argparse.Namespace) -> int:
     failed = 0
     for run in range(args.runs):
         cfg = DrillConfig(seed=args.seed + run, workers=args.workers, partitions=args.partitions, symbols=args.symbols,
-                          bars=args.bars, speed=args.speed, faults=args.faults, spacing_s=args.spacing_s, kinds=kinds,
+                          bars=args.bars, speed=args.speed, faults=args.faults, spacing_s=args.spacing_s,
+                          start_s=args.start_s, kinds=kinds,
                           session_timeout_ms=args.session_timeout_ms, brokers=args.brokers, redis=args.redis,
                           worker_args=list(args.worker_arg),
                           log_dir=None if args.log_dir is None else str(Path(args.log_dir) / f"seed-{args.seed + run}"),
