@@ -189,3 +189,21 @@ async def test_a_send_that_gates_no_commit_takes_no_partition_state():
     await pub.send("fc.shadow", b"k", b"v", None, None, 0, on_ack=lambda: acks.append(1))
     await until(lambda: acks)
     assert acks == [1] and len(producer.sent) == 3
+
+
+async def test_publishing_trouble_is_said_once_and_its_end_too(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="worker.publish")
+    producer = ScriptedProducer(failures=12)  # three sends failing 4 times each, in turn
+    pub = publisher(producer)
+    st = PartitionState("p0")
+    acks = []
+    for offset in range(3):
+        st.offsets.add(offset)
+        await pub.send("fc", b"k", b"v", None, st, offset, on_ack=lambda: acks.append(1))
+    await until(lambda: len(acks) == 3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "publishing to fc fails (RuntimeError('broker said no')): retrying every send until the broker "
+        "acknowledges it",
+        "publishing works again (12 failed sends were retried)"]
