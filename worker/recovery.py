@@ -61,7 +61,7 @@ class Recovery:
     async def lost_any(self, states: list[PartitionState]) -> bool:
         """A flush while no bars arrive: noticed by a checked partition's missing marker."""
         for st in states:
-            if st.processed is not None and st.checked and not await self.redis.exists(self._marker(st)):
+            if st.checked and not await self.redis.exists(self._marker(st)):
                 return True
         return False
 
@@ -71,9 +71,15 @@ class Recovery:
             for st in sorted(states, key=lambda s: (s.tp.topic, s.tp.partition)):
                 # A partition revoked meanwhile is another worker's now: deleting and refilling
                 # its windows would undo what that worker stored since.
-                if st.processed is not None and st.owned:
-                    await self.rebuild(st, st.processed)
-                    await self.redis.set(self._marker(st), self.worker_id)
+                if not st.owned:
+                    continue
+                if st.processed is None:
+                    # Checked but no bar handled yet: the windows its previous owner left are
+                    # gone too. Checked again at its next bar, which rebuilds them up to there.
+                    st.checked = False
+                    continue
+                await self.rebuild(st, st.processed)
+                await self.redis.set(self._marker(st), self.worker_id)
         except BaseException:
             self.lost = True  # interrupted (Redis went away again): start over when it is back
             raise

@@ -168,3 +168,32 @@ async def test_rebuild_all_leaves_a_revoked_partition_to_its_next_owner(owners, 
     c_state.owned = False  # C learnt of the revocation (a flush noticed later must not touch D's windows)
     await c.recovery.rebuild_all([c_state])
     assert list((await d.store.window("AAA", refresh=True)).offsets)[-1] == 38
+
+
+async def test_a_partition_checked_but_not_yet_handled_is_rebuilt_after_redis_lost_it(owners, redis_prefix):
+    """Found by the chaos drill (seed 4): a new owner verified the windows of a partition (its
+    marker was there) but had handled none of its bars yet when Redis restarted empty. The
+    loss was noticed on another partition; the rebuild skipped this one (nothing handled), and
+    it was never checked again: its symbols' windows restarted from nothing, bars were
+    "buffered" (not forecast) and committed, later forecasts used short windows."""
+    want = {o: r for o, r in (await clean_run(owners, redis_prefix)).items() if r is not None}
+    c, d = owners("worker-c"), owners("worker-d")
+    c_state = PartitionState(TP, floor=0, committed=0)
+    await c.recovery.check(c_state, 0)
+    await c.handle(c_state, TOPIC[:30])  # C's windows, up to its commit at 30
+
+    d_state = PartitionState(TP, floor=0, committed=30)
+    await d.recovery.check(d_state, 30)  # the marker is there: nothing to rebuild
+    assert d.recovery.rebuilds == 0 and d_state.checked
+    await wipe(d, redis_prefix)  # Redis restarted before D handled a bar of it
+    assert await d.recovery.lost_any([d_state])
+    await d.recovery.rebuild_all([d_state])  # what noticing the loss on any partition does
+    assert not d_state.checked
+
+    # The fetch loop checks a partition not checked before its next bar: rebuilt up to it.
+    await d.recovery.check(d_state, 30)
+    assert d.recovery.rebuilds == 1
+    got = await d.handle(d_state, TOPIC[30:60])
+    assert sorted(o for o in range(30, 60) if o in want and not isinstance(got[o], Ready)) == []
+    for o in range(30, 60):
+        same_window(got[o], want[o])

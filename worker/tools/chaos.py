@@ -131,16 +131,20 @@ class WorkerSlot:
             self.old.append(self.proc)
         self.start()
 
+    def terminate(self) -> None:
+        """SIGTERM every process of the slot still running (SIGCONT first: a frozen one must hear it)."""
+        for p in self.old + [self.proc]:
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 30.0) -> list[int]:
-        """SIGTERM every process of the slot still running (SIGCONT first: a frozen one must
-        hear it), SIGKILL what does not end in time; their exit codes."""
+        """terminate(), then SIGKILL what does not end in time; the exit codes."""
+        self.terminate()
         codes = []
         for p in self.old + [self.proc]:
             if p is None:
                 continue
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.send_signal(signal.SIGTERM)
             try:
                 codes.append(p.wait(timeout))
             except subprocess.TimeoutExpired:
@@ -286,9 +290,12 @@ def _compare(f: Findings, by_bar: dict, owed: dict, series: dict, lookback: int,
         items.append(SimpleNamespace(values=np.array([v for _, v in s]), times=np.array([t for t, _ in s]),
                                      horizon=horizon))
         keys.append(key)
-    for start in range(0, len(items), 32):
-        chunk = items[start:start + 32]
-        for key, (fc, _) in zip(keys[start:start + 32], reference(chunk)):
+    # By window length: the engine makes one call per length in a batch, so few calls in all.
+    order = sorted(range(len(items)), key=lambda i: len(items[i].values))
+    items, keys = [items[i] for i in order], [keys[i] for i in order]
+    for start in range(0, len(items), 64):
+        chunk = items[start:start + 64]
+        for key, (fc, _) in zip(keys[start:start + 64], reference(chunk)):
             got = forecast_array(by_bar[key][0])
             want = np.asarray(fc.mean, dtype=np.float64)
             if fc.quantiles:  # per column, its values at each level (forecast_array's layout)
@@ -399,6 +406,7 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
     from worker.tools.replay import prepare, replay
     from worker.tools.services import EmbeddedBroker, RedisServer
 
+    began = time.monotonic()
     kinds = tuple(k for k in cfg.kinds if (k != "broker" or cfg.brokers is None) and (k != "redis" or cfg.redis is None))
     faults = draw_schedule(cfg.seed, cfg.faults, spacing_s=cfg.spacing_s, workers=cfg.workers, kinds=kinds,
                            start_s=cfg.start_s, freeze_s=cfg.session_timeout_ms / 1000 + 1.5)
@@ -436,7 +444,8 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
             s.start()
         await _wait(lambda: sorted(p for s in slots for p in s.partitions()) == list(range(cfg.partitions)),
                     120, "the workers to share the partitions", slots)
-        _say(out, "workers up: " + ", ".join(f"{s.worker_id} {s.partitions()}" for s in slots))
+        _say(out, f"[{time.monotonic() - began:.0f}s] workers up: "
+                  + ", ".join(f"{s.worker_id} {s.partitions()}" for s in slots))
 
         rows = prepare(TAPE, symbol="CHS", fanout=cfg.symbols, limit=cfg.bars)
         t0 = time.time()
@@ -450,7 +459,7 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
             holds.append(asyncio.create_task(_inject(fault, slots, broker, redis)))
         summary = await feed
         await asyncio.gather(*holds)
-        _say(out, f"replay done: {summary.bars} bars in {summary.seconds:.1f}s")
+        _say(out, f"[{time.monotonic() - began:.0f}s] replay done: {summary.bars} bars in {summary.seconds:.1f}s")
 
         # Wait for the owed forecasts (the reader is independent: no group, from the beginning).
         bar_msgs = [m async for m in read_topic(brokers, topics["bars"], timeout_s=60)]
@@ -465,18 +474,21 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
             if set(owed) <= got:
                 break
         await asyncio.sleep(1.0)  # stray copies still in flight
+        for s in slots:  # all at once: they drain side by side
+            s.terminate()
         codes = [c for s in slots for c in s.stop()]
         fc_msgs = [m async for m in read_topic(brokers, topics["forecasts"], timeout_s=60)]
         dlq_msgs = []
         with contextlib.suppress(RuntimeError):
             dlq_msgs = [m async for m in read_topic(brokers, topics["dlq"], timeout_s=60)]
 
+    _say(out, f"[{time.monotonic() - began:.0f}s] workers stopped, topics read; checking")
     reference = _reference(model_args) if cfg.reference else None
     findings = check(bar_msgs, fc_msgs, dlq_msgs, min_history=cfg.min_history, lookback=cfg.lookback,
                      reference=reference)
     findings.gaps = output_gaps(fc_msgs, faults, t0)
     findings.log_errors, findings.tracebacks = log_counts([p for s in slots for p in s.logs])
-    _say(out, f"workers stopped (exit codes {codes})")
+    _say(out, f"[{time.monotonic() - began:.0f}s] checked; worker exit codes {codes}")
     for line in findings.lines():
         _say(out, line)
     logs = [p for s in slots for p in s.logs]

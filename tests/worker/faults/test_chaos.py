@@ -1,4 +1,4 @@
-"""Short seeds of the chaos drill (worker/tools/chaos.py, `kronos-rt chaos`): three worker
+"""A short seed of the chaos drill (worker/tools/chaos.py, `kronos-rt chaos`): three worker
 processes in one group over a 6-partition bar topic, a private broker and Redis, and a fault
 schedule drawn from the seed (freezes past the session timeout, kill -9 and SIGTERM with a
 replacement started at once, Redis restarted empty, the broker frozen). An independent reader
@@ -12,17 +12,20 @@ from worker.tools.chaos import KINDS, DrillConfig, draw_schedule, run_drill
 
 pytestmark = pytest.mark.slow
 
-SEEDS = (1, 2)
+# One short drill in the normal suite (about 45 s on 2 busy cores); its five faults are one
+# shuffled round of the five kinds. More seeds: `kronos-rt chaos --runs N`.
+SEEDS = (1,)
+FAULTS = len(KINDS)
 
 
 def short(seed: int, log_dir) -> DrillConfig:
-    return DrillConfig(seed=seed, workers=3, partitions=6, symbols=6, bars=80, speed=2400, faults=4,
+    return DrillConfig(seed=seed, workers=3, partitions=6, symbols=6, bars=80, speed=2400, faults=FAULTS,
                        spacing_s=2.5, settle_s=60, log_dir=str(log_dir))
 
 
-def test_the_short_seeds_draw_every_fault_kind_between_them():
-    drawn = {f.kind for seed in SEEDS for f in draw_schedule(seed, 4, spacing_s=2.5, workers=3)}
-    assert drawn == set(KINDS)
+def test_a_short_drill_draws_every_fault_kind():
+    for seed in range(20):
+        assert {f.kind for f in draw_schedule(seed, FAULTS, spacing_s=2.5, workers=3)} == set(KINDS)
 
 
 def test_a_schedule_is_the_seeds_alone():
