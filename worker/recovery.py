@@ -78,8 +78,8 @@ class Recovery:
                     # gone too. Checked again at its next bar, which rebuilds them up to there.
                     st.checked = False
                     continue
-                await self.rebuild(st, st.processed)
-                await self.redis.set(self._marker(st), self.worker_id)
+                if await self.rebuild(st, st.processed):
+                    await self.redis.set(self._marker(st), self.worker_id)
         except BaseException:
             self.lost = True  # interrupted (Redis went away again): start over when it is back
             raise
@@ -115,11 +115,13 @@ class Recovery:
             log.warning("Redis is back after %.1fs: resuming", time.monotonic() - t0)
         flow.resume(paused)
 
-    async def rebuild(self, state: PartitionState, end: int) -> None:
-        """Re-upsert the partition's bars in [rebuild_from, end) into Redis, forecasting nothing."""
+    async def rebuild(self, state: PartitionState, end: int) -> bool:
+        """Re-upsert the partition's bars in [rebuild_from, end) into Redis, forecasting nothing.
+        False when the partition was revoked midway: its windows are then incomplete, and its
+        marker is removed so that whoever owns it next rebuilds them."""
         start = state.rebuild_from()
         if start is None or start >= end:
-            return
+            return True
         t0 = time.monotonic()
         symbols = set(state.oldest)
         await self.store.delete(symbols)  # start clean so bars land in their original order
@@ -128,7 +130,8 @@ class Recovery:
             async for msg in messages:
                 if not state.owned:  # revoked mid-rebuild: stop writing into the next owner's windows
                     log.info("rebuild of %s stopped at offset %d: the partition was revoked", state.tp, msg.offset)
-                    return
+                    await self.redis.delete(self._marker(state))
+                    return False
                 bar = self.parse(msg)
                 if not isinstance(bar, events.Bar):
                     continue
@@ -141,4 +144,5 @@ class Recovery:
         self.rebuilds += 1
         log.warning("rebuilt %d windows of %s from %d bars (offsets %d..%d) in %.2fs",
                     len(symbols), state.tp, n, start, end - 1, time.monotonic() - t0)
+        return True
 
