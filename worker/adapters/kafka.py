@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 # -- aiokafka internals, in one place --------------------------------------------------------
-# The worker needs four things aiokafka has no public API for. Each is used only here, and
+# The worker needs five things aiokafka has no public API for. Each is used only here, and
 # tests/worker/adapters/test_kafka.py fails if the pinned aiokafka changes them.
 
 # A commit during a rebalance can fail with an AssertionError from inside aiokafka's
@@ -52,6 +52,12 @@ async def answers(consumer: AIOKafkaConsumer, timeout_s: float = 3.0) -> bool:
         return True
     except (KafkaError, asyncio.TimeoutError, OSError):
         return False
+
+
+def rejoin(consumer: AIOKafkaConsumer) -> None:
+    """Ask the group coordinator for a new assignment now (revoke, join, sync), as aiokafka
+    does itself when a heartbeat says the group is rebalancing."""
+    consumer._coordinator.request_rejoin()
 
 
 def producer_closed(producer: AIOKafkaProducer) -> bool:
@@ -121,17 +127,32 @@ def make_consumer(brokers: str, *topics, security=None, **options) -> AIOKafkaCo
     return AIOKafkaConsumer(*topics, **client_kwargs(brokers, security), **options)
 
 
+# How long a revocation waits for the revoked partitions' copies in flight to be acknowledged
+# (never longer than --drain-timeout-s). The whole group waits for the slowest member to
+# rejoin, and a copy not acknowledged in time is only forecast again by the next owner (a
+# duplicate, never a loss), so a rebalance does not wait out a broker in trouble.
+REVOKE_DRAIN_S = 2.0
+
+
+def revoke_drain_s(settings) -> float:
+    return min(settings.drain_timeout_s, REVOKE_DRAIN_S)
+
+
 def group_consumer(settings) -> AIOKafkaConsumer:
     """The worker's consumer-group member, as its settings say (not started, not subscribed)."""
     s = settings
     return make_consumer(
         s.brokers, security=s.kafka_security, group_id=s.group, client_id=f"kronos-rt-{s.worker_id}",
         enable_auto_commit=False, auto_offset_reset="earliest",
-        session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=max(100, s.session_timeout_ms // 4),
+        # Heartbeats are how a member hears that the group rebalances: a tenth of the session
+        # (Kafka's advice is at most a third) lets the others follow a rebalance sooner.
+        session_timeout_ms=s.session_timeout_ms, heartbeat_interval_ms=max(100, s.session_timeout_ms // 10),
         # Static membership: a restart within the session timeout rejoins without a rebalance.
         group_instance_id=s.group_instance_id or None,
-        # Room for a revoked partition's drain before the group moves on without us.
-        rebalance_timeout_ms=max(s.session_timeout_ms, int(s.drain_timeout_s * 1000)),
+        # How long the broker holds a rebalance for members to rejoin: room for a revocation's
+        # drain, and no more: a member that does not rejoin in time (frozen, or stuck) then
+        # no longer stalls the whole group.
+        rebalance_timeout_ms=s.session_timeout_ms + int(revoke_drain_s(s) * 1000),
         # Kafka answers a fetch as soon as a bar is there; some brokers (Tansu) hold it for
         # the whole wait, which then adds to every bar's latency.
         max_partition_fetch_bytes=1 << 20, fetch_max_wait_ms=s.fetch_max_wait_ms,

@@ -149,7 +149,7 @@ async def join_group(parts: Parts, s, *, states: dict, stopping: Callable[[], bo
     parts.committer = Committer(parts.consumer, s.worker_id)
     parts.flow = Flow(parts.consumer, parts.metrics)
     parts.ownership = Ownership(states, parts.consumer, parts.committer, parts.store, parts.metrics,
-                                s.drain_timeout_s, on_owned=on_owned)
+                                kafka.revoke_drain_s(s), on_owned=on_owned)
     parts.consumer.subscribe([s.bars_topic], listener=parts.ownership)
     parts.health.ready["kafka"] = True
     return True

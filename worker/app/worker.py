@@ -27,8 +27,10 @@ import logging
 import time
 
 from worker.app import assembly
+from worker.adapters import kafka
 from worker.config import ModelRef, Settings, resolve_model
 from worker.pipeline.fetch import FetchLoop
+from worker.pipeline.freeze import FreezeWatch
 from worker.ops.health import Health
 from worker.lifecycle.hotswap import follow_registry
 from worker.pipeline.inference import Inference, build_engine
@@ -138,8 +140,10 @@ class Worker:
                             "meaningless; every message says so (random_weights: true)",
                             self.model_ref.name, self.model_ref.version)
             p = self.parts
+            watch = FreezeWatch(s.session_timeout_ms / 1000, self._stood_still)
             self._tasks = [asyncio.create_task(self._tick_loop(), name="tick"),
-                           asyncio.create_task(self.health.probe_broker(p.consumer), name="broker-probe")]
+                           asyncio.create_task(self.health.probe_broker(p.consumer), name="broker-probe"),
+                           asyncio.create_task(watch.run(), name="freeze-watch")]
             if p.shadows is not None:
                 self._tasks.append(asyncio.create_task(p.shadows.run(), name="shadows"))
             self._tasks.append(asyncio.create_task(  # --model NAME@latest only
@@ -148,7 +152,7 @@ class Worker:
             # collector's way: a full collection then walks what the stream keeps, not all of it
             # (~0.1 s each, holding the GIL, several per 5 000-symbol burst otherwise).
             gc.freeze()
-            self.fetch = FetchLoop(p, self.partitions, s, lambda: self.stopping)
+            self.fetch = FetchLoop(p, self.partitions, s, lambda: self.stopping, woke=watch.poll)
             fetch = asyncio.create_task(self.fetch.run(), name="fetch")
             stop_wait = asyncio.create_task(self._stop.wait())
             await asyncio.wait([fetch, stop_wait], return_when=asyncio.FIRST_COMPLETED)
@@ -208,6 +212,15 @@ class Worker:
         log.info("worker %s stopped (%s): %s", self.s.worker_id, "clean" if clean else "drain timed out",
                  self.stats)
         return clean
+
+    def _stood_still(self, seconds: float) -> None:
+        """The worker did not run for longer than its session timeout (worker/pipeline/freeze.py): drop
+        every partition, committing nothing, and ask the group for a new assignment at once."""
+        p = self.parts
+        dropped = p.ownership.drop_all()
+        log.warning("this worker stood still for %.1fs, longer than its session timeout (frozen or starved): "
+                    "dropped partitions %s without committing and rejoining the group", seconds, dropped)
+        kafka.rejoin(p.consumer)
 
     # ------------------------------------------------------------------ housekeeping
     async def _tick_loop(self) -> None:

@@ -39,6 +39,7 @@ COMMANDS = {
     "finetune": ("worker.cli.finetune", "fine-tune a model on your tapes into a new (unpromoted) registry version"),
     "eval": ("worker.cli.evaluate", "walk-forward backtest of registry versions against persistence and drift"),
     "calendars": ("worker.cli.calendars", "list the exchange calendars --sessions accepts, with a date's sessions"),
+    "chaos": ("worker.tools.chaos", "seeded fault drill: worker processes, broker and Redis faults, every forecast checked"),
 }
 
 # What `kronos-rt COMMAND --help` says above and below the flags.
@@ -79,6 +80,11 @@ DESCRIPTIONS = {
                    "a table and checks the targets.",
     "finetune": "Fine-tunes a model on your tapes; the best-validation checkpoint becomes a new, unpromoted "
                 "registry version (evaluate it, then promote it on the evidence).",
+    "chaos": "Starts worker processes in one group (with an embedded broker and a private Redis unless given), "
+             "replays a tape and injects a schedule of faults drawn from --seed: freezes, kill -9, rolling "
+             "restarts, Redis restarted empty, the broker frozen. Then an independent reader checks every "
+             "eligible bar's forecast (or DLQ copy), duplicates and equality with a fault-free computation, and "
+             "prints the output gap each fault caused. Exit 1 when anything was lost or differs.",
     "eval": "Walk-forward backtest of registry versions on held-out time against persistence and drift: "
             "MAE/RMSE/MASE/hit rate and, with sampled paths, CRPS and band coverage.",
     "calendars": "Lists the trading calendars --sessions accepts (exchange codes from exchange_calendars, their "
@@ -115,6 +121,8 @@ EXAMPLES = {
     "bench-serve": ["kronos-rt bench-serve", "kronos-rt bench-serve --shapes mini --clients 1,8,64 --seconds 10"],
     "finetune": ["kronos-rt finetune --base kronos-small@latest --data tapes/ --name my-small --steps 200",
                  "kronos-rt finetune --base kronos-small@latest --data tapes/ --name my-small --resume"],
+    "chaos": ["kronos-rt chaos --seed 7", "kronos-rt chaos --seed 1 --runs 20 --log-dir chaos-logs/",
+              "kronos-rt chaos --kinds freeze --faults 3 --spacing-s 15"],
     "eval": ["kronos-rt eval --model kronos-small@latest --model my-small@latest --data tapes/",
              "kronos-rt eval --model my-small --data tape.csv --sample-count 1 --no-plots"],
     "calendars": ["kronos-rt calendars", "kronos-rt calendars XSHG XHKG XNYS --date 2024-02-09"],
@@ -122,7 +130,7 @@ EXAMPLES = {
 
 
 # Short-lived commands whose failures the error printer explains (the worker keeps aiokafka's logs).
-QUIET_KAFKA_LOGS = {"replay", "report", "tail", "broker", "demo", "view"}
+QUIET_KAFKA_LOGS = {"replay", "report", "tail", "broker", "demo", "view", "chaos"}
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

@@ -20,6 +20,9 @@ def main(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from worker.adapters.kafka_logs import quiet_library_logs
+
+    quiet_library_logs()  # aiokafka's retry and rebalance noise at DEBUG: the worker says each change once
     try:
         settings = config.from_args(args)
     except ValueError as exc:  # a flag or KRONOS_RT_* value that does not parse: exit 2, no traceback

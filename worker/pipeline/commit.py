@@ -55,6 +55,7 @@ class Committer:
     def __init__(self, consumer, worker_id: str):
         self.consumer = consumer
         self.worker_id = worker_id
+        self.refused = False  # the last commit failed: said once, until one succeeds again
 
     async def commit(self, states: list[PartitionState]) -> bool:
         """Commit what `plan` says; False when the broker refused (the next tick retries)."""
@@ -64,11 +65,24 @@ class Committer:
         try:
             await kafka.commit(self.consumer, planned)
         except kafka.COMMIT_ERRORS as err:  # e.g. mid-rebalance
-            log.info("commit failed: %r", err)
+            # Expected after a freeze or during a rebalance: one line until commits work again.
+            if not self.refused:
+                log.info("commits refused (%s): the group is rebalancing or went on without this worker; "
+                         "what is not committed is re-read by the partitions' next owners", _first_line(err))
+            self.refused = True
             return False
+        if self.refused:
+            log.info("commits accepted again")
+            self.refused = False
         by_tp = {st.tp: st for st in states}
         for tp, (offset, _) in planned.items():
             by_tp[tp].committed = offset
             if by_tp[tp].runahead is not None:
                 by_tp[tp].runahead.committed(offset)
         return True
+
+
+def _first_line(err: BaseException) -> str:
+    """The error's class and the first line of its message (aiokafka's run over several)."""
+    text = str(err.args[0] if err.args else "").strip().splitlines()
+    return type(err).__name__ + (f": {text[0].strip()}" if text else "")

@@ -32,11 +32,15 @@ log = logging.getLogger("kronos_rt.worker")
 
 
 class FetchLoop:
-    def __init__(self, parts, states: dict, settings, stopping: Callable[[], bool]):
+    def __init__(self, parts, states: dict, settings, stopping: Callable[[], bool],
+                 woke: Callable[[], bool] = lambda: False):
         self.p = parts        # worker.app.assembly.Parts
         self.states = states  # TopicPartition -> PartitionState, owned ones (worker/pipeline/ownership.py)
         self.s = settings
         self.stopping = stopping
+        # True once after the worker stood still past its session (worker/pipeline/freeze.py): every
+        # partition was dropped, so what is left of the fetch is another owner's.
+        self.woke = woke
         self.bars = 0         # messages handled
         # Messages per fetch (and per pipelined upsert round trip): a full batch at least.
         self.max_records = max(500, settings.max_batch)
@@ -68,12 +72,15 @@ class FetchLoop:
                     todo.extend((tp, self.states.get(tp), msg) for tp, msgs in batch.items() for msg in msgs)
                     p.batcher.feeding(bool(todo))
                     parsed = careful = None
-                if parsed is None and todo:
+                if parsed is None and todo and not self.woke():
                     blame = todo[0]
                     # Careful: a failure is then the head message's own, and one bad message does
                     # not re-run the pipelined upserts of the whole fetch at every retry.
                     parsed = await self._parse([todo[0]] if careful else todo)
                 while todo and not self.stopping():
+                    if self.woke():
+                        todo.clear()
+                        break
                     tp, st, msg = blame = todo[0]
                     if st is None or self.states.get(tp) is not st:
                         todo.popleft()  # revoked meanwhile: the next owner reads it from the committed offset
@@ -108,11 +115,16 @@ class FetchLoop:
     async def _parse(self, items) -> dict:
         """Check first-seen partitions, then parse (and pipeline the upserts of) `items`:
         checked before the pipelined upserts can write to their windows."""
-        batch: dict = {}
         for tp, st, msg in items:
-            batch.setdefault(tp, []).append(msg)
             if st is not None and st.owned and not st.checked:
                 await self.p.recovery.check(st, msg.offset)
+        # Only partitions still owned once the checks are done: the pipelined upserts write to
+        # Redis, and a revoked partition's windows are the next owner's (its messages are
+        # skipped unparsed by run()).
+        batch: dict = {}
+        for tp, st, msg in items:
+            if st is not None and st.owned and self.states.get(tp) is st:
+                batch.setdefault(tp, []).append(msg)
         return await self.p.ingest.parse_fetch(batch)
 
     async def _handle(self, st: PartitionState, msg, parsed) -> None:
@@ -129,8 +141,13 @@ class FetchLoop:
             poison.log_internal("handling", st.tp.topic, st.tp.partition, msg.offset, exc)
             st.handled(msg.offset)
             out = DeadLetter(st, msg.offset, msg.key, msg.value, poison.INTERNAL_ERROR, poison.describe(exc))
-        if parsed.scores and p.scoring is not None:  # this bar realized stored forecasts' steps
-            await p.scoring.publish(st, msg.offset, parsed.scores)
+        if not st.owned and not isinstance(out, DeadLetter):
+            # Revoked while it was handled (no forecast was made for it): recording it now (or
+            # its scores' copies) could move the revocation's commit, still waiting for copies
+            # in flight, past a bar nobody forecast. The next owner reads it again.
+            return
+        # The bar's own work is recorded before anything else of it is sent, so no commit can
+        # pass it while its scores go out.
         if out is None:
             st.offsets.seen(msg.offset)
         elif isinstance(out, DeadLetter):
@@ -140,6 +157,8 @@ class FetchLoop:
             st.offsets.add(msg.offset)
             p.batcher.submit(out)
             p.metrics.queue_depth.set(p.batcher.queued)
+        if parsed.scores and p.scoring is not None:  # this bar realized stored forecasts' steps
+            await p.scoring.publish(st, msg.offset, parsed.scores)
 
     async def _reply_error(self, err: BaseException, todo: collections.deque, blame, failures: int) -> int:
         """Redis or the broker answered with an error: retry after a growing pause, or, after

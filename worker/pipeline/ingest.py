@@ -203,6 +203,14 @@ class Ingest:
         window = await self.store.window(bar.symbol)
         state.note_window(bar.symbol, window)
         t = np.datetime64(bar.time, "s")
+        # Newer bars from later offsets of this partition are already stored: someone ran ahead
+        # of this bar (a previous owner that went on after losing the partition, or before
+        # Redis lost the bars in between). This bar is a re-read as much as a redelivery is:
+        # forecast on its own window, never dropped as "not the newest" and committed past.
+        if not redelivered and written_ahead(window, t, msg.offset):
+            log.info("%s %s (offset %d): newer bars from later offsets are already stored; "
+                     "forecast on its own window", bar.symbol, bar.ts, msg.offset)
+            redelivered = True
         if redelivered:  # its own window: the bars up to it
             stored = len(window)
             window = window.upto(t)
@@ -219,6 +227,10 @@ class Ingest:
         newest = len(window) and window.times[-1] == t
         if not newest or len(window) < self.min_history:
             self._metric("buffered" if newest else status.value).inc()
+            if not newest:  # never silent: a late bar (newer ones came from earlier offsets)
+                log.info("not forecast: %s %s (offset %d) is older than the newest bar of its window (a late bar or a "
+                         "correction of an older one)",
+                         bar.symbol, bar.ts, msg.offset)
             return None
         self._metric(status.value).inc()
         if not state.owned:  # revoked while we awaited Redis: the next owner forecasts it
@@ -226,6 +238,14 @@ class Ingest:
         horizon = self.calendar_for(bar.symbol).next_times(bar.time, self.interval, self.pred_len)
         return Ready(bar, state, msg.offset, msg.key, msg.value, msg.timestamp / 1000, received,
                      window.values[-self.lookback:], window.times[-self.lookback:], horizon)
+
+
+def written_ahead(window, t: np.datetime64, offset: int) -> bool:
+    """Does `window` hold a bar newer than `t` that came from an offset past `offset`? In one
+    partition read in order, only a re-read meets bars from its future (a late bar's newer
+    neighbours came from earlier offsets)."""
+    later = window.times > t
+    return bool(later.any() and (window.offsets[later] > offset).any())
 
 
 def parse_message(msg, policy: events.BarPolicy | None = None) -> events.Bar | events.InvalidEvent:

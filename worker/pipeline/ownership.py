@@ -2,8 +2,9 @@
 
 On assignment a partition starts from what the group committed: the offset, and in the
 commit metadata the position a rebuild of its windows must start from (worker/pipeline/commit.py).
-On revocation its in-flight copies get until the drain timeout to be acknowledged, what they
-allow is committed, and the object is dropped: late work for it sees `owned` false.
+On revocation its in-flight copies get until the revocation drain (worker/adapters/kafka.py
+REVOKE_DRAIN_S, at most --drain-timeout-s) to be acknowledged, what they allow is committed,
+and the object is dropped: late work for it sees `owned` false.
 """
 from __future__ import annotations
 
@@ -48,18 +49,37 @@ class Ownership(ConsumerRebalanceListener):
         assigned = list(assigned)
         try:
             committed = await kafka.fetch_committed(self.consumer, assigned)
-        except Exception:
-            log.exception("reading committed offsets")
-            committed = {}
+            unknown = False
+        except Exception as err:  # noqa: BLE001 - e.g. the broker froze mid-rebalance
+            log.warning("reading committed offsets failed (%r): a rebuild, if needed, starts at offset 0", err)
+            committed, unknown = {}, True
         for tp in assigned:
             offset, meta = committed.get(tp, (None, None))
+            # Not knowing what the group committed is not "nothing committed": the consumer
+            # may still start past bars whose windows Redis lost, so a rebuild reads from 0.
+            floor = 0 if unknown else inherited_floor(offset, meta)
             self.states[tp] = PartitionState(
-                tp, floor=inherited_floor(offset, meta),
+                tp, floor=floor,
                 committed=offset if offset is not None and offset >= 0 else None,
                 runahead=RunAhead(RUNAHEAD_LIMIT))
         log.info("assigned %s", sorted(tp.partition for tp in self.states))
         if self.states:
             self.on_owned()
+
+    def drop_all(self) -> list:
+        """Forget every partition at once, committing nothing: this worker stood still past its
+        session (worker/pipeline/freeze.py) and the group has most likely given them to others, whose
+        windows it must not write to. The group's next assignment brings back what is ours."""
+        states = list(self.states.values())
+        self.states.clear()
+        for st in states:
+            st.owned = False  # the fetch loop, rebuilds and late ingest stop writing for it
+            self.store.forget(st.oldest.keys())
+            try:
+                self.metrics.consumer_lag.remove(st.tp.topic, str(st.tp.partition))
+            except KeyError:
+                pass
+        return sorted(st.tp.partition for st in states)
 
     async def on_partitions_revoked(self, revoked) -> None:
         states = [self.states.pop(tp) for tp in revoked if tp in self.states]

@@ -87,6 +87,7 @@ class Publisher:
         self.dead_letters = 0
         self.dlq_topic = dlq_topic              # where forecasts the broker refuses send their bar
         self.dlq_max_bytes = dlq_max_bytes
+        self.failing = 0  # sends failed since the last ack: publishing trouble is said once, and its end
 
     async def send(self, topic: str, key, value, headers, state: PartitionState | None, offset: int,
                    on_ack: Callable[[], None] | None = None, attempt: int = 0,
@@ -97,8 +98,12 @@ class Publisher:
         A record refused for good goes to on_reject (which adds its own work for the offset)
         instead of being retried."""
         def retry(err) -> None:
-            if attempt == 0 or attempt % 10 == 9:
-                log.warning("publish to %s failed (%s); retry %d", topic, err, attempt + 1)
+            if not self.failing:
+                log.warning("publishing to %s fails (%r): retrying every send until the broker acknowledges it",
+                            topic, err)
+            else:
+                log.debug("publish to %s failed (%r); retry %d", topic, err, attempt + 1)
+            self.failing += 1
             self.metrics.publish_retries.labels(topic=topic).inc()
             asyncio.get_running_loop().call_later(
                 self.backoff.delay(attempt),
@@ -123,6 +128,9 @@ class Publisher:
             if f.cancelled() or f.exception() is not None:
                 failed(None if f.cancelled() else f.exception())
                 return
+            if self.failing:
+                log.warning("publishing works again (%d failed sends were retried)", self.failing)
+                self.failing = 0
             if on_ack is not None:
                 on_ack()
             if state is not None:

@@ -16,6 +16,7 @@ client retrying MOVED may).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import AsyncIterator, Callable
@@ -57,13 +58,15 @@ class Recovery:
         if not await self.redis.exists(self._marker(state)) and first_offset > 0 and state.floor is not None:
             log.warning("Redis has no windows for %s: rebuilding from offset %d", state.tp, state.floor)
             await self.rebuild(state, first_offset)
+        if not state.owned:  # revoked meanwhile: the next owner checks (and marks) for itself
+            return
         await self.redis.set(self._marker(state), self.worker_id)
         state.checked = True
 
     async def lost_any(self, states: list[PartitionState]) -> bool:
         """A flush while no bars arrive: noticed by a checked partition's missing marker."""
         for st in states:
-            if st.processed is not None and st.checked and not await self.redis.exists(self._marker(st)):
+            if st.checked and not await self.redis.exists(self._marker(st)):
                 return True
         return False
 
@@ -71,8 +74,16 @@ class Recovery:
         self.lost = False
         try:
             for st in sorted(states, key=lambda s: (s.tp.topic, s.tp.partition)):
-                if st.processed is not None:
-                    await self.rebuild(st, st.processed)
+                # A partition revoked meanwhile is another worker's now: deleting and refilling
+                # its windows would undo what that worker stored since.
+                if not st.owned:
+                    continue
+                if st.processed is None:
+                    # Checked but no bar handled yet: the windows its previous owner left are
+                    # gone too. Checked again at its next bar, which rebuilds them up to there.
+                    st.checked = False
+                    continue
+                if await self.rebuild(st, st.processed):
                     await self.redis.set(self._marker(st), self.worker_id)
         except BaseException:
             self.lost = True  # interrupted (Redis went away again): start over when it is back
@@ -113,26 +124,34 @@ class Recovery:
             log.warning("Redis is back after %.1fs: resuming", time.monotonic() - t0)
         flow.resume(paused)
 
-    async def rebuild(self, state: PartitionState, end: int) -> None:
-        """Re-upsert the partition's bars in [rebuild_from, end) into Redis, forecasting nothing."""
+    async def rebuild(self, state: PartitionState, end: int) -> bool:
+        """Re-upsert the partition's bars in [rebuild_from, end) into Redis, forecasting nothing.
+        False when the partition was revoked midway: its windows are then incomplete, and its
+        marker is removed so that whoever owns it next rebuilds them."""
         start = state.rebuild_from()
         if start is None or start >= end:
-            return
+            return True
         t0 = time.monotonic()
         symbols = set(state.oldest)
         await self.store.delete(symbols)  # start clean so bars land in their original order
         n = 0
-        async for msg in self.read(state.tp, start, end):
-            bar = self.parse(msg)
-            if not isinstance(bar, events.Bar):
-                continue
-            await self.store.upsert(bar, msg.offset)
-            symbols.add(bar.symbol)
-            n += 1
+        async with contextlib.aclosing(self.read(state.tp, start, end)) as messages:
+            async for msg in messages:
+                if not state.owned:  # revoked mid-rebuild: stop writing into the next owner's windows
+                    log.info("rebuild of %s stopped at offset %d: the partition was revoked", state.tp, msg.offset)
+                    await self.redis.delete(self._marker(state))
+                    return False
+                bar = self.parse(msg)
+                if not isinstance(bar, events.Bar):
+                    continue
+                await self.store.upsert(bar, msg.offset)
+                symbols.add(bar.symbol)
+                n += 1
         for sym in symbols:
             state.note_window(sym, await self.store.window(sym))
         self.metrics.window_rebuilds.inc()
         self.rebuilds += 1
         log.warning("rebuilt %d windows of %s from %d bars (offsets %d..%d) in %.2fs",
                     len(symbols), state.tp, n, start, end - 1, time.monotonic() - t0)
+        return True
 

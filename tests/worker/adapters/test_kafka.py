@@ -123,3 +123,21 @@ async def test_send_many_puts_each_record_where_producer_send_would_and_all_arri
     for p, offset, _, v in sorted(got[many]):
         by_partition.setdefault(p, []).append(int(v.split(b"-")[1]))
     assert all(seq == sorted(seq) for seq in by_partition.values())  # sent order kept per partition
+
+
+def test_a_rejoin_is_requested_from_the_coordinator():
+    assert list(inspect.signature(GroupCoordinator.request_rejoin).parameters) == ["self"]
+    assert not inspect.iscoroutinefunction(GroupCoordinator.request_rejoin)
+    assert "_coordinator.request_rejoin()" in inspect.getsource(kafka.rejoin)
+
+
+async def test_the_group_member_hears_of_a_rebalance_soon_and_the_group_waits_briefly_for_it():
+    from worker.config import Settings
+
+    consumer = kafka.group_consumer(Settings(session_timeout_ms=3000, drain_timeout_s=20.0))
+    assert consumer._session_timeout_ms == 3000
+    assert consumer._heartbeat_interval_ms == 300
+    # The session plus the revocation drain (2 s), not the 20 s shutdown drain.
+    assert consumer._rebalance_timeout_ms == 5000
+    short = kafka.group_consumer(Settings(session_timeout_ms=3000, drain_timeout_s=0.5))
+    assert short._rebalance_timeout_ms == 3500

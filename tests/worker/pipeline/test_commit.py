@@ -43,3 +43,35 @@ def test_what_an_heir_takes_from_the_commit():
     assert inherited_floor(120, "") == 0                         # committed without one (Tansu drops it)
     assert inherited_floor(120, '{"rebuild_from": null}') == 0
     assert inherited_floor(-1, "") is None
+
+
+async def test_refused_commits_are_said_once_and_their_end_too(caplog):
+    import logging
+
+    from aiokafka import TopicPartition
+    from aiokafka.errors import CommitFailedError
+
+    from worker.pipeline.commit import Committer
+
+    class Consumer:
+        def __init__(self):
+            self.refuse = 3
+            self.committed = {}
+
+        async def commit(self, offsets):
+            if self.refuse:
+                self.refuse -= 1
+                raise CommitFailedError("Commit cannot be completed since the group has already\n  rebalanced")
+            self.committed.update(offsets)
+
+    caplog.set_level(logging.INFO, logger="worker.pipeline.commit")
+    consumer = Consumer()
+    committer = Committer(consumer, "w1")
+    st = PartitionState(TopicPartition("bars", 0))
+    st.offsets.seen(4)
+    results = [await committer.commit([st]) for _ in range(4)]
+    assert results == [False, False, False, True] and st.committed == 5
+    assert [r.getMessage() for r in caplog.records] == [
+        "commits refused (CommitFailedError: Commit cannot be completed since the group has already): the group is "
+        "rebalancing or went on without this worker; what is not committed is re-read by the partitions' next owners",
+        "commits accepted again"]

@@ -233,3 +233,66 @@ async def test_the_batcher_hears_whether_more_of_a_burst_is_on_its_way():
     await run_until(loop, stop, lambda: loop.bars == 3 and False in rec.feeds)
     assert rec.feeds[:3] == [True, True, False]
     assert loop.max_records == 500  # at least a full batch (max_batch 64 here) per fetch
+
+
+async def test_a_worker_that_stood_still_handles_nothing_more_of_its_fetch():
+    """worker/pipeline/freeze.py: on waking, every partition is dropped (here: the watch's callback) before
+    the next message is handled; the rest of the fetch is the next owner's."""
+    ingest = Ingest()
+    loop, rec, states, stop = make([[msg(i) for i in range(6)]], ingest)
+    handled = []
+
+    async def handle(st, m, parsed):
+        handled.append(m.offset)
+        return await Ingest.handle(ingest, st, m, parsed)
+
+    ingest.handle = handle
+
+    def woke():
+        if len(handled) == 3 and states:  # frozen after the third message
+            states.clear()
+            return True
+        return False
+
+    loop.woke = woke
+    await run_until(loop, stop, lambda: not states)
+    await asyncio.sleep(0.05)
+    assert handled == [0, 1, 2] and rec.submitted == [0, 1, 2]
+
+
+async def test_a_bar_whose_partition_is_revoked_while_it_is_handled_is_left_to_the_next_owner():
+    """The race that lost forecasts in rolling restarts (issue 24): the partition is revoked
+    while one bar's upsert is in flight; the revocation waits for the copies already sent,
+    then commits. The bar handled meanwhile (ingest: revoked, so no forecast) must not move
+    that commit past it."""
+    from worker.ops.metrics import WorkerMetrics
+    from worker.pipeline.ownership import Ownership
+
+    commits = []
+
+    class Committer:
+        async def commit(self, sts):
+            commits.append([st.offsets.committable() for st in sts])
+
+    ingest = Ingest()
+    loop, rec, states, stop = make([[msg(i) for i in range(4)]], ingest)
+    st = states[TP]
+    own = Ownership(states, consumer=None, committer=Committer(), store=SimpleNamespace(forget=lambda s: None),
+                    metrics=WorkerMetrics(), drain_timeout_s=5.0)
+    revoking = []
+
+    async def handle(state, m, parsed):
+        if m.offset < 2:
+            return await Ingest.handle(ingest, state, m, parsed)
+        # Offset 2's upsert is in flight when the group revokes the partition.
+        revoking.append(asyncio.create_task(own.on_partitions_revoked([TP])))
+        await asyncio.sleep(0.02)
+        state.handled(m.offset)
+        return None  # what Ingest.handle answers for a partition revoked meanwhile
+
+    ingest.handle = handle
+    await run_until(loop, stop, lambda: revoking and TP not in states and rec.submitted == [0, 1])
+    for offset in (0, 1):  # the copies in flight are acknowledged: the revocation commits
+        st.offsets.done(offset)
+    await revoking[0]
+    assert commits == [[2]]  # not 3: offset 2 was never forecast; the next owner reads it again

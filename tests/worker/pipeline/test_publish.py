@@ -252,3 +252,21 @@ async def test_a_failed_record_batch_sends_its_forecasts_again_one_by_one():
     failed = [k for k, _ in producer.batches[0][2]]
     assert sorted(k for _, k, _, _ in producer.sent) == sorted(failed)  # those, and only those, again
     assert pub.forecasts == 6
+
+
+async def test_publishing_trouble_is_said_once_and_its_end_too(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="worker.pipeline.publish")
+    producer = ScriptedProducer(failures=12)  # three sends failing 4 times each, in turn
+    pub = publisher(producer)
+    st = PartitionState("p0")
+    acks = []
+    for offset in range(3):
+        st.offsets.add(offset)
+        await pub.send("fc", b"k", b"v", None, st, offset, on_ack=lambda: acks.append(1))
+    await until(lambda: len(acks) == 3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "publishing to fc fails (RuntimeError('broker said no')): retrying every send until the broker "
+        "acknowledges it",
+        "publishing works again (12 failed sends were retried)"]
