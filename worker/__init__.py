@@ -16,6 +16,7 @@ those below it; tests/worker/test_layering.py checks):
 - lifecycle/: hot swaps and shadow models;
 - http/: the HTTP forecast API;
 - app/: the Worker, wired from the parts above;
+- view/: `kronos-rt view`, the live forecast page (reads the topics, never the service's state);
 - tools/, cli/: commands around the service (demo, replay, report, benchmarks) and `kronos-rt`.
 
 docs/ARCHITECTURE.md follows a bar through them.

@@ -1,7 +1,9 @@
 """Market calendars: which bar times come after a given bar, per symbol.
 
-sessions.py maps symbol globs to trading calendars and steps bar end times through them
-(horizon stamps of forecasts, the alignment of realized bars to horizon steps).
+sessions.py maps symbol globs to trading calendars (exchange_calendars codes, or continuous)
+and steps bar end times through them (horizon stamps of forecasts, the alignment of realized
+bars to horizon steps); session_table.py holds an exchange's sessions as integer arrays,
+built once per code, so the next N bar times cost a bisect and additions.
 
 May import: worker.errors and outside libraries; nothing else of the service.
 """
