@@ -1,26 +1,17 @@
 """`kronos-rt bench-stream` at toy size: real broker, real Redis, the worker in-process."""
-import argparse
 import asyncio
 
 import pytest
 import redis
 
+from tests.worker.tools.bench_args import bench_stream_args
 from worker.tools import bench_stream
 
 pytestmark = pytest.mark.slow
 
 
-def _args(**over):
-    parser = argparse.ArgumentParser()
-    bench_stream.configure(parser)
-    args = parser.parse_args([])
-    for k, v in over.items():
-        setattr(args, k, v)
-    return args
-
-
 def test_bench_stream_measures_every_burst(broker, redis_url):
-    args = _args(symbols=6, bursts=2, warmup_bursts=1, shape="mini", lookback=24, pred_len=2, max_batch=4,
+    args = bench_stream_args(symbols=6, bursts=2, warmup_bursts=1, shape="mini", lookback=24, pred_len=2, max_batch=4,
                  max_wait_ms=20.0, partitions=2, device="cpu", repeats=1, brokers=broker, redis=redis_url,
                  timeout_s=120.0)
     client = redis.Redis.from_url(redis_url)
@@ -56,7 +47,7 @@ def test_bench_stream_rejects_bad_counts(capsys):
 def test_bench_stream_with_a_shadow_model(broker, redis_url):
     """--shadow: the primary's bursts are measured as without it; the shadow forecasts the
     windows in between (each burst is sent once the shadow is idle)."""
-    args = _args(symbols=6, bursts=2, warmup_bursts=1, shape="mini", lookback=24, pred_len=2, max_batch=8,
+    args = bench_stream_args(symbols=6, bursts=2, warmup_bursts=1, shape="mini", lookback=24, pred_len=2, max_batch=8,
                  max_wait_ms=20.0, partitions=2, device="cpu", repeats=1, brokers=broker, redis=redis_url,
                  timeout_s=120.0, shadow=True)
     result = asyncio.run(bench_stream.run_bench(args))

@@ -1,7 +1,6 @@
 """The tools that touch Redis on a Cluster and behind Sentinel (servers from tests/conftest.py):
 bench-stream against a given cluster URL and with its own local cluster beside a single
 server, the demo against a Sentinel URL; each leaves no key behind."""
-import argparse
 import asyncio
 import os
 import subprocess
@@ -10,18 +9,10 @@ import sys
 import pytest
 import redis
 
+from tests.worker.tools.bench_args import bench_stream_args
 from worker.tools import bench_stream
 
 pytestmark = pytest.mark.slow
-
-
-def _args(**over):
-    parser = argparse.ArgumentParser()
-    bench_stream.configure(parser)
-    args = parser.parse_args([])
-    for k, v in over.items():
-        setattr(args, k, v)
-    return args
 
 
 def _keys(ports, pattern):
@@ -29,7 +20,7 @@ def _keys(ports, pattern):
 
 
 def test_bench_stream_on_a_given_cluster_url_and_on_its_own_cluster(broker, redis_cluster):
-    args = _args(symbols=6, bursts=2, warmup_bursts=1, shape="mini", lookback=24, pred_len=2, max_batch=8,
+    args = bench_stream_args(symbols=6, bursts=2, warmup_bursts=1, shape="mini", lookback=24, pred_len=2, max_batch=8,
                  max_wait_ms=20.0, partitions=2, device="cpu", repeats=1, brokers=broker, redis=redis_cluster.url,
                  timeout_s=120.0)
     on_given = asyncio.run(bench_stream.run_bench(args))            # --redis redis+cluster://...
