@@ -76,6 +76,22 @@ ver = redis.call('INCR', KEYS[3])
 return {status, len, ver, fresh}
 """
 
+# The upsert for several bars of distinct symbols in one call: KEYS in threes, ARGV in fours,
+# one reply per bar, each the very reply _UPSERT_LUA gives (the same body, run per bar in
+# order). One command and one nested reply per chunk instead of one of each per bar: the
+# client packs and parses it in C, not one Python reply at a time.
+_UPSERT_MANY_LUA = "local function upsert(KEYS, ARGV)\n" + _UPSERT_LUA + """end
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  out[i + 1] = upsert({KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]},
+                      {ARGV[4 * i + 1], ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4]})
+end
+return out
+"""
+# Bars per call of _UPSERT_MANY_LUA: Redis runs a script to its end before anything else, so
+# a burst of thousands goes as several calls (still one round trip).
+UPSERT_CHUNK = 256
+
 # Consistent snapshot of one window: {version, members (oldest first), records}.
 _READ_LUA = """
 local ver = redis.call('GET', KEYS[3]) or '0'
@@ -213,6 +229,7 @@ class WindowStore:
         self._keys = RedisKeys(prefix)
         self._upsert = redis_connect.register_script(redis, _UPSERT_LUA)
         self._read = redis_connect.register_script(redis, _READ_LUA)
+        self._upsert_many = redis.register_script(_UPSERT_MANY_LUA)  # plain pipelines only
         self._cache: dict[str, _Local] = {}
         # Bumped by delete(): replies of upsert_ahead taken before it are stale.
         self.generation = 0
@@ -234,6 +251,18 @@ class WindowStore:
         if not items:
             return []
         pipe = self.redis.pipeline(transaction=False)
+        if type(pipe) is Pipeline and also is None:
+            # Chunks of bars per EVALSHA of the many-bar script (registered with the pipeline,
+            # which loads it if Redis lacks it); its replies, flattened, are the per-bar ones.
+            pipe.scripts.add(self._upsert_many)
+            sha = self._upsert_many.sha
+            for i in range(0, len(items), UPSERT_CHUNK):
+                keys, args = [], []
+                for bar, offset in items[i:i + UPSERT_CHUNK]:
+                    keys += self.keys(bar.symbol)
+                    args += self._upsert_args(bar, offset)
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            return [reply for chunk in await redis_connect.execute(self.redis, pipe) for reply in chunk]
         if type(pipe) is Pipeline:
             # The script's own __call__ costs ~10 us a bar (an isinstance check against a typing
             # Protocol): register it with the pipeline once (it loads it if Redis lacks it) and

@@ -202,6 +202,40 @@ def test_build_forecast_without_quantiles():
     assert not FORECAST_SCHEMA.is_valid(bad)
 
 
+def test_format_ts_is_strftime_text_for_every_kind_of_time():
+    """format_ts takes isoformat for plain datetimes (faster): the text is strftime's, the
+    fallback kept for zoned times, years under 1000 and datetime64."""
+    from datetime import timedelta, timezone
+
+    import pandas as pd
+
+    from worker.contracts.events import format_ts
+
+    for t in (datetime(2024, 6, 18, 13, 5), datetime(2024, 6, 18, 13, 5, 7, 999999), datetime(1000, 1, 1),
+              datetime(9999, 12, 31, 23, 59, 59), datetime(999, 3, 4, 5, 6, 7),
+              datetime(2024, 6, 18, 13, 5, tzinfo=timezone(timedelta(hours=8))), pd.Timestamp("2024-06-18 13:05:00")):
+        assert format_ts(t) == t.strftime("%Y-%m-%dT%H:%M:%S")
+    assert format_ts(np.datetime64("2024-06-18T13:05:00.5")) == "2024-06-18T13:05:00"
+
+
+def test_build_forecast_floats_are_the_same_from_float32_float64_and_lists():
+    rng = np.random.default_rng(0)
+    mean32 = rng.normal(size=(3, 6)).astype(np.float32)
+    times = [datetime(2024, 1, 1, 9, 30 + i) for i in range(3)]
+
+    def doc(mean, q):
+        return build_forecast(symbol="A", as_of="x", interval_s=60, horizon_times=times, mean=mean, quantiles=q,
+                              model_name="m", model_version="v", sampling={}, latency_ms={}, topic="t",
+                              partition=0, offset=0, worker_id="w")
+
+    want = doc(mean32.astype(np.float64), {0.5: mean32.astype(np.float64)})
+    for mean in (mean32, mean32.tolist(), np.asfortranarray(mean32)):
+        got = doc(mean, {0.5: mean32})
+        assert [dumps(h) for h in got["horizon"]] == [dumps(h) for h in want["horizon"]]
+    ints = doc(np.arange(18).reshape(3, 6), {})  # other dtypes still become floats
+    assert type(ints["horizon"][0]["open"]) is float
+
+
 def test_build_forecast_rejects_wrong_shape():
     with pytest.raises(ValueError):
         build_forecast(symbol="A", as_of="x", interval_s=60, horizon_times=[datetime(2024, 1, 1)],

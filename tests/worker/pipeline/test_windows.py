@@ -304,3 +304,33 @@ def test_epoch_seconds_from_the_fields_equals_datetime_arithmetic():
         t = t.replace(tzinfo=rng.choice(zones))
         # The straightforward form: wall time as if UTC, floored to whole seconds.
         assert epoch_seconds(t) == (t.replace(tzinfo=None) - epoch) // dt.timedelta(seconds=1), t
+
+
+async def test_upsert_ahead_replies_are_the_per_bar_scripts_for_every_outcome(client, redis_prefix, monkeypatch):
+    """The many-bar script (chunks of UPSERT_CHUNK bars per EVALSHA) answers each bar exactly
+    as the one-bar script does: appended, inserted, corrected, duplicate (with its offset),
+    too old, a symbol Redis never saw, a full window trimmed; across chunk boundaries."""
+    import worker.pipeline.windows as windows
+
+    monkeypatch.setattr(windows, "UPSERT_CHUNK", 3)
+    one = WindowStore(client, f"{redis_prefix}-one", lookback=4)
+    ahead = WindowStore(client, f"{redis_prefix}-ahead", lookback=4)
+
+    async def raw_one(bar, offset):
+        return await one._upsert(keys=one.keys(bar.symbol), args=one._upsert_args(bar, offset))
+
+    history = [1, 2, 4, 5]  # bar 3 missing: an insert fits in; bar 0 is too old once full
+    for s in ("A", "B", "C", "D", "E", "F", "G"):
+        for i in history:
+            await raw_one(mk(i, s), i)
+            await ahead._upsert(keys=ahead.keys(s), args=ahead._upsert_args(mk(i, s), i))
+    burst = [(mk(6, "A"), 60), (mk(3, "B"), 61), (mk(5, "C", close=99.0), 62), (mk(5, "D"), 5),
+             (mk(5, "E"), 63), (mk(0, "F"), 64), (mk(0, "NEW"), 65), (mk(7, "G"), 66)]
+    got = await ahead.upsert_ahead(burst)
+    want = [await raw_one(bar, offset) for bar, offset in burst]
+    assert got == want
+    statuses = [r[0].decode() for r in got]
+    assert statuses == ["appended", "inserted", "corrected", "duplicate", "duplicate", "too_old", "appended",
+                        "appended"]
+    assert int(got[3][4]) == int(got[4][4]) == 5  # the stored offset: D's redelivery (5) is told from E's (63)
+    assert int(got[6][3]) == 1  # Redis had no memory of NEW
