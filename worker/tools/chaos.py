@@ -191,6 +191,7 @@ class Findings:
     forecast: int = 0                 # eligible bars with at least one forecast
     dead_lettered: int = 0            # eligible bars with a DLQ copy and no forecast
     lost: list = field(default_factory=list)          # (symbol, as_of, partition, offset)
+    unread_tail: int = 0              # of those, bars after their partition's last forecast (never reached)
     duplicates: int = 0               # extra copies
     not_identical: list = field(default_factory=list)  # (symbol, as_of) whose copies differ
     unexpected: list = field(default_factory=list)     # forecasts of bars not owed one
@@ -207,7 +208,9 @@ class Findings:
 
     def lines(self) -> list[str]:
         out = [f"bars {self.bars}, eligible {self.eligible}: forecast {self.forecast}, "
-               f"dead-lettered {self.dead_lettered}, LOST {len(self.lost)}",
+               f"dead-lettered {self.dead_lettered}, LOST {len(self.lost)}"
+               + (f" ({self.unread_tail} of them after their partition's last forecast: never reached "
+                  f"in the time given, not skipped)" if self.unread_tail else ""),
                f"duplicates {self.duplicates} ({'all identical' if not self.not_identical else f'{len(self.not_identical)} DIFFER'}); "
                f"equal to the fault-free run: {self.forecast - len(self.differ)} of {self.forecast} "
                f"({self.exact} bit-equal); unexpected forecasts {len(self.unexpected)}"]
@@ -288,6 +291,13 @@ def check(bar_msgs, forecast_msgs, dlq_msgs, *, min_history: int, lookback: int,
             f.dead_lettered += 1
         else:
             f.lost.append((key[0], key[1], part, off))
+    # A lost bar later than every forecast of its partition was never reached (the group did not
+    # get there before the drill stopped it); one before a forecast bar was skipped.
+    last = defaultdict(lambda: -1)
+    for key in by_bar:
+        if key in owed:
+            last[owed[key][0]] = max(last[owed[key][0]], owed[key][1])
+    f.unread_tail = sum(1 for _, _, part, off in f.lost if off > last[part])
     for key, copies in by_bar.items():
         f.duplicates += len(copies) - 1
         if any(c["horizon"] != copies[0]["horizon"] for c in copies[1:]):
