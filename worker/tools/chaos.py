@@ -101,6 +101,7 @@ class WorkerSlot:
         self.generation = 0
         self.proc: subprocess.Popen | None = None
         self.old: list[subprocess.Popen] = []  # processes replaced (draining, killed)
+        self.replacing: asyncio.Lock | None = None  # one replace_when_gone at a time
         self.logs: list[Path] = []
 
     @property
@@ -142,13 +143,17 @@ class WorkerSlot:
     async def replace_when_gone(self, sig, timeout_s: float = 60.0) -> None:
         """Send `sig` and start the replacement once the process has exited (at most timeout_s).
         Static membership: one process per instance id at a time, as a StatefulSet or compose
-        runs them (two live members with one instance id take the membership from each other)."""
-        proc = self.proc
-        self.signal(sig)
-        deadline = time.monotonic() + timeout_s
-        while proc is not None and proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        self.replace(sig)
+        runs them (two live members with one instance id take the membership from each other).
+        A second fault on the slot meanwhile waits, then hits the replacement."""
+        if self.replacing is None:
+            self.replacing = asyncio.Lock()
+        async with self.replacing:
+            proc = self.proc
+            self.signal(sig)
+            deadline = time.monotonic() + timeout_s
+            while proc is not None and proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            self.replace(sig)
 
     def terminate(self) -> None:
         """SIGTERM every process of the slot still running (SIGCONT first: a frozen one must hear it)."""

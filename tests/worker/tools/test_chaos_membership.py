@@ -71,6 +71,28 @@ def test_a_static_replacement_after_sigterm_starts_once_its_predecessor_has_exit
     assert seen == [("chaos-w0", False), ("chaos-w0", False)]
 
 
+def test_two_sigterms_on_one_static_slot_replace_one_process_after_the_other(tmp_path):
+    alive = []  # processes of the slot running when each new one starts
+
+    def args_for(worker_id, instance_id):
+        alive.append(sum(p.poll() is None for p in slot.old + [slot.proc] if p is not None))
+        return [sys.executable, "-c", DRAINS]
+
+    async def two_faults():
+        await asyncio.sleep(1.0)  # the stand-in has set its SIGTERM handler
+        await asyncio.gather(slot.replace_when_gone(signal.SIGTERM), slot.replace_when_gone(signal.SIGTERM))
+
+    slot = WorkerSlot(0, args_for, {}, tmp_path, static=True)
+    try:
+        slot.start()
+        asyncio.run(two_faults())
+        procs = slot.old + [slot.proc]
+    finally:
+        slot.stop()
+    # the first, its replacement (hit by the second fault while starting), the replacement's replacement
+    assert len(procs) == 3 and alive == [0, 0, 0]
+
+
 def worker_settings(cmd: list[str]):
     assert cmd[1:4] == ["-m", "worker.cli", "worker"]
     return from_args(command_parser("worker").parse_args(cmd[4:]))
