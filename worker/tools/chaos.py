@@ -197,6 +197,7 @@ class Findings:
     dead_lettered: int = 0            # eligible bars with a DLQ copy and no forecast
     lost: list = field(default_factory=list)          # (symbol, as_of, partition, offset)
     unread_tail: int = 0              # of those, bars after their partition's last forecast (never reached)
+    unfinished: list = field(default_factory=list)     # the partitions of those bars
     duplicates: int = 0               # extra copies
     not_identical: list = field(default_factory=list)  # (symbol, as_of) whose copies differ
     unexpected: list = field(default_factory=list)     # forecasts of bars not owed one
@@ -302,7 +303,8 @@ def check(bar_msgs, forecast_msgs, dlq_msgs, *, min_history: int, lookback: int,
     for key in by_bar:
         if key in owed:
             last[owed[key][0]] = max(last[owed[key][0]], owed[key][1])
-    f.unread_tail = sum(1 for _, _, part, off in f.lost if off > last[part])
+    tail = [part for _, _, part, off in f.lost if off > last[part]]
+    f.unread_tail, f.unfinished = len(tail), sorted(set(tail))
     for key, copies in by_bar.items():
         f.duplicates += len(copies) - 1
         if any(c["horizon"] != copies[0]["horizon"] for c in copies[1:]):
@@ -345,13 +347,19 @@ def _compare(f: Findings, by_bar: dict, owed: dict, series: dict, lookback: int,
                 f.differ.append((key[0], key[1], float(np.nanmax(np.abs(got - want)))))
 
 
-def output_gaps(forecast_msgs, faults: list[Fault], t0: float, window_s: float = 2.0) -> list[tuple[Fault, float]]:
+def output_gaps(forecast_msgs, faults: list[Fault], t0: float, window_s: float = 2.0, *, until: float | None = None,
+                unfinished=()) -> list[tuple[Fault, float]]:
     """Per fault: the longest pause between two forecasts of one source partition that
-    overlaps [fault, fault + window_s] (Kafka timestamps; t0: the replay's wall-clock start)."""
+    overlaps [fault, fault + window_s] (Kafka timestamps; t0: the replay's wall-clock start).
+    A partition in `unfinished` (owed forecasts it never made) pauses from its last forecast
+    until `until` (when the drill stopped waiting), not just between forecasts it made."""
     times = defaultdict(list)
     for m in forecast_msgs:
         doc = json.loads(m.value)
         times[doc["source"]["partition"]].append(m.timestamp / 1000)
+    if until is not None:
+        for part in unfinished:
+            times[part].append(until)
     for v in times.values():
         v.sort()
     out = []
@@ -511,6 +519,7 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
             if set(owed) <= got:
                 break
         await asyncio.sleep(1.0)  # stray copies still in flight
+        stopped_waiting = time.time()
         for s in slots:  # all at once: they drain side by side
             s.terminate()
         codes = [c for s in slots for c in s.stop()]
@@ -523,7 +532,7 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
     reference = _reference(model_args) if cfg.reference else None
     findings = check(bar_msgs, fc_msgs, dlq_msgs, min_history=cfg.min_history, lookback=cfg.lookback,
                      reference=reference)
-    findings.gaps = output_gaps(fc_msgs, faults, t0)
+    findings.gaps = output_gaps(fc_msgs, faults, t0, until=stopped_waiting, unfinished=findings.unfinished)
     findings.log_errors, findings.tracebacks = log_counts([p for s in slots for p in s.logs])
     _say(out, f"[{time.monotonic() - began:.0f}s] checked; worker exit codes {codes}")
     for line in findings.lines():
