@@ -14,7 +14,8 @@ checks what at-least-once promises:
 and measures the output gap each fault caused (the longest pause of any partition's forecasts
 around it). Broker and Redis faults need processes this drill started (the default: an embedded
 Tansu broker and a private redis-server on free ports); against given --brokers/--redis only the
-worker faults are drawn.
+worker faults are drawn. --static gives each worker slot a --group-instance-id its replacements
+reuse (static membership; docs/CHAOS.md has what it does on Tansu).
 
 The pieces are importable: tests/worker/faults/test_chaos.py runs short seeds of the same drill.
 """
