@@ -14,7 +14,8 @@ checks what at-least-once promises:
 and measures the output gap each fault caused (the longest pause of any partition's forecasts
 around it). Broker and Redis faults need processes this drill started (the default: an embedded
 Tansu broker and a private redis-server on free ports); against given --brokers/--redis only the
-worker faults are drawn.
+worker faults are drawn. --static gives each worker slot a --group-instance-id its replacements
+reuse (static membership; docs/CHAOS.md has what it does on Tansu).
 
 The pieces are importable: tests/worker/faults/test_chaos.py runs short seeds of the same drill.
 """
@@ -88,29 +89,38 @@ def draw_schedule(seed: int, n: int, *, spacing_s: float, workers: int, kinds=KI
 # -- the processes ---------------------------------------------------------------------------
 
 class WorkerSlot:
-    """One place in the group, filled by a worker process; a replacement takes the same slot."""
+    """One place in the group, filled by a worker process; a replacement takes the same slot.
+    With static membership the slot has a group instance id of its own, which every process
+    filling it uses (as a StatefulSet pod's name or a compose replica's does)."""
 
-    def __init__(self, index: int, args_for, env: dict, log_dir: Path):
+    def __init__(self, index: int, args_for, env: dict, log_dir: Path, static: bool = False):
         self.index = index
-        self.args_for = args_for      # worker id -> the command line
+        self.args_for = args_for      # (worker id, group instance id or None) -> the command line
+        self.static = static
         self.env = env
         self.log_dir = log_dir
         self.generation = 0
         self.proc: subprocess.Popen | None = None
         self.old: list[subprocess.Popen] = []  # processes replaced (draining, killed)
+        self.replacing: asyncio.Lock | None = None  # one replace_when_gone at a time
         self.logs: list[Path] = []
 
     @property
     def worker_id(self) -> str:
         return f"chaos-w{self.index}-{self.generation}"
 
+    @property
+    def instance_id(self) -> str | None:
+        """The slot's --group-instance-id (static membership), the same for each replacement."""
+        return f"chaos-w{self.index}" if self.static else None
+
     def start(self) -> None:
         self.generation += 1
         path = self.log_dir / f"{self.worker_id}.log"
         self.logs.append(path)
         with open(path, "ab") as log:
-            self.proc = subprocess.Popen(self.args_for(self.worker_id), cwd=ROOT, env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(self.args_for(self.worker_id, self.instance_id), cwd=ROOT, env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def log(self) -> str:
         return self.logs[-1].read_text(errors="replace") if self.logs else ""
@@ -130,6 +140,21 @@ class WorkerSlot:
         if self.proc is not None:
             self.old.append(self.proc)
         self.start()
+
+    async def replace_when_gone(self, sig, timeout_s: float = 60.0) -> None:
+        """Send `sig` and start the replacement once the process has exited (at most timeout_s).
+        Static membership: one process per instance id at a time, as a StatefulSet or compose
+        runs them (two live members with one instance id take the membership from each other).
+        A second fault on the slot meanwhile waits, then hits the replacement."""
+        if self.replacing is None:
+            self.replacing = asyncio.Lock()
+        async with self.replacing:
+            proc = self.proc
+            self.signal(sig)
+            deadline = time.monotonic() + timeout_s
+            while proc is not None and proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            self.replace(sig)
 
     def terminate(self) -> None:
         """SIGTERM every process of the slot still running (SIGCONT first: a frozen one must hear it)."""
@@ -154,12 +179,13 @@ class WorkerSlot:
 
 
 def worker_command(worker_id: str, *, brokers: str, redis: str, prefix: str, topics: dict, model_args: list[str],
-                   session_timeout_ms: int, extra: list[str]) -> list[str]:
+                   session_timeout_ms: int, extra: list[str], group_instance_id: str | None = None) -> list[str]:
+    static = ["--group-instance-id", group_instance_id] if group_instance_id else []
     return [sys.executable, "-m", "worker.cli", "worker", "--brokers", brokers, "--redis", redis,
             "--redis-prefix", prefix, "--group", topics["group"], "--bars-topic", topics["bars"],
             "--forecasts-topic", topics["forecasts"], "--dlq-topic", topics["dlq"], *model_args,
             "--metrics-port", "0", "--worker-id", worker_id, "--session-timeout-ms", str(session_timeout_ms),
-            *extra]
+            *static, *extra]
 
 
 # -- the independent reader and checker ------------------------------------------------------
@@ -171,6 +197,8 @@ class Findings:
     forecast: int = 0                 # eligible bars with at least one forecast
     dead_lettered: int = 0            # eligible bars with a DLQ copy and no forecast
     lost: list = field(default_factory=list)          # (symbol, as_of, partition, offset)
+    unread_tail: int = 0              # of those, bars after their partition's last forecast (never reached)
+    unfinished: list = field(default_factory=list)     # the partitions of those bars
     duplicates: int = 0               # extra copies
     not_identical: list = field(default_factory=list)  # (symbol, as_of) whose copies differ
     unexpected: list = field(default_factory=list)     # forecasts of bars not owed one
@@ -187,7 +215,9 @@ class Findings:
 
     def lines(self) -> list[str]:
         out = [f"bars {self.bars}, eligible {self.eligible}: forecast {self.forecast}, "
-               f"dead-lettered {self.dead_lettered}, LOST {len(self.lost)}",
+               f"dead-lettered {self.dead_lettered}, LOST {len(self.lost)}"
+               + (f" ({self.unread_tail} of them after their partition's last forecast: never reached "
+                  f"in the time given, not skipped)" if self.unread_tail else ""),
                f"duplicates {self.duplicates} ({'all identical' if not self.not_identical else f'{len(self.not_identical)} DIFFER'}); "
                f"equal to the fault-free run: {self.forecast - len(self.differ)} of {self.forecast} "
                f"({self.exact} bit-equal); unexpected forecasts {len(self.unexpected)}"]
@@ -268,6 +298,14 @@ def check(bar_msgs, forecast_msgs, dlq_msgs, *, min_history: int, lookback: int,
             f.dead_lettered += 1
         else:
             f.lost.append((key[0], key[1], part, off))
+    # A lost bar later than every forecast of its partition was never reached (the group did not
+    # get there before the drill stopped it); one before a forecast bar was skipped.
+    last = defaultdict(lambda: -1)
+    for key in by_bar:
+        if key in owed:
+            last[owed[key][0]] = max(last[owed[key][0]], owed[key][1])
+    tail = [part for _, _, part, off in f.lost if off > last[part]]
+    f.unread_tail, f.unfinished = len(tail), sorted(set(tail))
     for key, copies in by_bar.items():
         f.duplicates += len(copies) - 1
         if any(c["horizon"] != copies[0]["horizon"] for c in copies[1:]):
@@ -310,13 +348,19 @@ def _compare(f: Findings, by_bar: dict, owed: dict, series: dict, lookback: int,
                 f.differ.append((key[0], key[1], float(np.nanmax(np.abs(got - want)))))
 
 
-def output_gaps(forecast_msgs, faults: list[Fault], t0: float, window_s: float = 2.0) -> list[tuple[Fault, float]]:
+def output_gaps(forecast_msgs, faults: list[Fault], t0: float, window_s: float = 2.0, *, until: float | None = None,
+                unfinished=()) -> list[tuple[Fault, float]]:
     """Per fault: the longest pause between two forecasts of one source partition that
-    overlaps [fault, fault + window_s] (Kafka timestamps; t0: the replay's wall-clock start)."""
+    overlaps [fault, fault + window_s] (Kafka timestamps; t0: the replay's wall-clock start).
+    A partition in `unfinished` (owed forecasts it never made) pauses from its last forecast
+    until `until` (when the drill stopped waiting), not just between forecasts it made."""
     times = defaultdict(list)
     for m in forecast_msgs:
         doc = json.loads(m.value)
         times[doc["source"]["partition"]].append(m.timestamp / 1000)
+    if until is not None:
+        for part in unfinished:
+            times[part].append(until)
     for v in times.values():
         v.sort()
     out = []
@@ -373,6 +417,7 @@ class DrillConfig:
     start_s: float = 2.0            # the first fault, seconds after the replay started
     kinds: tuple = KINDS
     session_timeout_ms: int = 3000
+    static: bool = False            # static membership: each worker slot keeps its --group-instance-id
     lookback: int = 64
     min_history: int = 32
     pred_len: int = 4
@@ -411,7 +456,8 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
     faults = draw_schedule(cfg.seed, cfg.faults, spacing_s=cfg.spacing_s, workers=cfg.workers, kinds=kinds,
                            start_s=cfg.start_s, freeze_s=cfg.session_timeout_ms / 1000 + 1.5)
     _say(out, f"chaos seed {cfg.seed}: {cfg.workers} workers, {cfg.partitions} partitions, {cfg.symbols} symbols x "
-              f"{cfg.bars} bars at {cfg.speed:g}x; {len(faults)} faults:")
+              f"{cfg.bars} bars at {cfg.speed:g}x, {'static' if cfg.static else 'dynamic'} membership; "
+              f"{len(faults)} faults:")
     for fault in faults:
         _say(out, "  " + fault.describe())
     log_dir = Path(cfg.log_dir or tempfile.mkdtemp(prefix=f"kronos-rt-chaos-{cfg.seed}-"))
@@ -433,12 +479,12 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
         await ensure_topics(brokers, {topics["bars"]: cfg.partitions})
         env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
 
-        def args_for(worker_id: str) -> list[str]:
+        def args_for(worker_id: str, instance_id: str | None) -> list[str]:
             return worker_command(worker_id, brokers=brokers, redis=redis_url, prefix=f"chaos-{u}", topics=topics,
                                   model_args=model_args, session_timeout_ms=cfg.session_timeout_ms,
-                                  extra=list(cfg.worker_args))
+                                  extra=list(cfg.worker_args), group_instance_id=instance_id)
 
-        slots = [WorkerSlot(i, args_for, env, log_dir) for i in range(cfg.workers)]
+        slots = [WorkerSlot(i, args_for, env, log_dir, static=cfg.static) for i in range(cfg.workers)]
         stack.callback(lambda: [s.stop() for s in slots])
         for s in slots:
             s.start()
@@ -474,6 +520,7 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
             if set(owed) <= got:
                 break
         await asyncio.sleep(1.0)  # stray copies still in flight
+        stopped_waiting = time.time()
         for s in slots:  # all at once: they drain side by side
             s.terminate()
         codes = [c for s in slots for c in s.stop()]
@@ -486,16 +533,17 @@ async def run_drill(cfg: DrillConfig, out=sys.stdout) -> tuple[list[Fault], Find
     reference = _reference(model_args) if cfg.reference else None
     findings = check(bar_msgs, fc_msgs, dlq_msgs, min_history=cfg.min_history, lookback=cfg.lookback,
                      reference=reference)
-    findings.gaps = output_gaps(fc_msgs, faults, t0)
+    findings.gaps = output_gaps(fc_msgs, faults, t0, until=stopped_waiting, unfinished=findings.unfinished)
     findings.log_errors, findings.tracebacks = log_counts([p for s in slots for p in s.logs])
     _say(out, f"[{time.monotonic() - began:.0f}s] checked; worker exit codes {codes}")
     for line in findings.lines():
         _say(out, line)
     logs = [p for s in slots for p in s.logs]
     findings.timeline = timeline(logs)
+    membership = "static" if cfg.static else "dynamic"
     (log_dir / "findings.txt").write_text("\n".join(
-        [f"seed {cfg.seed}"] + [f.describe() for f in faults] + findings.lines() + ["", "timeline:"]
-        + findings.timeline) + "\n")
+        [f"seed {cfg.seed}, {membership} membership"] + [f.describe() for f in faults] + findings.lines()
+        + ["", "timeline:"] + findings.timeline) + "\n")
     return faults, findings
 
 
@@ -510,7 +558,11 @@ async def _inject(fault: Fault, slots: list[WorkerSlot], broker, redis) -> None:
     elif fault.kind == "kill9":
         slots[fault.worker].replace(signal.SIGKILL)
     elif fault.kind == "term":
-        slots[fault.worker].replace(signal.SIGTERM)
+        slot = slots[fault.worker]
+        if slot.static:
+            await slot.replace_when_gone(signal.SIGTERM)
+        else:
+            slot.replace(signal.SIGTERM)
     elif fault.kind == "redis":
         proc = redis._proc
         proc.kill()
@@ -576,6 +628,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", type=float, default=d.speed, help="replay speed, a multiple of real time")
     parser.add_argument("--session-timeout-ms", type=int, default=d.session_timeout_ms,
                         help="the workers' consumer-group session timeout")
+    parser.add_argument("--static", action="store_true",
+                        help="static group membership: each worker slot has its own --group-instance-id "
+                             "(chaos-w0, chaos-w1, ...), which its replacement after kill -9 or SIGTERM reuses")
     parser.add_argument("--brokers", help="a broker to use instead of an embedded one (no broker faults then)")
     parser.add_argument("--redis", help="a Redis to use instead of a private one (no Redis faults then)")
     parser.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
@@ -583,6 +638,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-dir", help="where the worker and broker logs go (default: a temp dir, printed)")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the comparison with a fault-free computation (no model load here)")
+
+
+def drill_config(args: argparse.Namespace, kinds: tuple, run: int = 0) -> DrillConfig:
+    """The drill of run number `run` (seed SEED + run) as the flags say."""
+    seed = args.seed + run
+    return DrillConfig(seed=seed, workers=args.workers, partitions=args.partitions, symbols=args.symbols,
+                       bars=args.bars, speed=args.speed, faults=args.faults, spacing_s=args.spacing_s,
+                       start_s=args.start_s, kinds=kinds, session_timeout_ms=args.session_timeout_ms,
+                       static=args.static, brokers=args.brokers, redis=args.redis, worker_args=list(args.worker_arg),
+                       log_dir=None if args.log_dir is None else str(Path(args.log_dir) / f"seed-{seed}"),
+                       reference=not args.no_reference)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -597,14 +663,7 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name} {getattr(args, name)}: must be at least 1")
     failed = 0
     for run in range(args.runs):
-        cfg = DrillConfig(seed=args.seed + run, workers=args.workers, partitions=args.partitions, symbols=args.symbols,
-                          bars=args.bars, speed=args.speed, faults=args.faults, spacing_s=args.spacing_s,
-                          start_s=args.start_s, kinds=kinds,
-                          session_timeout_ms=args.session_timeout_ms, brokers=args.brokers, redis=args.redis,
-                          worker_args=list(args.worker_arg),
-                          log_dir=None if args.log_dir is None else str(Path(args.log_dir) / f"seed-{args.seed + run}"),
-                          reference=not args.no_reference)
-        _, findings = asyncio.run(run_drill(cfg))
+        _, findings = asyncio.run(run_drill(drill_config(args, kinds, run)))
         failed += not findings.ok
     if args.runs > 1:
         print(f"{args.runs - failed} of {args.runs} drills OK")

@@ -70,3 +70,23 @@ def test_the_output_gap_is_the_longest_pause_of_one_partition_around_the_fault()
            forecast(2, "BBB", ts_ms=1000, partition=1), forecast(3, "BBB", ts_ms=2000, partition=1)]
     [(_, gap)] = output_gaps(fcs, [Fault(1.0, "freeze", 0, 4.5)], t0=0.0)
     assert gap == 8.0
+
+
+def test_a_lost_bar_after_its_partitions_last_forecast_is_counted_as_never_reached():
+    hole = check(BARS, [forecast(i) for i in (2, 4, 5)], [], min_history=MIN_HISTORY, lookback=4)
+    assert [x[3] for x in hole.lost] == [3] and hole.unread_tail == 0  # skipped: a later bar was forecast
+    tail = check(BARS, [forecast(2)], [], min_history=MIN_HISTORY, lookback=4)
+    assert [x[3] for x in tail.lost] == [3, 4, 5] and tail.unread_tail == 3  # the partition stopped at 2
+    assert "3 of them after their partition's last forecast" in tail.lines()[0] and not tail.ok
+
+
+def test_a_partition_that_never_caught_up_pauses_until_the_drill_stopped_waiting():
+    fcs = [forecast(2, ts_ms=1000), forecast(3, ts_ms=1500),  # partition 0 stops at bar 3
+           forecast(2, "BBB", ts_ms=1000, partition=1), forecast(3, "BBB", ts_ms=2000, partition=1)]
+    fault = Fault(1.0, "kill9", 0)
+    [(_, made)] = output_gaps(fcs, [fault], t0=0.0)
+    assert made == 1.0  # between the forecasts that were made: partition 1's second
+    [(_, owed)] = output_gaps(fcs, [fault], t0=0.0, until=60.0, unfinished=[0])
+    assert owed == 58.5  # partition 0 from its last forecast (1.5 s) to the end of the wait
+    f = check(BARS, [forecast(2), forecast(3)], [], min_history=MIN_HISTORY, lookback=4)
+    assert f.unfinished == [0]
