@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Lowest first. Packages on one line do not import each other.
 LAYERS = [
     ["errors"],
-    ["contracts", "calendars"],
+    ["contracts"],
+    ["calendars"],
     ["adapters"],
     ["quality"],
     ["config"],

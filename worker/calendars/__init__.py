@@ -5,5 +5,6 @@ and steps bar end times through them (horizon stamps of forecasts, the alignment
 bars to horizon steps); session_table.py holds an exchange's sessions as integer arrays,
 built once per code, so the next N bar times cost a bisect and additions.
 
-May import: worker.errors and outside libraries; nothing else of the service.
+May import: worker.errors, worker.contracts (bar-time encoding) and outside libraries;
+nothing else of the service.
 """

@@ -25,13 +25,8 @@ DAY_S = 86_400
 EPOCH = _dt.datetime(1970, 1, 1)
 
 
-def to_seconds(t: _dt.datetime) -> int:
-    """Naive wall-clock datetime -> whole seconds since 1970-01-01 (same wall clock)."""
-    d = t - EPOCH
-    return d.days * DAY_S + d.seconds
-
-
 def from_seconds(s: int) -> _dt.datetime:
+    """The inverse of worker.contracts.events.epoch_seconds: seconds since 1970 -> that wall clock."""
     return EPOCH + _dt.timedelta(seconds=s)
 
 

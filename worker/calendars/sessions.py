@@ -33,7 +33,8 @@ import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
-from worker.calendars.session_table import DAY_S, SessionTable, from_seconds, to_seconds
+from worker.calendars.session_table import DAY_S, SessionTable, from_seconds
+from worker.contracts.events import epoch_seconds
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class ExchangeSessions:
     def closed_reason(self, t: _dt.datetime) -> str | None:
         """None inside a trading part; else 'closed_day' (weekend or holiday), 'break' (e.g.
         lunch) or 'outside_hours'. Beyond the table: the weekday rule's answer."""
-        s = to_seconds(t)
+        s = epoch_seconds(t)
         if not self.table.covers(s):
             return self.fallback.closed_reason(t)
         return self.table.closed_reason(s)
@@ -172,7 +173,7 @@ class ExchangeSessions:
     def opens_on(self, t: _dt.datetime) -> list[_dt.time]:
         """The regular open times plus those of the parts that open on t's day (a late
         open, an afternoon part), for the off_grid check."""
-        extra = [from_seconds(o).time() for o in self.table.opens_on(to_seconds(t))]
+        extra = [from_seconds(o).time() for o in self.table.opens_on(epoch_seconds(t))]
         return [o for o, _ in self.sessions] + [o for o in extra if o not in self.sessions]
 
     def next_times(self, last: _dt.datetime, interval: _dt.timedelta, n: int) -> list[_dt.datetime]:
@@ -182,7 +183,7 @@ class ExchangeSessions:
         daily = step >= DAY_S
         if n <= 0:
             return []
-        s = to_seconds(last)
+        s = epoch_seconds(last)
         if s < self.table.first_s:  # before the table: the weekday rule throughout
             self._fell_back(last)
             return self.fallback.next_times(last, interval, n)

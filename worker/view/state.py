@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import datetime as _dt
 import logging
 import math
 from collections import Counter, OrderedDict
@@ -28,18 +27,12 @@ from dataclasses import dataclass
 import orjson
 
 from kronos_rt_client.client import ForecastView, parse_forecast
-from worker.contracts.events import SYMBOL_RE, Bar, InvalidEvent, parse_bar, parse_time
+from worker.contracts.events import SYMBOL_RE, Bar, InvalidEvent, epoch_seconds, parse_bar, parse_time
 
 log = logging.getLogger(__name__)
 
-_EPOCH = _dt.datetime(1970, 1, 1)
 KINDS = ("bars", "forecasts", "scores")
 LOGGED_INVALID = 5  # invalid messages logged per kind; the rest are only counted
-
-
-def epoch_s(t: _dt.datetime) -> int:
-    """A naive wall-clock time -> seconds since 1970 of that wall clock (the chart's time axis)."""
-    return int((t - _EPOCH).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -69,7 +62,7 @@ def forecast_entry(fc: ForecastView, doc: dict) -> dict:
     """What the page draws of one forecast: the mean close path and the close bands, raw
     (lowest and highest quantile level) and calibrated (where the message has them)."""
     levels = fc.quantile_levels
-    path = [[epoch_s(s.ts), s.close] for s in fc.horizon]
+    path = [[epoch_seconds(s.ts), s.close] for s in fc.horizon]
     raw = None
     if len(levels) >= 2 and all(s.quantiles and len(s.quantiles.get("close") or ()) == len(levels)
                                 for s in fc.horizon):
@@ -82,7 +75,7 @@ def forecast_entry(fc: ForecastView, doc: dict) -> dict:
             calibrated.append([t, float(q[0]), float(q[-1])])
     calibration = doc.get("calibration")
     return {
-        "as_of": epoch_s(fc.as_of), "as_of_raw": fc.as_of_raw, "interval_s": fc.interval_s,
+        "as_of": epoch_seconds(fc.as_of), "as_of_raw": fc.as_of_raw, "interval_s": fc.interval_s,
         "produced_at": fc.produced_at.isoformat(timespec="milliseconds"),
         "model": f"{fc.model_name}@{fc.model_version}", "random_weights": fc.random_weights,
         "latency_ms": fc.latency_ms.get("total"),
@@ -113,7 +106,7 @@ def parse_score(value: bytes) -> dict:
         v = doc.get(name)
         return float(v) if type(v) in (int, float) and math.isfinite(v) else None
 
-    return {"symbol": symbol, "as_of": epoch_s(as_of), "ts": epoch_s(ts), "step": step,
+    return {"symbol": symbol, "as_of": epoch_seconds(as_of), "ts": epoch_seconds(ts), "step": step,
             "abs_error": num("abs_error"), "persistence_abs_error": num("persistence_abs_error"),
             "direction_hit": doc.get("direction_hit") if isinstance(doc.get("direction_hit"), bool) else None}
 
@@ -187,7 +180,7 @@ class ViewState:
     def add_bar(self, bar: Bar) -> bool:
         is_new = bar.symbol not in self.symbols
         data = self._symbol(bar.symbol)
-        t = epoch_s(bar.time)
+        t = epoch_seconds(bar.time)
         row = [t, bar.open, bar.high, bar.low, bar.close]
         if t not in data.bars:
             if len(data.times) >= self.limits.max_bars and t < data.times[0]:
