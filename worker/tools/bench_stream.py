@@ -8,8 +8,11 @@ forecasts), then `--warmup-bursts` unmeasured bursts and `--bursts` measured one
 publishes one new bar per symbol at once and waits for all their forecasts before the
 next. Latency is the bar's Kafka timestamp to the moment the bench's subscriber receives
 the forecast; the subscriber is a process of its own (worker/tools/bench_subscriber.py), as
-a real one is, so the worker's event loop does the worker's work only. After the bursts, the engine alone forecasts the same windows at each batch
-size the worker ran, so every burst's own batches have an engine-only time.
+a real one is, so the worker's event loop does the worker's work only. Right after each
+measured burst, while the worker idles, the engine alone forecasts windows of the same
+length in that burst's very batch sizes (`--repeats` times, the median kept): every
+burst's engine-only time is taken beside it, under the same conditions, not minutes later
+when a shared machine may run at another speed.
 
 Target: at a 256-symbol burst the pipeline adds at most 20 % + 10 ms over engine compute:
 a burst's last forecast arrives within 1.2 x the engine time of that burst's batches
@@ -57,7 +60,7 @@ class BenchResult:
     forecasts_per_s: float
     burst_batches: list[list[int]]   # the worker's batch sizes, per measured burst
     burst_ms: list[float]            # per measured burst: first bar sent -> last forecast received
-    engine_ms: dict[int, float]      # batch size -> median engine-only compute, ms
+    engine_ms: dict[int, float]      # batch size -> median engine-only compute over the bursts, ms
     worker_inference_ms: list[float]  # per measured burst: the worker's own inference time, summed
     stages_ms: dict[str, list[float]]  # per forecast: the worker's latency_ms fields (receive, queue, ...)
     loop_cpu_ms: list[float] = field(default_factory=list)  # per measured burst: CPU of the event-loop thread
@@ -65,9 +68,16 @@ class BenchResult:
     scores: int | None = None        # --scoring: score.v1 events the worker published (None: scoring off)
     shadow_forecasts: int | None = None  # --shadow: shadow forecasts published (None: no shadow)
     redis_ms: list[float] | None = None  # Redis alone: one burst's upserts in one pipeline, per repeat
+    # per measured burst: the engine alone on that burst's batch sizes, timed right after it
+    engine_after_ms: list[float] = field(default_factory=list)
+    # per measured burst: (bars sent -> first batch begins, last batch ends -> last forecast
+    # received, the engine idle between batches), ms
+    phases_ms: list[tuple[float, float, float]] = field(default_factory=list)
 
     def engine_burst_ms(self, i: int) -> float:
-        """Engine-only time for burst i's batches, one after another."""
+        """Engine-only time for burst i's batches, one after another (timed right after it)."""
+        if self.engine_after_ms:
+            return self.engine_after_ms[i]
         return sum(self.engine_ms[b] for b in self.burst_batches[i])
 
     def overhead_ratios(self) -> list[float]:
@@ -104,6 +114,11 @@ class BenchResult:
              f"{statistics.median(ratios):.3f}, {ratios[worst]:.3f} (burst {worst + 1})"),
             (f"target: median <= {TARGET_RATIO:.1f}", "PASS" if self.passed else "FAIL"),
         ]
+        if self.phases_ms:
+            rows.insert(-2, ("burst: bars sent -> first batch, engine idle between batches, last batch -> last "
+                             "forecast (medians)",
+                             " / ".join(f"{statistics.median(p[k] for p in self.phases_ms):.1f}" for k in (0, 2, 1))
+                             + " ms"))
         if self.redis_ms:
             rows.append(("Redis alone: one burst's upserts, pipelined (median, max)",
                          f"{statistics.median(self.redis_ms):.1f}, {max(self.redis_ms):.1f} ms"))
@@ -261,10 +276,12 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
         worker = Worker(settings, engine=engine, model_ref=ref)
         sizes: list[int] = []
         inference_s: list[float] = []
+        ended: list[float] = []  # time.time() when each batch's compute returned
 
         def observe(items, seconds):  # runs on the worker's inference thread
             sizes.append(len(items))
             inference_s.append(seconds)
+            ended.append(time.time() * 1000)
 
         worker.observe_batches(observe)
         task = asyncio.create_task(worker.run())
@@ -279,6 +296,9 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
         producer = make_producer(brokers, client_id="bench-feed")
         await producer.start()
         latencies, burst_ms, burst_batches, burst_inference, loop_cpu, rss = [], [], [], [], [], []
+        engine_after, engine_runs = [], {}  # per burst; batch size -> its runs
+        phases = []  # per burst: (bars sent -> first batch begins, last batch ends -> last forecast, engine idle between), ms
+        windows = _engine_windows(synthetic, history, args, worker)
         stages: dict[str, list[float]] = {}
         try:
             for burst in range(sent_bursts):
@@ -321,6 +341,20 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
                     burst_ms.append(max(ms for ms, _, _ in received) - min(sent_ms.values()))
                     burst_batches.append(sizes[first_batch:])
                     burst_inference.append(sum(inference_s[first_batch:]) * 1000)
+                    # Where the burst's time beyond its batches went: before the first batch
+                    # began, between batches (the engine idle), after the last one ended.
+                    began = ended[first_batch] - inference_s[first_batch] * 1000
+                    last = max(ms for ms, _, _ in received)
+                    phases.append((began - sent, last - ended[-1],
+                                   last - sent - sum(inference_s[first_batch:]) * 1000
+                                   - (began - sent) - (last - ended[-1])))
+                    # The engine alone, now, on this burst's batch sizes (the worker idles: its
+                    # inference thread is free, its loop waits on the broker).
+                    timed = await asyncio.get_running_loop().run_in_executor(
+                        None, _time_engine, engine, windows, args, burst_batches[-1])
+                    for size, runs in timed.items():
+                        engine_runs.setdefault(size, []).extend(runs)
+                    engine_after.append(sum(statistics.median(timed[b]) for b in burst_batches[-1]))
         finally:
             scores = worker.scoring.published if worker.scoring is not None else None
             shadow_forecasts = None if worker.shadows is None else int(sum(
@@ -334,18 +368,14 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
             await _delete_prefix(redis_url, prefix)
         redis_ms = await _time_redis(redis_url, f"{prefix}-redis", args.lookback, synthetic,
                                      max(5, args.repeats))
-
-        # The engine alone, same windows, every batch size the measured bursts ran.
-        used = sorted({b for bs in burst_batches for b in bs})
-        engine_ms = await asyncio.get_running_loop().run_in_executor(
-            None, _time_engine, engine, synthetic, history, args, used, worker)
+        engine_ms = {size: statistics.median(runs) for size, runs in engine_runs.items()}
         return BenchResult(
             symbols=args.symbols, bursts=args.bursts, forecasts=len(latencies),
             p50_ms=float(np.percentile(latencies, 50)), p99_ms=float(np.percentile(latencies, 99)),
             forecasts_per_s=len(latencies) / max(1e-9, sum(burst_ms) / 1000),
             burst_batches=burst_batches, burst_ms=burst_ms, engine_ms=engine_ms,
             worker_inference_ms=burst_inference, stages_ms=stages, scores=scores, loop_cpu_ms=loop_cpu, rss_mib=rss,
-            shadow_forecasts=shadow_forecasts, redis_ms=redis_ms,
+            shadow_forecasts=shadow_forecasts, redis_ms=redis_ms, engine_after_ms=engine_after, phases_ms=phases,
         )
 
 
@@ -358,10 +388,8 @@ def _rss_mib() -> float:
         return 0.0
 
 
-def _time_engine(engine, synthetic, history, args, sizes, worker) -> dict[int, float]:
-    from kronos_rt import SamplingParams
-
-    sampling = SamplingParams(temperature=1.0, top_k=1, top_p=1.0, sample_count=1)
+def _engine_windows(synthetic, history, args, worker) -> list[tuple]:
+    """(values, times, horizon) of every symbol's last window: what the engine alone forecasts."""
     cols = list(COLUMNS)
     windows = []
     for sym, g in synthetic.groupby("symbol", sort=True):
@@ -370,10 +398,19 @@ def _time_engine(engine, synthetic, history, args, sizes, worker) -> dict[int, f
         t = g["time"].to_numpy().astype("datetime64[s]")
         windows.append((np.asfortranarray(g[cols].to_numpy()), t, t[-1] + np.arange(1, args.pred_len + 1)
                         * np.timedelta64(int(worker.interval.total_seconds()), "s")))
-    out = {}
-    for size in sizes:
+    return windows
+
+
+def _time_engine(engine, windows, args, batches) -> dict[int, list[float]]:
+    """Batch size -> `--repeats` engine-only times (ms) for each size in `batches`, windows
+    of the burst's length in the worker's sampling."""
+    from kronos_rt import SamplingParams
+
+    sampling = SamplingParams(temperature=1.0, top_k=1, top_p=1.0, sample_count=1)
+    out: dict[int, list[float]] = {}
+    for size in sorted(set(batches)):
         chosen = [windows[i % len(windows)] for i in range(size)]
-        runs = []
+        runs = out[size] = []
         for _ in range(max(1, args.repeats)):
             t0 = time.perf_counter()
             engine.forecast([w[0] for w in chosen], [w[1] for w in chosen], [w[2] for w in chosen],
@@ -383,7 +420,6 @@ def _time_engine(engine, synthetic, history, args, sizes, worker) -> dict[int, f
 
                 torch.cuda.synchronize(engine.device)
             runs.append((time.perf_counter() - t0) * 1000)
-        out[size] = statistics.median(runs)
     return out
 
 
@@ -403,7 +439,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the bench topics")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
-    parser.add_argument("--repeats", type=int, default=3, help="engine-only timing repeats per batch size")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="engine-only timing repeats per batch size, after each measured burst (default 3)")
     parser.add_argument("--brokers", help="Kafka bootstrap servers (default: start an embedded broker)")
     parser.add_argument("--redis", help="Redis URL, any form --redis of the worker takes (default: start a "
                                         "private redis-server)")

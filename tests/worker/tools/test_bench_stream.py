@@ -24,10 +24,19 @@ def test_bench_stream_measures_every_burst(broker, redis_url):
         assert ms > 0
     assert set(result.engine_ms) == {b for bs in result.burst_batches for b in bs}
     assert all(v > 0 for v in result.engine_ms.values())
+    # the engine alone timed right after each burst, on that burst's batch sizes
+    assert len(result.engine_after_ms) == 2 and all(v > 0 for v in result.engine_after_ms)
+    assert [result.engine_burst_ms(i) for i in range(2)] == result.engine_after_ms
+    # where each burst's time beyond its batches went: before the first, after the last, between
+    assert len(result.phases_ms) == 2
+    for (to_first, after_last, between), ms, inference in zip(result.phases_ms, result.burst_ms,
+                                                               result.worker_inference_ms):
+        assert to_first > 0 and after_last > 0 and to_first + after_last + between + inference == pytest.approx(ms)
     assert 0 < result.p50_ms <= result.p99_ms <= max(result.burst_ms) + 1
     assert len(result.worker_inference_ms) == 2 and all(0 < w <= b for w, b in zip(result.worker_inference_ms, result.burst_ms))
     table = result.table()
     assert "burst: engine-only, same batches (median)" in table
+    assert "burst: bars sent -> first batch, engine idle between batches, last batch -> last forecast" in table
     assert ("PASS" in table) != ("FAIL" in table)
     # nothing left behind in the shared Redis
     try:
