@@ -48,7 +48,35 @@ ALIASES = {"ashare": "XSHG", "us": "XNYS", "XSHE": "XSHG", "SZSE": "XSHG"}
 HOW_TO_LIST = "`kronos-rt calendars` lists the valid codes"
 
 
-class SessionCalendar:
+class _RemembersLast:
+    """next_times answers the same call again from memory: every symbol of a burst asks
+    about one bar time. The calendar computes in `_next_times`; a fallback to the weekday rule
+    is counted on every call that would make it."""
+    fallbacks = 0
+    _last_times: tuple = (None, ((), False))
+
+    def next_times(self, last: _dt.datetime, interval: _dt.timedelta, n: int) -> list[_dt.datetime]:
+        """The n bar times after `last` (which need not itself be in a session)."""
+        key = (last, interval, n)
+        held, (out, fell_back) = self._last_times
+        if held == key:
+            if fell_back:
+                self._fell_back(last)
+            return list(out)
+        before = self.fallbacks
+        out = self._next_times(last, interval, n)
+        if last.tzinfo is None:  # aware times of one instant in two zones are equal, but not here
+            self._last_times = (key, (tuple(out), self.fallbacks != before))
+        return out
+
+    def _next_times(self, last: _dt.datetime, interval: _dt.timedelta, n: int) -> list[_dt.datetime]:
+        raise NotImplementedError
+
+    def _fell_back(self, last: _dt.datetime) -> None:
+        pass
+
+
+class SessionCalendar(_RemembersLast):
     """The weekday rule: trading days plus fixed intraday sessions, no holidays. No sessions
     means trading all day (every day for `continuous`). Exchange calendars fall back to it
     beyond their table."""
@@ -99,8 +127,7 @@ class SessionCalendar:
             if interval > longest:
                 raise ValueError(f"interval {interval} is longer than any session of {self.name!r}")
 
-    def next_times(self, last: _dt.datetime, interval: _dt.timedelta, n: int) -> list[_dt.datetime]:
-        """The n bar times after `last` (which need not itself be in a session)."""
+    def _next_times(self, last: _dt.datetime, interval: _dt.timedelta, n: int) -> list[_dt.datetime]:
         self.check_interval(interval)
         out = []
         t = last
@@ -141,7 +168,7 @@ def _span(o: _dt.time, c: _dt.time) -> _dt.timedelta:
 CONTINUOUS = SessionCalendar("continuous")
 
 
-class ExchangeSessions:
+class ExchangeSessions(_RemembersLast):
     """An exchange's calendar from `exchange_calendars`, as a SessionTable over its built
     range, with the weekday rule (`fallback`) beyond it. Same interface as SessionCalendar."""
 
@@ -155,6 +182,7 @@ class ExchangeSessions:
         self.fallback = SessionCalendar(f"{code} weekday rule", table.regular, table.weekdays)
         self.fallbacks = 0
         self._warned = -float("inf")
+        self._last_closed: tuple = (None, None)  # closed_reason's last answer, by its argument
 
     def __repr__(self) -> str:
         return f"ExchangeSessions({self.name!r}, {self.span[0]}..{self.span[1]})"
@@ -165,10 +193,14 @@ class ExchangeSessions:
     def closed_reason(self, t: _dt.datetime) -> str | None:
         """None inside a trading part; else 'closed_day' (weekend or holiday), 'break' (e.g.
         lunch) or 'outside_hours'. Beyond the table: the weekday rule's answer."""
+        key, reason = self._last_closed
+        if key == t:
+            return reason
         s = epoch_seconds(t)
-        if not self.table.covers(s):
-            return self.fallback.closed_reason(t)
-        return self.table.closed_reason(s)
+        reason = self.fallback.closed_reason(t) if not self.table.covers(s) else self.table.closed_reason(s)
+        if t.tzinfo is None:  # aware times of one instant in two zones are equal, but not here
+            self._last_closed = (t, reason)
+        return reason
 
     def opens_on(self, t: _dt.datetime) -> list[_dt.time]:
         """The regular open times plus those of the parts that open on t's day (a late
@@ -176,9 +208,8 @@ class ExchangeSessions:
         extra = [from_seconds(o).time() for o in self.table.opens_on(epoch_seconds(t))]
         return [o for o, _ in self.sessions] + [o for o in extra if o not in self.sessions]
 
-    def next_times(self, last: _dt.datetime, interval: _dt.timedelta, n: int) -> list[_dt.datetime]:
-        """The n bar times after `last` (which need not itself be in a session): the parts of
-        the calendar's sessions, then the weekday rule past the table's end."""
+    def _next_times(self, last: _dt.datetime, interval: _dt.timedelta, n: int) -> list[_dt.datetime]:
+        """The parts of the calendar's sessions, then the weekday rule past the table's end."""
         step = self.check_interval(interval)
         daily = step >= DAY_S
         if n <= 0:

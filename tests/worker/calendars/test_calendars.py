@@ -125,6 +125,30 @@ def test_past_the_table_the_weekday_rule_with_a_warning_and_a_count(caplog):
     assert cal.next_times(D(2030, 1, 4, 15, 55), D1, 1) == [D(2030, 1, 7, 15, 55)]  # daily past it: no crash
 
 
+def test_a_repeated_call_is_answered_from_memory_and_still_counts_its_fallback():
+    """Every symbol of a burst asks about one bar time: the answer is remembered, handed out
+    as a fresh list each time, and a fallback is counted per call as when computed."""
+    cal = calendar("XNYS", "2024-01-01:2024-12-31")
+    last = D(2024, 12, 31, 15, 55)
+    first = cal.next_times(last, M5, 3)
+    before = cal.fallbacks
+    again = cal.next_times(last, M5, 3)
+    assert again == first and again is not first
+    again.append(None)  # a caller's change stays its own
+    assert cal.next_times(last, M5, 3) == first
+    assert cal.fallbacks == before + 2
+    inside = cal.next_times(D(2024, 6, 3, 10, 0), M5, 2)  # another time: computed, nothing counted
+    assert inside == [D(2024, 6, 3, 10, 5), D(2024, 6, 3, 10, 10)] and cal.fallbacks == before + 2
+    assert cal.next_times(D(2024, 6, 3, 10, 0), M5, 3)[-1] == D(2024, 6, 3, 10, 15)  # n is part of the question
+    utc = D(2024, 6, 3, 14, 0).replace(tzinfo=dt.timezone.utc)  # aware times are never remembered
+    assert cal.next_times(utc, M5, 1) == cal.next_times(utc, M5, 1)
+    weekday = SessionCalendar("weekdays", ((dt.time(9, 30), dt.time(16, 0)),), frozenset(range(5)))
+    assert weekday.next_times(D(2024, 6, 7, 15, 55), M5, 2) == weekday.next_times(D(2024, 6, 7, 15, 55), M5, 2) \
+        == [D(2024, 6, 7, 16, 0), D(2024, 6, 10, 9, 35)]
+    assert cal.closed_reason(D(2024, 7, 4, 10, 0)) == cal.closed_reason(D(2024, 7, 4, 10, 0)) == "closed_day"
+    assert cal.closed_reason(D(2024, 7, 5, 10, 0)) is None
+
+
 def test_range_widens_and_is_clipped_to_what_the_library_records(caplog):
     wide = calendar("XNYS", "2001-01-01:")
     assert wide.span[0] == "2001-01-02"
