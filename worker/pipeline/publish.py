@@ -17,6 +17,7 @@ from typing import Awaitable, Callable
 
 from worker.contracts import events
 from worker.adapters import kafka
+from worker.adapters.histograms import observe_many, observe_repeated
 from worker.pipeline import poison
 from worker.pipeline.batcher import Batch
 from worker.pipeline.ingest import DeadLetter, Ready
@@ -186,10 +187,10 @@ class Publisher:
             return
         records = []
         for it, enqueued, (fc, ref) in zip(batch.items, batch.enqueued, batch.results):
-            queue.observe(max(0.0, batch.started - enqueued))
             doc = self.forecast_doc(it, fc, ref, latency_ms(it, batch.started - enqueued, batch.started, batch.finished))
             doc["batch_size"] = len(batch.items)
             records.append((it.bar.symbol.encode(), events.dumps(doc)))
+        observe_many(queue, [max(0.0, batch.started - enqueued) for enqueued in batch.enqueued])
         for fut, indices in await kafka.send_many(self.producer, topic, records):
             if fut is None:
                 self._resend(topic, batch, records, indices)
@@ -209,12 +210,10 @@ class Publisher:
                 return
             now = time.time()
             m = self.metrics
-            e2e, publish = m.e2e_latency, m.stage_latency.labels(stage="publish")
-            published = max(0.0, now - batch.finished)
+            observe_many(m.e2e_latency, [max(0.0, now - items[i].kafka_ts) for i in indices])
+            observe_repeated(m.stage_latency.labels(stage="publish"), max(0.0, now - batch.finished), len(indices))
             for i in indices:
                 it = items[i]
-                e2e.observe(max(0.0, now - it.kafka_ts))
-                publish.observe(published)
                 it.partition.offsets.done(it.offset)
             m.forecasts.inc(len(indices))
             self.forecasts += len(indices)

@@ -334,3 +334,19 @@ def test_forecast_identity_is_symbol_as_of_and_model_version():
     other = dict(doc, model={"name": "m", "version": "1.0.1"})
     assert identity_of(doc) == identity_of(same)
     assert identity_of(doc) != identity_of(other)
+
+
+def test_utc_now_ms_says_what_datetime_now_says_to_the_millisecond():
+    import datetime as _dt
+    import time as _time
+
+    from worker.contracts.events import utc_now_ms
+
+    for _ in range(200):  # across millisecond boundaries: formatted anew each one
+        before = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+        text = utc_now_ms()
+        after = _dt.datetime.now(_dt.timezone.utc)
+        got = _dt.datetime.fromisoformat(text)
+        assert text == got.isoformat(timespec="milliseconds") and text.endswith("+00:00")
+        assert before <= got <= after
+        _time.sleep(0.0002)
