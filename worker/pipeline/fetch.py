@@ -30,6 +30,9 @@ from worker.pipeline.partition import PartitionState
 
 log = logging.getLogger("kronos_rt.worker")
 
+# Longest the fetch loop handles bars without letting the event loop's other tasks run.
+YIELD_EVERY_S = 0.002
+
 
 class FetchLoop:
     def __init__(self, parts, states: dict, settings, stopping: Callable[[], bool],
@@ -77,7 +80,14 @@ class FetchLoop:
                     # Careful: a failure is then the head message's own, and one bad message does
                     # not re-run the pipelined upserts of the whole fetch at every retry.
                     parsed = await self._parse([todo[0]] if careful else todo)
+                turn = time.perf_counter()
                 while todo and not self.stopping():
+                    if time.perf_counter() - turn > YIELD_EVERY_S:
+                        # The live path awaits nothing that blocks, so a fetch of a thousand bars
+                        # would hold the event loop for a whole turn: the batcher could not start
+                        # the next batch when the engine finishes one. Let the others run.
+                        await asyncio.sleep(0)
+                        turn = time.perf_counter()
                     if self.woke():
                         todo.clear()
                         break
@@ -85,21 +95,24 @@ class FetchLoop:
                     if st is None or self.states.get(tp) is not st:
                         todo.popleft()  # revoked meanwhile: the next owner reads it from the committed offset
                         continue
-                    await p.flow.backpressure(lambda: p.batcher.pending, self.s.max_queue)
+                    if p.batcher.pending >= self.s.max_queue:  # checked here first: once per bar
+                        await p.flow.backpressure(lambda: p.batcher.pending, self.s.max_queue)
                     item = parsed.get((tp, msg.offset))
                     if item is None:  # parsed alone (careful): the next one is parsed now
                         parsed = None
                         break
                     if isinstance(item.bar, events.Bar) and st.runahead is not None and st.runahead.full(item.bar.symbol):
                         p.batcher.feeding(False)  # it waits for commits, which wait for what is gathered
-                    if isinstance(item.bar, events.Bar) and not await p.flow.within_runahead(
-                            st, item.bar.symbol, lambda: p.committer.commit([st]), self.stopping):
-                        continue  # revoked or stopping while it waited: looked at again above
+                        if not await p.flow.within_runahead(st, item.bar.symbol, lambda: p.committer.commit([st]),
+                                                            self.stopping):
+                            continue  # revoked or stopping while it waited: looked at again above
                     await self._handle(st, msg, item)
                     todo.popleft()
                     self.bars += 1  # once per message, however often an outage made it retry
                     failures = 0
                     p.health.fetch_stalled(False)
+                p.ingest.flush_metrics()
+                p.metrics.queue_depth.set(p.batcher.queued)  # once a fetch, not once a bar
             except Exception as err:
                 if not poison.is_infrastructure(err):
                     raise
@@ -156,7 +169,6 @@ class FetchLoop:
         else:
             st.offsets.add(msg.offset)
             p.batcher.submit(out)
-            p.metrics.queue_depth.set(p.batcher.queued)
         if parsed.scores and p.scoring is not None:  # this bar realized stored forecasts' steps
             await p.scoring.publish(st, msg.offset, parsed.scores)
 

@@ -15,6 +15,7 @@ from typing import Awaitable, Callable
 
 import numpy as np
 
+from worker.adapters.histograms import observe_many
 from worker.contracts import events
 from worker.pipeline import poison
 from worker.pipeline.partition import PartitionState
@@ -86,6 +87,7 @@ class Ingest:
         self.on_lost = on_lost  # Redis forgot a window we had: rebuild every partition's windows
         self.quality = quality  # live scoring (worker/quality/live.py): claims ride on the upsert round trip
         self._warned_closed: set[str] = set()  # symbols whose closed-period bars were logged once
+        self._receive: list[float] = []  # receive-stage figures not yet in the histogram (flush_metrics)
 
     def _metric(self, name: str):
         """The receive-stage histogram ("receive") or the events counter of an outcome, its
@@ -129,6 +131,13 @@ class Ingest:
                     p.reply = reply
         return parsed
 
+    def flush_metrics(self) -> None:
+        """Put the messages handled since the last call into the receive-stage histogram, all
+        at once (the fetch loop calls it after each fetch)."""
+        if self._receive:
+            observe_many(self._metric("receive"), self._receive)
+            self._receive = []
+
     def note_closed_period(self, bar: events.Bar) -> None:
         """Count (and log once per symbol) a bar stamped inside a closed period of its
         calendar: a holiday, a lunch break, after the close. It is still stored and
@@ -161,7 +170,9 @@ class Ingest:
         """One message, in partition order: upsert its bar, and say what else it needs.
         None: nothing more (stored, buffered, duplicate, too old, or revoked meanwhile)."""
         received = time.time()
-        self._metric("receive").observe(max(0.0, received - msg.timestamp / 1000))
+        self._receive.append(max(0.0, received - msg.timestamp / 1000))
+        if len(self._receive) >= 4096:
+            self.flush_metrics()
         bar = parsed.bar
         if isinstance(bar, events.InvalidEvent):
             state.handled(msg.offset)
@@ -200,6 +211,12 @@ class Ingest:
                 log.warning("not forecast: %s %s (offset %d) is older than its whole stored window",
                             bar.symbol, bar.ts, msg.offset)
             return None
+        if result.appended and not result.lost:
+            # The live path: the bar went onto the end of the local copy, so it is the newest of
+            # its window and nothing stored is newer (no re-read, nothing written ahead).
+            times, values, oldest = self.store.latest(bar.symbol)
+            state.note_oldest(bar.symbol, oldest)
+            return self._ready(state, msg, bar, status, received, times, values)
         window = await self.store.window(bar.symbol)
         state.note_window(bar.symbol, window)
         t = np.datetime64(bar.time, "s")
@@ -224,20 +241,28 @@ class Ingest:
                 if short:
                     self.metrics.events.labels(outcome="reread_trimmed").inc()
                     return None
-        newest = len(window) and window.times[-1] == t
-        if not newest or len(window) < self.min_history:
-            self._metric("buffered" if newest else status.value).inc()
-            if not newest:  # never silent: a late bar (newer ones came from earlier offsets)
-                log.info("not forecast: %s %s (offset %d) is older than the newest bar of its window (a late bar or a "
-                         "correction of an older one)",
-                         bar.symbol, bar.ts, msg.offset)
+        if not (len(window) and window.times[-1] == t):  # never silent: a late bar (newer ones came
+            # from earlier offsets) or a correction of an older one
+            self._metric(status.value).inc()
+            log.info("not forecast: %s %s (offset %d) is older than the newest bar of its window (a late bar or a "
+                     "correction of an older one)",
+                     bar.symbol, bar.ts, msg.offset)
+            return None
+        return self._ready(state, msg, bar, status, received, window.times, window.values)
+
+    def _ready(self, state: PartitionState, msg, bar: events.Bar, status: Upsert, received: float,
+               times: np.ndarray, values: np.ndarray) -> Ready | None:
+        """The Ready item of a bar that is its window's newest (None: too little history yet, or
+        the partition was revoked meanwhile)."""
+        if len(times) < self.min_history:
+            self._metric("buffered").inc()
             return None
         self._metric(status.value).inc()
         if not state.owned:  # revoked while we awaited Redis: the next owner forecasts it
             return None
         horizon = self.calendar_for(bar.symbol).next_times(bar.time, self.interval, self.pred_len)
         return Ready(bar, state, msg.offset, msg.key, msg.value, msg.timestamp / 1000, received,
-                     window.values[-self.lookback:], window.times[-self.lookback:], horizon)
+                     values[-self.lookback:], times[-self.lookback:], horizon)
 
 
 def written_ahead(window, t: np.datetime64, offset: int) -> bool:

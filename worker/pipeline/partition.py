@@ -34,5 +34,9 @@ class PartitionState:
         if len(window):
             self.oldest[symbol] = int(window.offsets.min())
 
+    def note_oldest(self, symbol: str, offset: int) -> None:
+        """note_window's record, the window's oldest offset already known."""
+        self.oldest[symbol] = offset
+
     def handled(self, offset: int) -> None:
         self.processed = offset + 1

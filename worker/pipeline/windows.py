@@ -117,6 +117,11 @@ class Upsert(str, enum.Enum):
         return self in (Upsert.APPENDED, Upsert.INSERTED, Upsert.CORRECTED)
 
 
+# The script's status reply, bytes or str (decode_responses), to its Upsert: a dict lookup,
+# not an Enum call, once per bar.
+_STATUS = {**{u.value: u for u in Upsert}, **{u.value.encode(): u for u in Upsert}}
+
+
 @dataclass(frozen=True, slots=True)
 class UpsertResult:
     status: Upsert
@@ -124,6 +129,9 @@ class UpsertResult:
     version: int   # window version in Redis after the call
     lost: bool     # this store had the symbol cached but Redis had forgotten it
     redelivered: bool = False  # duplicate of the very message stored (same Kafka offset): a re-read
+    # The local copy took the bar at its end, in order (the live path): the bar is its window's
+    # newest, so nothing in it is newer and `latest` is the window it gets forecast on.
+    appended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +154,7 @@ class _Local:
     """One symbol's cached window in buffers of twice the lookback, so appends
     are O(1) and only every `lookback` appends pay for a compaction."""
 
-    __slots__ = ("times", "values", "offsets", "start", "end", "version")
+    __slots__ = ("times", "values", "offsets", "start", "end", "version", "ordered")
 
     def __init__(self, lookback: int, times, values, offsets, version: int):
         cap = 2 * lookback
@@ -160,6 +168,9 @@ class _Local:
         self.values[:n] = values
         self.offsets[:n] = offsets
         self.start, self.end, self.version = 0, n, version
+        # Offsets never falling with time (bars read in order, the live case): the oldest
+        # offset is then the first, no search needed.
+        self.ordered = bool(n < 2 or (np.diff(self.offsets[:n]) >= 0).all())
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -172,6 +183,8 @@ class _Local:
             self.values[:keep] = self.values[s:self.end]
             self.offsets[:keep] = self.offsets[s:self.end]
             self.start, self.end = 0, keep
+        if self.ordered and self.end > self.start and offset < self.offsets[self.end - 1]:
+            self.ordered = False
         self.times[self.end] = t
         self.values[self.end] = row
         self.offsets[self.end] = offset
@@ -184,6 +197,13 @@ class _Local:
         sl = slice(self.start, self.end)
         return Window(self.times[sl].astype("datetime64[s]"), self.values[sl].copy(),
                       self.offsets[sl].copy(), self.version)
+
+    def latest(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(times as datetime64[s], values, the oldest offset): copies of what a forecast of
+        the newest bar needs, without the snapshot's offsets array."""
+        sl = slice(self.start, self.end)
+        oldest = int(self.offsets[self.start] if self.ordered else self.offsets[sl].min())
+        return self.times[sl].astype("datetime64[s]"), self.values[sl].copy(), oldest
 
 
 def _lacks(fetched: _Local, local: _Local) -> bool:
@@ -231,6 +251,7 @@ class WindowStore:
         self._read = redis_connect.register_script(redis, _READ_LUA)
         self._upsert_many = redis.register_script(_UPSERT_MANY_LUA)  # plain pipelines only
         self._cache: dict[str, _Local] = {}
+        self._encoded_keys: dict[str, list[bytes]] = {}
         # Bumped by delete(): replies of upsert_ahead taken before it are stale.
         self.generation = 0
 
@@ -256,11 +277,13 @@ class WindowStore:
             # which loads it if Redis lacks it); its replies, flattened, are the per-bar ones.
             pipe.scripts.add(self._upsert_many)
             sha = self._upsert_many.sha
+            lookback = b"%d" % self.lookback
             for i in range(0, len(items), UPSERT_CHUNK):
                 keys, args = [], []
                 for bar, offset in items[i:i + UPSERT_CHUNK]:
-                    keys += self.keys(bar.symbol)
-                    args += self._upsert_args(bar, offset)
+                    keys += self._key_bytes(bar.symbol)
+                    # As bytes: the client's encoder then passes each through (thousands a burst).
+                    args += (b"%d" % epoch_seconds(bar.time), _record(bar).encode(), b"%d" % offset, lookback)
                 pipe.evalsha(sha, len(keys), *keys, *args)
             return [reply for chunk in await redis_connect.execute(self.redis, pipe) for reply in chunk]
         if type(pipe) is Pipeline:
@@ -281,6 +304,13 @@ class WindowStore:
         replies = await redis_connect.execute(self.redis, pipe)  # a Cluster splits it per node
         return list(zip(replies[0::2], replies[1::2])) if also is not None else replies
 
+    def _key_bytes(self, symbol: str) -> list[bytes]:
+        """keys(symbol), encoded, kept while the symbol's window is (forget drops it)."""
+        keys = self._encoded_keys.get(symbol)
+        if keys is None:
+            keys = self._encoded_keys[symbol] = [k.encode() for k in self.keys(symbol)]
+        return keys
+
     def _upsert_args(self, bar: Bar, offset: int) -> list:
         return [epoch_seconds(bar.time), _record(bar), int(offset), self.lookback]
 
@@ -288,7 +318,8 @@ class WindowStore:
         """Bring the local copy up to date with one upsert script's reply (from `upsert`, or
         one of `upsert_ahead`'s, applied in order); the result `upsert` returns."""
         t = epoch_seconds(bar.time)
-        status, length, version, fresh = Upsert(_text(res[0])), int(res[1]), int(res[2]), int(res[3])
+        status = _STATUS.get(res[0]) or Upsert(_text(res[0]))
+        length, version, fresh = int(res[1]), int(res[2]), int(res[3])
         redelivered = status is Upsert.DUPLICATE and len(res) > 4 and int(res[4]) == int(offset)
         local = self._cache.get(bar.symbol)
         # Redis forgot the symbol (flush/eviction) or its counter went backwards.
@@ -301,7 +332,7 @@ class WindowStore:
         if local is not None:
             if status is Upsert.APPENDED and version == local.version + 1 and length == min(len(local) + 1, self.lookback):
                 local.append(t, bar.values(), offset, self.lookback, version)
-                return result
+                return UpsertResult(status, length, version, False, False, True)
             if status in (Upsert.DUPLICATE, Upsert.TOO_OLD) and version == local.version:
                 return result
         elif fresh == 1 and status is Upsert.APPENDED and length == 1:
@@ -316,6 +347,11 @@ class WindowStore:
             del self._cache[bar.symbol]
             return UpsertResult(status, length, version, True, redelivered)
         return result
+
+    def latest(self, symbol: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """The cached window's (times, values, oldest offset), copied; for a symbol whose
+        last upsert reported `appended` (its copy is then cached)."""
+        return self._cache[symbol].latest()
 
     async def window(self, symbol: str, refresh: bool = False) -> Window:
         """The cached window (no network) or, on first use or refresh=True, Redis's."""
@@ -345,6 +381,7 @@ class WindowStore:
         """Drop local copies (partition revoked: another worker now owns them)."""
         for s in symbols:
             self._cache.pop(s, None)
+            self._encoded_keys.pop(s, None)
 
     async def delete(self, symbols) -> None:
         """Remove the symbols' keys from Redis and the local cache."""

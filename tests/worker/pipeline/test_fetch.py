@@ -59,6 +59,9 @@ class Ingest:
         st.handled(m.offset)
         return ("ready", m.offset)
 
+    def flush_metrics(self):
+        self.flushes = getattr(self, "flushes", 0) + 1
+
 
 class Recorder:
     def __init__(self):

@@ -169,3 +169,40 @@ async def test_bars_in_closed_periods_are_accepted_counted_and_forecast_from_the
                for p in ("break", "closed_day", "outside_hours")}
     assert counted == {"break": 1, "closed_day": 1, "outside_hours": 1}
     assert caplog.text.count("lies in a closed period") == 1
+
+
+async def test_the_live_path_gives_what_a_window_read_from_redis_gives(ingest, redis_url, redis_prefix):
+    """A bar appended to the local copy (the live path: no window read, no search for newer
+    bars) becomes the very Ready item, and the same oldest offset, that a worker reading the
+    window back from Redis makes of it; once a late bar breaks the offsets' order, the oldest
+    offset is searched for."""
+    state = PartitionState(TP)
+    await handle_all(ingest, state, [msg(i) for i in range(20)])  # past Redis's 16 bars: the front trimmed
+    live = (await handle_all(ingest, state, [msg(20)]))[0]
+    assert (await ingest.store.upsert(events.parse_bar(msg(21).value), 21)).appended
+
+    client = aioredis.from_url(redis_url)
+    try:
+        cold = Ingest(WindowStore(client, redis_prefix, 16), lookback=8, min_history=3, pred_len=2,
+                      interval=dt.timedelta(minutes=5), calendar_for=parse_session_map("continuous"),
+                      metrics=WorkerMetrics(), on_lost=ingest.on_lost)
+        other = PartitionState(TP)
+        await cold.store.delete(["AAA"])
+        await handle_all(cold, other, [msg(i) for i in range(20)])
+        cold.store.forget(["AAA"])  # the next bar finds no local copy: the window is read from Redis
+        read = (await handle_all(cold, other, [msg(20)]))[0]
+    finally:
+        await client.aclose()
+    assert isinstance(live, Ready) and isinstance(read, Ready)
+    assert np.array_equal(live.values, read.values, equal_nan=True) and np.array_equal(live.times, read.times)
+    assert live.times.dtype == read.times.dtype and live.values.dtype == read.values.dtype
+    assert live.horizon == read.horizon and state.oldest == other.oldest == {"AAA": 5}
+    live.values[-1, 3] = -1.0  # the item's arrays are copies: the next bar cannot change them
+    assert (await ingest.store.window("AAA")).values[-2, 3] == 30.0
+
+    # Offsets out of order (a bar re-sent under a lower offset): the oldest is searched for.
+    store = ingest.store
+    await store.delete(["BBB"])
+    for i, off in [(0, 50), (1, 51), (2, 40), (3, 52)]:
+        await store.upsert(events.parse_bar(msg(i, "BBB").value), off)
+    assert store.latest("BBB")[2] == 40
