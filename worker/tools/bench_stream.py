@@ -348,10 +348,11 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
                     phases.append((began - sent, last - ended[-1],
                                    last - sent - sum(inference_s[first_batch:]) * 1000
                                    - (began - sent) - (last - ended[-1])))
-                    # The engine alone, now, on this burst's batch sizes (the worker idles: its
-                    # inference thread is free, its loop waits on the broker).
-                    timed = await asyncio.get_running_loop().run_in_executor(
-                        None, _time_engine, engine, windows, args, burst_batches[-1])
+                    # The engine alone, now, on this burst's batch sizes, on the worker's own
+                    # inference thread (its memory arena and thread state; the worker idles:
+                    # nothing waits for a batch, its loop waits on the broker).
+                    timed = await worker.parts.batcher.run_in_thread(
+                        _time_engine, engine, windows, args, burst_batches[-1])
                     for size, runs in timed.items():
                         engine_runs.setdefault(size, []).extend(runs)
                     engine_after.append(sum(statistics.median(timed[b]) for b in burst_batches[-1]))
