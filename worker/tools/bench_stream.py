@@ -7,8 +7,9 @@ symbol first gets warm history written straight into Redis (so it produces no
 forecasts), then `--warmup-bursts` unmeasured bursts and `--bursts` measured ones: each
 publishes one new bar per symbol at once and waits for all their forecasts before the
 next. Latency is the bar's Kafka timestamp to the moment the bench's subscriber receives
-the forecast; the subscriber is a process of its own (worker/tools/bench_subscriber.py), as
-a real one is, so the worker's event loop does the worker's work only. Right after each
+the forecast; the feed that sends the bars and the subscriber are a process of their own
+(worker/tools/bench_subscriber.py), as real ones are, so the worker's event loop does the
+worker's work only. Right after each
 measured burst, while the worker idles, the engine alone forecasts windows of the same
 length in that burst's very batch sizes (`--repeats` times, the median kept): every
 burst's engine-only time is taken beside it, under the same conditions, not minutes later
@@ -40,7 +41,7 @@ from worker.tools import TAPE
 from worker.tools.tables import format_columns
 from worker.config import ModelRef, Settings
 from worker.errors import ConfigError
-from worker.adapters.kafka import ensure_topics, make_producer, send_many
+from worker.adapters.kafka import ensure_topics
 from worker.tools.tape import fan_out, read_tape
 from worker.pipeline.windows import WindowStore
 from worker.tools.bench_subscriber import Subscriber
@@ -123,7 +124,8 @@ class BenchResult:
             rows.append(("Redis alone: one burst's upserts, pipelined (median, max)",
                          f"{statistics.median(self.redis_ms):.1f}, {max(self.redis_ms):.1f} ms"))
         if self.loop_cpu_ms:
-            rows.insert(-2, ("event-loop CPU per burst: median (per symbol; the worker's, subscriber out of process)",
+            rows.insert(-2, ("event-loop CPU per burst: median (per symbol; the worker's: "
+                             "feed and subscriber out of process)",
                              f"{statistics.median(self.loop_cpu_ms):.1f} ms "
                              f"({statistics.median(self.loop_cpu_ms) / self.symbols:.3f} ms)"))
         if self.rss_mib:
@@ -291,13 +293,14 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
 
         # The forecasts' subscriber is another process, as a real one is: the event loop here
         # is the worker's, and its CPU time per burst counts the worker only.
-        subscriber = Subscriber(brokers, fc_topic, args.timeout_s)
+        # It is also the feed that publishes each burst's bars, as a real feed is another
+        # process: the worker's loop does not pay for sending them.
+        subscriber = Subscriber(brokers, fc_topic, args.timeout_s, bars_topic=bars_topic)
         await subscriber.start()
-        producer = make_producer(brokers, client_id="bench-feed")
-        await producer.start()
         latencies, burst_ms, burst_batches, burst_inference, loop_cpu, rss = [], [], [], [], [], []
         engine_after, engine_runs = [], {}  # per burst; batch size -> its runs
-        phases = []  # per burst: (bars sent -> first batch begins, last batch ends -> last forecast, engine idle between), ms
+        # per burst: (bars sent -> first batch begins, last batch ends -> last forecast, engine idle between), ms
+        phases = []
         windows = _engine_windows(synthetic, history, args, worker)
         stages: dict[str, list[float]] = {}
         try:
@@ -310,26 +313,16 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
                 warmup = burst < args.warmup_bursts
                 first_batch = len(sizes)
                 rows = synthetic[synthetic["n"] == history + burst]
-                # Encoded before the first send: the burst measures the pipeline, not this loop.
+                # Encoded and handed to the feed before the burst starts: it measures the
+                # pipeline, not this loop.
                 records = [(sym.encode(), events.dumps(bar)) for sym, bar, _ in _bars(rows)]
-                # The worker's event loop is this thread: its CPU time is the pipeline's own work
-                # (and the bench's record-batch sends of the bars), apart from the inference
-                # thread's; the forecasts are read in the subscriber's process.
-                subscriber.expect(len(rows))
+                subscriber.expect(len(rows), records)
+                # The worker's event loop is this thread: its CPU time is the pipeline's own work,
+                # apart from the inference thread's; the bars are sent and the forecasts read in
+                # the subscriber's process.
                 cpu0 = time.thread_time()
-                # As record batches, like a feed that publishes a bar of every symbol at once: one
-                # producer.send per bar would cost this thread (the worker's event loop) ~0.1 s.
-                # Every bar's Kafka timestamp is taken when it joins its batch, just after this.
-                sent = time.time() * 1000
-                sends = await send_many(producer, bars_topic, records)
-                for fut, indices in sends:
-                    if fut is None:
-                        for i in indices:
-                            await (await producer.send(bars_topic, key=records[i][0], value=records[i][1]))
-                    else:
-                        await fut
+                sent, received = await subscriber.burst()
                 sent_ms = {key.decode(): sent for key, _ in records}
-                received = await subscriber.burst()
                 cpu_ms = (time.thread_time() - cpu0) * 1000
                 if not warmup:
                     for now_ms, key, latency in received:
@@ -362,7 +355,6 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
                 sample.value for metric in worker.metrics.registry.collect()
                 if metric.name == "kronos_rt_shadow_forecasts" for sample in metric.samples
                 if sample.name.endswith("_total")))
-            await producer.stop()
             await subscriber.stop()
             worker.stop()
             await task
