@@ -277,13 +277,11 @@ class WindowStore:
             # which loads it if Redis lacks it); its replies, flattened, are the per-bar ones.
             pipe.scripts.add(self._upsert_many)
             sha = self._upsert_many.sha
-            lookback = b"%d" % self.lookback
             for i in range(0, len(items), UPSERT_CHUNK):
                 keys, args = [], []
                 for bar, offset in items[i:i + UPSERT_CHUNK]:
                     keys += self._key_bytes(bar.symbol)
-                    # As bytes: the client's encoder then passes each through (thousands a burst).
-                    args += (b"%d" % epoch_seconds(bar.time), _record(bar).encode(), b"%d" % offset, lookback)
+                    args += self._upsert_args(bar, offset)
                 pipe.evalsha(sha, len(keys), *keys, *args)
             return [reply for chunk in await redis_connect.execute(self.redis, pipe) for reply in chunk]
         if type(pipe) is Pipeline:
@@ -293,7 +291,7 @@ class WindowStore:
             pipe.scripts.add(self._upsert)
             sha = self._upsert.sha
             for bar, offset in items:
-                pipe.evalsha(sha, 3, *self.keys(bar.symbol), *self._upsert_args(bar, offset))
+                pipe.evalsha(sha, 3, *self._key_bytes(bar.symbol), *self._upsert_args(bar, offset))
                 if also is not None:
                     await also(pipe, bar, offset)
         else:  # a cluster pipeline (or another client's): the script's own way
@@ -311,8 +309,10 @@ class WindowStore:
             keys = self._encoded_keys[symbol] = [k.encode() for k in self.keys(symbol)]
         return keys
 
-    def _upsert_args(self, bar: Bar, offset: int) -> list:
-        return [epoch_seconds(bar.time), _record(bar), int(offset), self.lookback]
+    def _upsert_args(self, bar: Bar, offset: int) -> list[bytes]:
+        # As bytes, what the client's encoder would make of them: it then passes each through
+        # (thousands a burst).
+        return [b"%d" % epoch_seconds(bar.time), _record(bar).encode(), b"%d" % offset, b"%d" % self.lookback]
 
     async def apply(self, bar: Bar, offset: int, res) -> UpsertResult:
         """Bring the local copy up to date with one upsert script's reply (from `upsert`, or
@@ -332,7 +332,7 @@ class WindowStore:
         if local is not None:
             if status is Upsert.APPENDED and version == local.version + 1 and length == min(len(local) + 1, self.lookback):
                 local.append(t, bar.values(), offset, self.lookback, version)
-                return UpsertResult(status, length, version, False, False, True)
+                return UpsertResult(status, length, version, lost=False, appended=True)
             if status in (Upsert.DUPLICATE, Upsert.TOO_OLD) and version == local.version:
                 return result
         elif fresh == 1 and status is Upsert.APPENDED and length == 1:
