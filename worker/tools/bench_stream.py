@@ -9,11 +9,11 @@ publishes one new bar per symbol at once and waits for all their forecasts befor
 next. Latency is the bar's Kafka timestamp to the moment the bench's subscriber receives
 the forecast; the feed that sends the bars and the subscriber are a process of their own
 (worker/tools/bench_subscriber.py), as real ones are, so the worker's event loop does the
-worker's work only. Right after each
-measured burst, while the worker idles, the engine alone forecasts windows of the same
-length in that burst's very batch sizes (`--repeats` times, the median kept): every
-burst's engine-only time is taken beside it, under the same conditions, not minutes later
-when a shared machine may run at another speed.
+worker's work only. Right after each measured burst, while the worker idles, the engine
+alone forecasts windows of the same length in that burst's very batch sizes (`--repeats`
+times, the median kept), on the worker's inference thread: every burst's engine-only time
+is taken beside it, under the same conditions, not minutes later when a shared machine may
+run at another speed.
 
 Target: at a 256-symbol burst the pipeline adds at most 20 % + 10 ms over engine compute:
 a burst's last forecast arrives within 1.2 x the engine time of that burst's batches
@@ -62,6 +62,7 @@ class BenchResult:
     burst_batches: list[list[int]]   # the worker's batch sizes, per measured burst
     burst_ms: list[float]            # per measured burst: first bar sent -> last forecast received
     engine_ms: dict[int, float]      # batch size -> median engine-only compute over the bursts, ms
+    engine_after_ms: list[float]     # per measured burst: the engine alone on its batch sizes, timed right after it
     worker_inference_ms: list[float]  # per measured burst: the worker's own inference time, summed
     stages_ms: dict[str, list[float]]  # per forecast: the worker's latency_ms fields (receive, queue, ...)
     loop_cpu_ms: list[float] = field(default_factory=list)  # per measured burst: CPU of the event-loop thread
@@ -69,17 +70,13 @@ class BenchResult:
     scores: int | None = None        # --scoring: score.v1 events the worker published (None: scoring off)
     shadow_forecasts: int | None = None  # --shadow: shadow forecasts published (None: no shadow)
     redis_ms: list[float] | None = None  # Redis alone: one burst's upserts in one pipeline, per repeat
-    # per measured burst: the engine alone on that burst's batch sizes, timed right after it
-    engine_after_ms: list[float] = field(default_factory=list)
     # per measured burst: (bars sent -> first batch begins, last batch ends -> last forecast
     # received, the engine idle between batches), ms
     phases_ms: list[tuple[float, float, float]] = field(default_factory=list)
 
     def engine_burst_ms(self, i: int) -> float:
         """Engine-only time for burst i's batches, one after another (timed right after it)."""
-        if self.engine_after_ms:
-            return self.engine_after_ms[i]
-        return sum(self.engine_ms[b] for b in self.burst_batches[i])
+        return self.engine_after_ms[i]
 
     def overhead_ratios(self) -> list[float]:
         """Per burst: (burst time - 10 ms) / engine time; the target is <= 1.2."""
@@ -339,8 +336,7 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
                     began = ended[first_batch] - inference_s[first_batch] * 1000
                     last = max(ms for ms, _, _ in received)
                     phases.append((began - sent, last - ended[-1],
-                                   last - sent - sum(inference_s[first_batch:]) * 1000
-                                   - (began - sent) - (last - ended[-1])))
+                                   ended[-1] - began - sum(inference_s[first_batch:]) * 1000))
                     # The engine alone, now, on this burst's batch sizes, on the worker's own
                     # inference thread (its memory arena and thread state; the worker idles:
                     # nothing waits for a batch, its loop waits on the broker).
