@@ -194,6 +194,12 @@ class Engine:
         with self._lock:
             self.workspaces.release()
 
+    def memory_in_use(self) -> tuple[int, int] | None:
+        """(allocated, reserved) bytes of the engine's CUDA device; None on other devices."""
+        if self.device.type != "cuda":
+            return None
+        return torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device)
+
     # -- raw bars in, de-normalized forecasts out ---------------------------------------
     def forecast(self, bars, x_times, y_times, pred_len: int, sampling: SamplingParams = SamplingParams(),
                  quantiles=(), return_paths: bool = False) -> list[Forecast]:
