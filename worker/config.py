@@ -132,6 +132,8 @@ class Settings:
     max_wait_ms: float = 5.0
     device: str = "auto"
     dtype: str = "auto"
+    inference: str = "thread"
+    engine_threads: int = 0
     metrics_port: int = 9100
     interval: str = "5m"
     sessions: str = "continuous"
@@ -191,6 +193,10 @@ class Settings:
             raise ConfigError("need 1 <= --min-history <= --lookback")
         if self.pred_len < 1 or self.max_batch < 1 or self.max_queue < self.max_batch:
             raise ConfigError("need --pred-len >= 1, --max-batch >= 1 and --max-queue >= --max-batch")
+        if self.inference not in ("thread", "process"):
+            raise ConfigError(f"--inference must be thread or process, got {self.inference!r}")
+        if self.engine_threads < 0:
+            raise ConfigError(f"--engine-threads must be >= 0 (0: torch's default), got {self.engine_threads}")
         parse_interval(self.interval)
         parse_interval(self.max_future_skew)
         parse_duration_or_off(self.max_past_age)
@@ -275,6 +281,12 @@ HELP = {
     "max_wait_ms": "longest a ready window waits for its batch to fill",
     "device": "torch device: auto (cuda:0 if available, else cpu), cpu, cuda:N",
     "dtype": "inference dtype: auto (float16 on cuda, float32 on cpu), float32, float16, bfloat16",
+    "inference": "where the engine computes: thread (the worker's inference thread, sharing the GIL with the "
+                 "event loop) or process (a child process of its own, restarted if it dies: the event loop's "
+                 "work then no longer slows the engine's, see docs/HOT_PATH.md)",
+    "engine_threads": "torch threads the engine computes with (in its process with --inference process, else "
+                      "process-wide); 0: one per core but one, which the event loop needs (1 on a 2-core machine: "
+                      "a thread per core there stalls the engine whenever the loop runs, see docs/HOT_PATH.md)",
     "metrics_port": "port of /metrics, /healthz and /readyz (0 = pick a free one)",
     "interval": "bar interval, e.g. 5m, 1h",
     "sessions": "trading calendar per symbol: SYMBOL_GLOB=CODE,... (first match wins; unmatched symbols trade "
@@ -427,6 +439,15 @@ def resolve_model(spec: str, kind: str = "model", registry: str | None = None) -
         return ModelRef(name, name, version or "main", version or None)
     raise ConfigError(f"model {spec!r} is neither a directory, a hub id (org/name) nor NAME@VERSION "
                       "(`kronos-rt models list` shows the registry)")
+
+
+def engine_threads(requested: int) -> int:
+    """--engine-threads, 0 resolved: the cores this process may use, less one for the event loop
+    (at least 1). torch's own default, a thread per core, oversubscribes the machine as soon as
+    the loop runs beside the engine, and its threads then wait on each other."""
+    if requested > 0:
+        return requested
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def tokenizer_spec(settings: "Settings") -> str:

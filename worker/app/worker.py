@@ -33,7 +33,7 @@ from worker.pipeline.fetch import FetchLoop
 from worker.pipeline.freeze import FreezeWatch
 from worker.ops.health import Health
 from worker.lifecycle.hotswap import follow_registry
-from worker.pipeline.inference import Inference, build_engine
+from worker.pipeline.inference import Inference, build_engine, close_engine
 from worker.ops.metrics import MetricsServer, WorkerMetrics
 from worker.pipeline.output import BatchOutput
 from worker.lifecycle.shadow import load_shadows
@@ -47,6 +47,8 @@ class Worker:
                  metrics: WorkerMetrics | None = None):
         self.s = settings
         self.engine = engine
+        self._given_engine = engine  # the caller's to close; the engines this worker loads are its own
+        self._shadow_models: list = []
         self.model_ref = model_ref
         self.metrics = metrics or WorkerMetrics()
         self.calendar_for = parse_session_map(settings.sessions, settings.calendar_range)
@@ -167,6 +169,7 @@ class Worker:
                     t.cancel()
             if self.parts is not None:
                 await self.parts.close()
+            self._close_engines()
             server.stop()
 
     async def _start(self) -> bool:
@@ -183,8 +186,8 @@ class Worker:
         self.inference = Inference(self.engine, self.model_ref, s, self.metrics)
         for fn in self._observers:
             self.inference.add_observer(fn)
-        shadow_models = await loop.run_in_executor(None, load_shadows, s, self.engine, self.model_ref,
-                                                   self.metrics) if s.shadow else []
+        shadow_models = self._shadow_models = await loop.run_in_executor(
+            None, load_shadows, s, self.engine, self.model_ref, self.metrics) if s.shadow else []
         p = self.parts = assembly.Parts(self.inference, self.health, self.metrics)
         stopping = lambda: self.stopping  # noqa: E731
         if not await assembly.connect_redis(p, s, calendar_for=self.calendar_for, shadow_models=shadow_models,
@@ -193,6 +196,16 @@ class Worker:
         await assembly.start_model(p, s, shadow_models=shadow_models, on_batch=BatchOutput(p, s, self.metrics))
         return await assembly.join_group(p, s, states=self.partitions, stopping=stopping,
                                          on_owned=self._ready_event.set)
+
+    def _close_engines(self) -> None:
+        """End the processes (--inference process) of the engines this worker loaded: its own
+        model (the one it serves now, after any hot swap) and its shadows."""
+        serving = self.inference.engine if self.inference is not None else self.engine
+        for engine in {id(e): e for e in (serving, self.engine)}.values():
+            if engine is not None and engine is not self._given_engine:
+                close_engine(engine)
+        for m in self._shadow_models:
+            close_engine(m.inference.engine)
 
     async def _shutdown(self) -> bool:
         """Stop fetching (done by now), finish queued work, publish, commit."""

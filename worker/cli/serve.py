@@ -14,7 +14,7 @@ import signal
 from worker import config
 
 # The worker's model, sampling, batching and HTTP flags; Kafka and Redis ones do not apply.
-FIELDS = ("model", "tokenizer", "registry", "model_poll_s", "device", "dtype", "max_context", "pred_len", "temperature", "top_k",
+FIELDS = ("model", "tokenizer", "registry", "model_poll_s", "device", "dtype", "inference", "engine_threads", "max_context", "pred_len", "temperature", "top_k",
           "top_p", "sample_count", "quantiles", "seed", "max_batch", "max_wait_ms", "interval", "sessions", "calendar_range",
           "worker_id", "api_token", "http_max_queue", "http_max_bars", "http_max_pred_len", "http_max_series",
           "http_max_body_kb", "http_timeout_s", "http_strict", "http_cors")
@@ -38,7 +38,7 @@ def settings_from(args: argparse.Namespace) -> config.Settings:
 
 def main(args: argparse.Namespace) -> int:
     from worker.http.server import Standalone
-    from worker.pipeline.inference import build_engine
+    from worker.pipeline.inference import build_engine, close_engine
 
     logging.basicConfig(level=getattr(args, "log_level", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -50,11 +50,14 @@ def main(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with Standalone(settings, engine, ref) as api:
-            loop.add_signal_handler(signal.SIGHUP, api.reload)  # --model NAME@latest: re-check now
-            logging.getLogger("kronos_rt.serve").info(
-                "serving %s@%s on http://%s:%d (docs: /docs)", ref.name, ref.version, settings.http_host, api.port)
-            await stop.wait()
+        try:
+            async with Standalone(settings, engine, ref) as api:
+                loop.add_signal_handler(signal.SIGHUP, api.reload)  # --model NAME@latest: re-check now
+                logging.getLogger("kronos_rt.serve").info(
+                    "serving %s@%s on http://%s:%d (docs: /docs)", ref.name, ref.version, settings.http_host, api.port)
+                await stop.wait()
+        finally:
+            close_engine(engine)  # its process, with --inference process
 
     asyncio.run(run())
     return 0

@@ -154,6 +154,10 @@ class Standalone:
         if self.batcher is not None:
             await self.batcher.drain(timeout)
             await self.batcher.close()
+        if self.inference is not None and self.inference.engine is not self.engine:
+            from worker.pipeline.inference import close_engine
+
+            close_engine(self.inference.engine)  # a version swapped in: loaded here, ended here
 
     async def __aenter__(self) -> "Standalone":
         try:

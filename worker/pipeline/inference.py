@@ -25,16 +25,36 @@ BatchObserver = Callable[[Sequence[Any], float], None]
 def build_engine(settings: Settings, model: str | None = None, tokenizer: str | None = None):
     """Load a model and tokenizer (default: the settings' --model / --tokenizer) with
     kronos_rt.load_engine, the loader start-up, hot swap, bench-stream and `models verify`
-    share; returns (engine, model ModelRef)."""
-    from kronos_rt import load_engine
-
+    share; with --inference process, in a child process of its own (an EngineProcess, called
+    as an Engine). Returns (engine, model ModelRef)."""
     model_ref = resolve_model(model or settings.model, "model", settings.registry)
     tok_ref = resolve_model(tokenizer or config.tokenizer_spec(settings), "tokenizer", settings.registry)
     device = None if settings.device == "auto" else settings.device
+    if settings.inference == "process":
+        from kronos_rt.engine_process import EngineProcess, EngineSpec
+
+        spec = EngineSpec(str(model_ref.location), str(tok_ref.location), device=device, dtype=settings.dtype,
+                          max_context=settings.max_context, revision=model_ref.revision,
+                          tokenizer_revision=tok_ref.revision, threads=config.engine_threads(settings.engine_threads))
+        return EngineProcess(spec), model_ref
+    from kronos_rt import load_engine
+
+    import torch
+
+    torch.set_num_threads(config.engine_threads(settings.engine_threads))  # process-wide: this process's torch is the engine's
+
     engine = load_engine(model_ref.location, tok_ref.location, device=device, dtype=settings.dtype,
                          max_context=settings.max_context, revision=model_ref.revision,
                          tokenizer_revision=tok_ref.revision)
     return engine, model_ref
+
+
+def close_engine(engine) -> None:
+    """End an engine's process (--inference process); an in-process engine is left to the
+    collector."""
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
 
 
 def sampling_params(settings: Settings):
@@ -67,13 +87,12 @@ class Inference:
                                str(e.dtype).replace("torch.", ""), getattr(self.model_ref, "random_weights", False))
 
     def report_memory(self) -> None:
-        """GPU memory gauges (CPU engines report nothing)."""
-        device = self.engine.device
-        if getattr(device, "type", "") == "cuda":
-            import torch
-
-            self.metrics.gpu_memory.labels(kind="allocated").set(torch.cuda.memory_allocated(device))
-            self.metrics.gpu_memory.labels(kind="reserved").set(torch.cuda.memory_reserved(device))
+        """GPU memory gauges (CPU engines report nothing). Asked of the engine, which may be
+        in a process of its own (kronos_rt/engine_process.py)."""
+        in_use = self.engine.memory_in_use()
+        if in_use is not None:
+            self.metrics.gpu_memory.labels(kind="allocated").set(in_use[0])
+            self.metrics.gpu_memory.labels(kind="reserved").set(in_use[1])
 
     def warm_up(self) -> None:
         """One tiny forecast so the first real batch does not pay for lazy initialisation."""
@@ -85,12 +104,13 @@ class Inference:
     def switch(self, loaded) -> None:
         """Serve `loaded` (a hotswap.LoadedModel) from the next batch on. Run it on the
         inference thread (MicroBatcher.run_in_thread): it then lands between two batches."""
-        old = self.model_ref
+        old, old_engine = self.model_ref, self.engine
         self.engine = loaded.engine
         self.model_ref = ModelRef(loaded.location, loaded.name, loaded.version,
                                   random_weights=getattr(loaded, "random_weights", False))
         self.metrics.model_swaps.labels(result="ok").inc()
         self.publish_model()
+        close_engine(old_engine)  # its process, if it has one: nothing calls it any more
         log.info("switched model %s@%s -> %s@%s", old.name, old.version, loaded.name, loaded.version)
 
     def compute(self, items: Sequence[Any]) -> list[tuple[Any, ModelRef]]:

@@ -35,14 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
+from kronos_rt.engine_process import EngineProcess
 from kronos_rt.features import COLUMNS
 from worker.contracts import events
 from worker.tools import TAPE
 from worker.tools.tables import format_columns
-from worker.config import ModelRef, Settings
+from worker.config import ModelRef, Settings, engine_threads
 from worker.errors import ConfigError
 from worker.adapters.kafka import ensure_topics
 from worker.tools.tape import fan_out, read_tape
+from worker.pipeline.inference import close_engine
 from worker.pipeline.windows import WindowStore
 from worker.tools.bench_subscriber import Subscriber
 
@@ -73,6 +75,10 @@ class BenchResult:
     # per measured burst: (bars sent -> first batch begins, last batch ends -> last forecast
     # received, the engine idle between batches), ms
     phases_ms: list[tuple[float, float, float]] = field(default_factory=list)
+    # --inference process: per measured burst, the engine's own compute in its process over the
+    # burst's batches (the worker's inference less the hand-over), and that process's RSS after it
+    engine_process_ms: list[float] = field(default_factory=list)
+    engine_rss_mib: list[float] = field(default_factory=list)
 
     def engine_burst_ms(self, i: int) -> float:
         """Engine-only time for burst i's batches, one after another (timed right after it)."""
@@ -128,6 +134,14 @@ class BenchResult:
         if self.rss_mib:
             rows.insert(-2, ("worker process RSS after each burst: first, last, max",
                              f"{self.rss_mib[0]:.0f}, {self.rss_mib[-1]:.0f}, {max(self.rss_mib):.0f} MiB"))
+        if self.engine_process_ms:
+            rows.insert(rows.index(next(r for r in rows if r[0].startswith("burst: the worker's own"))) + 1,
+                        ("burst: of which the engine's own compute in its process (median)",
+                         f"{statistics.median(self.engine_process_ms):.1f} ms"))
+        if self.engine_rss_mib:
+            rows.insert(-2, ("engine process RSS after each burst: first, last, max",
+                             f"{self.engine_rss_mib[0]:.0f}, {self.engine_rss_mib[-1]:.0f}, "
+                             f"{max(self.engine_rss_mib):.0f} MiB"))
         if self.scores is not None:
             rows.insert(3, ("scores published (scoring on)", f"{self.scores}"))
         if self.shadow_forecasts is not None:
@@ -136,22 +150,36 @@ class BenchResult:
         return format_columns(rows)
 
 
-def _engine_and_ref(args):
+def _engine_and_ref(args, folder: Path):
+    """The engine (in a process of its own with --inference process) and its ModelRef: --model,
+    else the random-weight --shape (saved to `folder` first for a process to load)."""
     from kronos_rt import Engine
     from kronos_rt.engine import resolve_device, resolve_dtype
+    from worker.pipeline.inference import build_engine
 
     if args.model:
-        from worker.pipeline.inference import build_engine
-
         return build_engine(Settings(model=args.model, tokenizer=args.tokenizer or "auto", device=args.device,
-                                     dtype=args.dtype, max_context=args.max_context or 512))
+                                     dtype=args.dtype, max_context=args.max_context or 512, inference=args.inference,
+                                     engine_threads=args.engine_threads))
     from kronos_rt.shapes import random_pair
 
     device = resolve_device(args.device)
     model, tokenizer, max_context = random_pair(args.shape, seed=0)
+    ref = ModelRef(f"random-{args.shape}", "seed0", "seed0")
+    if args.inference == "process":
+        model.save_pretrained(folder / "model")
+        tokenizer.save_pretrained(folder / "tokenizer")
+        engine, _ = build_engine(Settings(model=str(folder / "model"), tokenizer=str(folder / "tokenizer"),
+                                          device=args.device, dtype=args.dtype,
+                                          max_context=args.max_context or max_context, inference="process",
+                                          engine_threads=args.engine_threads))
+        return engine, ref
+    import torch
+
+    torch.set_num_threads(engine_threads(args.engine_threads))  # as build_engine does
     engine = Engine(model, tokenizer, device=device, dtype=resolve_dtype(args.dtype, device),
                     max_context=args.max_context or max_context)
-    return engine, ModelRef(f"random-{args.shape}", "seed0", "seed0")
+    return engine, ref
 
 
 async def _warm_history(redis_url: str, prefix: str, lookback: int, tape) -> None:
@@ -250,7 +278,8 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
         log.info("writing %d bars of warm history for %d symbols", history, args.symbols)
         await _warm_history(redis_url, prefix, args.lookback, synthetic[synthetic["n"] < history])
 
-        engine, ref = _engine_and_ref(args)
+        engine, ref = _engine_and_ref(args, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-"))))
+        stack.callback(close_engine, engine)  # its process, with --inference process
         shadow = {}
         if args.shadow:  # the same shape with other random weights, as a candidate version
             from kronos_rt.shapes import random_pair
@@ -267,7 +296,8 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
             min_history=min(args.lookback, 64), pred_len=args.pred_len, max_context=engine.max_context,
             temperature=1.0, top_k=1, top_p=1.0, sample_count=1, max_batch=args.max_batch,
             max_wait_ms=args.max_wait_ms, metrics_port=0, max_queue=max(4096, 4 * args.symbols),
-            worker_id="bench", device=str(engine.device),
+            worker_id="bench", device=str(engine.device), inference=args.inference,
+            engine_threads=args.engine_threads,
             # --scoring: every forecast stored for scoring, each bar claims the stored steps it
             # realizes (pipelined with its upsert), scores published, calibrated bands served.
             scores_topic=scores_topic, calibration_window=256 if args.scoring else 0, **shadow,
@@ -277,10 +307,14 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
         inference_s: list[float] = []
         ended: list[float] = []  # time.time() when each batch's compute returned
 
+        in_process: list[float] = []  # --inference process: each batch's compute in the engine's process
+
         def observe(items, seconds):  # runs on the worker's inference thread
             sizes.append(len(items))
             inference_s.append(seconds)
             ended.append(time.time() * 1000)
+            if isinstance(engine, EngineProcess):
+                in_process.append(engine.last_compute_s)
 
         worker.observe_batches(observe)
         task = asyncio.create_task(worker.run())
@@ -296,6 +330,7 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
         await subscriber.start()
         latencies, burst_ms, burst_batches, burst_inference, loop_cpu, rss = [], [], [], [], [], []
         engine_after, engine_runs = [], {}  # per burst; batch size -> its runs
+        child_ms, child_rss = [], []  # per burst, --inference process
         # per burst: (bars sent -> first batch begins, last batch ends -> last forecast, engine idle between), ms
         phases = []
         windows = _engine_windows(synthetic, history, args, worker)
@@ -331,6 +366,9 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
                     burst_ms.append(max(ms for ms, _, _ in received) - min(sent_ms.values()))
                     burst_batches.append(sizes[first_batch:])
                     burst_inference.append(sum(inference_s[first_batch:]) * 1000)
+                    if isinstance(engine, EngineProcess):
+                        child_ms.append(sum(in_process[first_batch:]) * 1000)
+                        child_rss.append(_rss_mib(engine.pid))
                     # Where the burst's time beyond its batches went: before the first batch
                     # began, between batches (the engine idle), after the last one ended.
                     began = ended[first_batch] - inference_s[first_batch] * 1000
@@ -365,13 +403,14 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
             burst_batches=burst_batches, burst_ms=burst_ms, engine_ms=engine_ms,
             worker_inference_ms=burst_inference, stages_ms=stages, scores=scores, loop_cpu_ms=loop_cpu, rss_mib=rss,
             shadow_forecasts=shadow_forecasts, redis_ms=redis_ms, engine_after_ms=engine_after, phases_ms=phases,
+            engine_process_ms=child_ms, engine_rss_mib=child_rss,
         )
 
 
-def _rss_mib() -> float:
-    """This process's resident memory (Linux /proc; 0 where there is none)."""
+def _rss_mib(pid: int | str = "self") -> float:
+    """A process's resident memory, this one's by default (Linux /proc; 0 where there is none)."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return 0.0
@@ -404,6 +443,9 @@ def _time_engine(engine, windows, args, batches) -> dict[int, list[float]]:
             t0 = time.perf_counter()
             engine.forecast([w[0] for w in chosen], [w[1] for w in chosen], [w[2] for w in chosen],
                             args.pred_len, sampling)
+            if isinstance(engine, EngineProcess):  # the engine alone: its own time in its process,
+                runs.append(engine.last_compute_s * 1000)  # without the hand-over the worker pays
+                continue
             if engine.device.type == "cuda":
                 import torch
 
@@ -428,6 +470,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the bench topics")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto, float32, float16, bfloat16")
+    parser.add_argument("--inference", default="thread", choices=("thread", "process"),
+                        help="where the engine computes, as the worker's --inference: thread (the worker's "
+                             "inference thread) or process (a child process of its own); default thread")
+    parser.add_argument("--engine-threads", type=int, default=0,
+                        help="torch threads of the engine, as the worker's --engine-threads (default 0: one per core but one)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="engine-only timing repeats per batch size, after each measured burst (default 3)")
     parser.add_argument("--brokers", help="Kafka bootstrap servers (default: start an embedded broker)")
@@ -464,8 +511,8 @@ def main(args: argparse.Namespace) -> int:
 
     print(f"kronos-rt bench-stream: {processor(resolve_device(args.device))}; torch {torch.__version__}, {args.shape if not args.model else args.model}, "
           f"device {args.device}, lookback {args.lookback}, pred_len {args.pred_len}, max_batch {args.max_batch}, "
-          f"max_wait_ms {args.max_wait_ms:g}, scoring {'on' if args.scoring else 'off'}, "
-          f"{torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"max_wait_ms {args.max_wait_ms:g}, scoring {'on' if args.scoring else 'off'}, engine in a {args.inference} "
+          f"with {engine_threads(args.engine_threads)} torch threads; {time.strftime('%Y-%m-%d %H:%M')}, "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     for topology, result in results:
         if len(results) > 1 or topology != "single":

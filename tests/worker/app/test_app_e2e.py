@@ -4,6 +4,7 @@ What these tests share with others is in tests/worker/streams.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 
@@ -11,7 +12,9 @@ import jsonschema
 import pandas as pd
 import pytest
 
+from kronos_rt.engine_process import EngineProcess
 from worker.adapters.kafka import ensure_topics
+from worker.app.worker import Worker
 from worker.tools import TAPE
 from worker.tools.replay import prepare, replay
 from tests.worker.streams import (  # one_torch_thread: an autouse fixture, imported to apply here
@@ -81,3 +84,36 @@ async def test_full_queue_pauses_partitions_and_drops_nothing(broker, redis_url,
     assert set(counts) == want and max(counts.values()) == 1
     assert max(paused_seen) == 2  # both partitions were paused while the queue was full
     assert worker.metrics.paused_partitions._value.get() == 0
+
+
+async def test_the_engine_in_a_process_of_its_own_gives_the_same_forecasts(broker, redis_url, redis_prefix):
+    """--inference process: the worker loads its model in a child process (and ends it when it
+    stops); the forecasts are the in-process engine's, bit for bit."""
+    rows = prepare(TAPE, fanout=2, limit=90)
+    want = expected_keys(rows)
+    got = {}
+    for mode in ("thread", "process"):
+        topics = names(f"engine-{mode}")
+        await ensure_topics(broker, {topics["bars_topic"]: 2})
+        settings = make_settings(broker, redis_url, f"{redis_prefix}:{mode}", topics)
+        if mode == "thread":
+            async with running_worker(settings):
+                await replay(rows, broker, topics["bars_topic"])
+                msgs = await consume(broker, topics["forecasts_topic"], lambda got: len(got) >= len(want))
+        else:
+            # no engine handed in: the worker builds its own, in a child with one torch thread
+            # (the session's shared engine computes with one too: the same kernels, the same bits)
+            worker = Worker(dataclasses.replace(settings, inference="process", engine_threads=1))
+            task = asyncio.create_task(worker.run())
+            await asyncio.wait_for(worker.ready(), 60)
+            child = worker.inference.engine
+            assert isinstance(child, EngineProcess) and child.pid is not None
+            await replay(rows, broker, topics["bars_topic"])
+            msgs = await consume(broker, topics["forecasts_topic"], lambda got: len(got) >= len(want))
+            worker.stop()
+            assert await asyncio.wait_for(task, 60)
+            assert child.pid is None  # ended with the worker
+        fcs = forecasts_of(msgs)
+        got[mode] = {(f["symbol"], f["as_of"]): f["horizon"] for f in fcs}
+        assert set(got[mode]) == want and len(fcs) == len(want)
+    assert got["process"] == got["thread"]

@@ -251,3 +251,32 @@ async def test_a_client_that_goes_away_frees_its_slot(tape_rows):
         assert [(await first).status_code, (await third).status_code] == [200, 200]
         metrics = (await http.get("/metrics")).text
     assert 'kronos_rt_http_rejected_total{reason="client_gone"} 1.0' in metrics
+
+
+async def test_an_engine_in_its_own_process_answers_the_same(tape_rows):
+    """`kronos-rt serve --inference process`: the API over an EngineProcess answers as over the
+    in-process engine, greedy and sampled (bands), bit for bit."""
+    import dataclasses
+
+    from kronos_rt.engine_process import EngineProcess
+    from worker.http.server import Standalone
+    from worker.pipeline.inference import build_engine
+
+    ctx = tape_rows.iloc[100:160]
+    bodies = [{"symbol": "600000.SH", "bars": bars_of(ctx), "pred_len": 3},
+              {"symbol": "600000.SH", "bars": bars_of(ctx), "pred_len": 3,
+               "sampling": {"top_k": 0, "top_p": 0.9, "sample_count": 4}, "quantiles": [0.1, 0.9]}]
+    seeded = dataclasses.replace(BASE, seed=5)  # sampled answers repeat with a seed
+    async with serving(seed=5) as (api, http):
+        want = [(await http.post("/v1/forecast", json=b)).json() for b in bodies]
+    child, ref = build_engine(dataclasses.replace(BASE, inference="process", engine_threads=1))
+    try:
+        assert isinstance(child, EngineProcess)
+        async with Standalone(seeded, child, ref) as api:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.port}", timeout=30) as http:
+                got = [(await http.post("/v1/forecast", json=b)).json() for b in bodies]
+    finally:
+        child.close()
+    for w, g in zip(want, got):
+        assert g["horizon"] == w["horizon"]
+    assert all(len(h["quantiles"]["close"]) == 2 for h in got[1]["horizon"])  # the sampled one's bands

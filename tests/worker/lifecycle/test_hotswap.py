@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kronos_rt import Kronos, KronosPredictor, KronosTokenizer
+from kronos_rt.engine_process import EngineProcess
 from kronos_rt.registry import Registry
 from worker.adapters.kafka import ensure_topics
 from worker.tools.replay import prepare, replay
@@ -40,7 +41,11 @@ def _offline_close(model_dir, rows, fc) -> np.ndarray:
     return p.predict(w[COLUMNS], w["time"].reset_index(drop=True), y, PRED_LEN, top_k=1, top_p=1.0)[COLUMNS].to_numpy()
 
 
-async def test_promote_switches_between_batches_and_corrupt_version_is_refused(broker, redis_url, redis_prefix, tmp_path):
+@pytest.mark.parametrize("inference", ["thread", "process"])
+async def test_promote_switches_between_batches_and_corrupt_version_is_refused(broker, redis_url, redis_prefix, tmp_path,
+                                                                                inference):
+    """With --inference process each version's engine is a child process: the new one is
+    started beside the old, and the old one ended once nothing calls it."""
     reg = Registry(tmp_path / "registry")
     reg.import_dirs("par", MODEL, TOKENIZER, version="1.0.0")
     # 1.1.0: same shapes, different weights, so its forecasts differ visibly.
@@ -56,7 +61,7 @@ async def test_promote_switches_between_batches_and_corrupt_version_is_refused(b
     rows = prepare(TAPE, fanout=2, limit=120)
     per_symbol = 40  # bars per phase and symbol
     settings = make_settings(broker, redis_url, redis_prefix, topics, model="par@latest", tokenizer="auto",
-                             registry=str(reg.root), model_poll_s=0.2)
+                             registry=str(reg.root), model_poll_s=0.2, inference=inference, engine_threads=1)
     worker = Worker(settings)  # builds its engine from the registry
     task = asyncio.create_task(worker.run())
     try:
@@ -81,8 +86,13 @@ async def test_promote_switches_between_batches_and_corrupt_version_is_refused(b
         await publish_and_wait(0)
         assert {f["model"]["version"] for f in seen()} == {"1.0.0"}
 
+        first_engine = worker.inference.engine
         reg.promote("par", "1.1.0")
         await _until(lambda: worker.inference.model_ref.version == "1.1.0")  # switched between batches
+        if inference == "process":
+            assert isinstance(worker.inference.engine, EngineProcess) and worker.inference.engine.pid is not None
+            # the old version's process ends once switched (on the inference thread, just after)
+            await _until(lambda: first_engine.pid is None, 10)
         await publish_and_wait(1)
 
         # 1.2.0 is corrupted after import: verification must refuse it.

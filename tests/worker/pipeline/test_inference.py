@@ -93,3 +93,33 @@ async def test_swap_lands_between_batches(engine, tape):
     assert batches == [["1"], ["2"]]
     assert len(threads) == 1  # every batch on the one inference thread
     assert metrics.model_swaps.labels(result="ok")._value.get() == 1
+
+
+def test_inference_settings_are_checked_and_engine_threads_leave_a_core_to_the_loop():
+    from worker import config
+    from worker.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--inference must be thread or process"):
+        Settings(inference="gpu", worker_id="t")
+    with pytest.raises(ConfigError, match="--engine-threads must be >= 0"):
+        Settings(engine_threads=-1, worker_id="t")
+    cores = len(__import__("os").sched_getaffinity(0))
+    assert config.engine_threads(0) == max(1, cores - 1)
+    assert config.engine_threads(3) == 3
+
+
+def test_memory_gauges_come_from_the_engine_without_a_call_to_its_process(engine):
+    """report_memory runs on the event loop: it asks the engine what it last knew (a process
+    engine answers from its last forecast), and a CPU engine has nothing to report."""
+    metrics = WorkerMetrics()
+    inf = Inference(engine, ModelRef("m", "m", "1"), SETTINGS, metrics)
+
+    def gauges():
+        return {s.labels["kind"]: s.value for m in metrics.registry.collect()
+                if m.name == "kronos_rt_gpu_memory_bytes" for s in m.samples}
+
+    inf.report_memory()
+    assert gauges() == {"allocated": 0, "reserved": 0}
+    inf.engine = SimpleNamespace(memory_in_use=lambda: (123, 456), device="cuda:0", dtype="float16")
+    inf.report_memory()
+    assert gauges() == {"allocated": 123, "reserved": 456}

@@ -63,3 +63,20 @@ def test_bench_stream_with_a_shadow_model(broker, redis_url):
     assert result.forecasts == 6 * 2
     assert result.shadow_forecasts >= 6 * 2  # the warm-up and first burst at least, before the last was sent
     assert "shadow forecasts" in result.table()
+
+
+def test_bench_stream_with_the_engine_in_a_process(broker, redis_url):
+    """--inference process: the worker's inference is timed beside the engine's own compute in
+    its process, the engine alone is that process's time, and its RSS is reported."""
+    args = bench_stream_args(symbols=6, bursts=2, warmup_bursts=1, shape="mini", lookback=24, pred_len=2, max_batch=4,
+                             max_wait_ms=20.0, partitions=2, device="cpu", repeats=1, brokers=broker, redis=redis_url,
+                             timeout_s=120.0, inference="process", engine_threads=1)
+    result = asyncio.run(bench_stream.run_bench(args))
+    assert result.forecasts == 6 * 2
+    assert len(result.engine_process_ms) == len(result.engine_rss_mib) == 2
+    for child, worker in zip(result.engine_process_ms, result.worker_inference_ms):
+        assert 0 < child <= worker  # the worker's time holds the hand-over besides the compute
+    assert all(v > 0 for v in result.engine_rss_mib) and all(v > 0 for v in result.engine_after_ms)
+    table = result.table()
+    assert "burst: of which the engine's own compute in its process (median)" in table
+    assert "engine process RSS after each burst" in table
