@@ -19,13 +19,17 @@ forecast: the engine alone, without the hand-over.
 If the child dies (killed, out of memory), the call in flight starts a new child and is sent
 again, once; a second death raises EngineProcessError. A child whose parent dies sees its
 socket close and exits. Calls and replies are pickled over a socket pair
-(multiprocessing's Connection).
+(multiprocessing's Connection); on Linux a batch's windows go through a memory file both
+processes map instead (`_SharedBatch`), so handing over a thousand windows is a copy, not a
+pickle pushed through the socket a few hundred KiB at a time (each chunk waits for the GIL
+again while the caller's other threads are busy).
 
 Imports: kronos_rt's engine and loader (in the child), numpy, the standard library.
 """
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import socket
 import subprocess
@@ -46,7 +50,8 @@ log = logging.getLogger(__name__)
 
 
 class EngineProcessError(RuntimeError):
-    """The engine's process could not load its model, or died twice in one call."""
+    """The engine's process exited before it answered (twice in one call, or while loading),
+    or is closed. A loader's error (a bad checkpoint, no CUDA) is raised as itself."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,41 @@ class EngineSpec:
     threads: int = 0  # torch's intra-op threads in the child; 0: torch's default (one per core)
 
 
-def _serve(conn, spec: EngineSpec) -> None:
+class _SharedBatch:
+    """A memory file (memfd) both processes map: the caller writes a batch's arrays into it,
+    the child reads them in place. It grows (never shrinks) to the largest batch; each call
+    says the size it was written at, so the child maps it again after a growth."""
+
+    def __init__(self, fd: int):
+        self.fd, self.size, self.map = fd, 0, None
+
+    def attach(self, size: int) -> None:
+        if size != self.size:
+            self.map = mmap.mmap(self.fd, size)
+            self.size = size
+
+    def put(self, arrays: list[np.ndarray]) -> tuple[int, list[tuple[int, tuple, str]]]:
+        """Write the arrays (the caller side); returns (size, [(offset, shape, dtype)])."""
+        layout, end = [], 0
+        for a in arrays:
+            start = -(-end // 64) * 64
+            layout.append((start, a.shape, a.dtype.str))
+            end = start + a.nbytes
+        if end > self.size:
+            size = -(-max(end, 2 * self.size, 1 << 20) // mmap.PAGESIZE) * mmap.PAGESIZE
+            os.ftruncate(self.fd, size)
+            self.attach(size)
+        for (start, shape, dtype), a in zip(layout, arrays):
+            np.ndarray(shape, dtype, buffer=self.map, offset=start)[...] = a
+        return self.size, layout
+
+    def views(self, size: int, layout) -> list[np.ndarray]:
+        """The arrays in place (the child side); valid until the next call."""
+        self.attach(size)
+        return [np.ndarray(shape, dtype, buffer=self.map, offset=start) for start, shape, dtype in layout]
+
+
+def _serve(conn, spec: EngineSpec, shared: _SharedBatch | None) -> None:
     """The child: load, say what was loaded, then answer calls until the pipe closes."""
     try:
         import torch
@@ -87,9 +126,12 @@ def _serve(conn, spec: EngineSpec) -> None:
         if op == "close":
             return
         try:
-            if op == "forecast":
+            if op in ("forecast", "forecast_shared"):
                 t0 = time.perf_counter()
+                if op == "forecast_shared":  # (size, layout, pred_len, sampling): the windows in the memory file
+                    args = (*shared.views(*args[:2]), *args[2:])
                 out = engine.forecast(*args, **kwargs)
+                del args  # no view of the memory file outlives the call
                 reply = ("ok", _pack(out), (time.perf_counter() - t0, engine.memory_in_use()))
             elif op == "release_workspaces":
                 reply = ("ok", engine.release_workspaces(), 0.0)
@@ -129,13 +171,14 @@ def _unpack(packed) -> list[Forecast]:
 
 
 def _stacked(arrays):
-    """A list of same-shaped arrays as one array (one buffer to pickle), else the list."""
+    """Same-shaped arrays as one array (one buffer to hand over), else the list as it is. The
+    engine stacks a uniform batch itself, with the same result."""
     if isinstance(arrays, np.ndarray) or len(arrays) < 2:
         return arrays
-    shape, dtype = np.shape(arrays[0]), getattr(arrays[0], "dtype", None)
-    if dtype is None or not all(getattr(a, "dtype", None) == dtype and np.shape(a) == shape for a in arrays):
+    try:
+        return np.stack(arrays)
+    except ValueError:  # windows of several lengths: the engine takes them one by one
         return list(arrays)
-    return np.stack(arrays)
 
 
 class EngineProcess:
@@ -148,8 +191,10 @@ class EngineProcess:
         self.last_compute_s = 0.0
         self.restarts = 0
         self._memory: tuple[int, int] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._proc = self._conn = None
+        # Linux: a memory file for the batches (elsewhere they are pickled through the socket)
+        self._shared = _SharedBatch(os.memfd_create("kronos-rt-batch")) if hasattr(os, "memfd_create") else None
         self._start()
 
     # what callers read from an Engine
@@ -166,8 +211,9 @@ class EngineProcess:
         # The child finds kronos_rt where this process found it, whatever its working directory.
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-        proc = subprocess.Popen([sys.executable, "-m", "kronos_rt.engine_process", str(theirs.fileno())],
-                                pass_fds=(theirs.fileno(),), env=env)
+        fds = (theirs.fileno(),) + ((self._shared.fd,) if self._shared is not None else ())
+        proc = subprocess.Popen([sys.executable, "-m", "kronos_rt.engine_process", *map(str, fds)],
+                                pass_fds=fds, env=env)
         theirs.close()  # the child's end lives in the child only: its death closes the socket here
         parent = Connection(ours.detach())
         try:
@@ -185,11 +231,12 @@ class EngineProcess:
             proc.kill()
             proc.wait()
             raise
-        if msg[0] == "error":
+        if msg[0] == "error":  # the loader's own error (CheckpointError, CUDA missing, ...), as in-process
             parent.close()
             _end(proc)
-            raise EngineProcessError(f"the engine process could not load {self.spec.model}: {msg[1]}\n"
-                                     f"{msg[2]}") from msg[1]
+            err = msg[1]
+            err.add_note(f"raised in the engine process while loading {self.spec.model}:\n{msg[2]}")
+            raise err
         info = msg[1]
         self.device, self.dtype, self.max_context = torch.device(info["device"]), info["dtype"], info["max_context"]
         self._proc, self._conn = proc, parent
@@ -215,7 +262,7 @@ class EngineProcess:
             if kind == "raise":
                 value.add_note(f"raised in the engine process:\n{extra}")
                 raise value
-            if op == "forecast":
+            if op.startswith("forecast"):
                 self.last_compute_s, self._memory = extra
             return value
 
@@ -228,8 +275,13 @@ class EngineProcess:
         """Engine.forecast, computed in the child."""
         if not (len(bars) == len(x_times) == len(y_times)):
             raise ValueError("bars, x_times and y_times must have the same length")
-        packed = self._call("forecast", _stacked(bars), _stacked(x_times), _stacked(y_times), pred_len, sampling,
-                            quantiles=tuple(quantiles), return_paths=return_paths)
+        arrays = [_stacked(bars), _stacked(x_times), _stacked(y_times)]
+        kwargs = dict(quantiles=tuple(quantiles), return_paths=return_paths)
+        with self._lock:  # the memory file holds one call's windows at a time
+            if self._shared is not None and all(isinstance(a, np.ndarray) and not a.dtype.hasobject for a in arrays):
+                packed = self._call("forecast_shared", *self._shared.put(arrays), pred_len, sampling, **kwargs)
+            else:
+                packed = self._call("forecast", *arrays, pred_len, sampling, **kwargs)
         return _unpack(packed)
 
     def release_workspaces(self) -> None:
@@ -276,4 +328,4 @@ if __name__ == "__main__":  # the child: argv[1] is its end of the socket pair
     from multiprocessing.connection import Connection
 
     _conn = Connection(int(sys.argv[1]))
-    _serve(_conn, _conn.recv())
+    _serve(_conn, _conn.recv(), _SharedBatch(int(sys.argv[2])) if len(sys.argv) > 2 else None)

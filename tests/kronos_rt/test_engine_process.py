@@ -74,6 +74,11 @@ def test_it_answers_as_the_engine_does(in_process, child):
             got = child.forecast(bars, xt, yt, pred_len, sampling, **kw)
             assert same(want, got)
             assert child.last_compute_s > 0  # the child's own time, without the hand-over
+        if child._shared is not None:  # Linux: the windows went through the memory file, which grows
+            before = child._shared.size
+            bars, xt, yt = windows(700, 40, 1, seed=2)  # 1.3 MiB of windows
+            assert same(in_process.forecast(bars, xt, yt, 1, GREEDY), child.forecast(bars, xt, yt, 1, GREEDY))
+            assert child._shared.size > before
     finally:
         torch.set_num_threads(before)
     assert child.memory_in_use() is None  # a CPU engine has no device memory to report
@@ -103,10 +108,14 @@ def test_a_killed_process_is_replaced_and_the_call_answered(in_process):
         ep.close()  # idempotent
 
 
-def test_a_checkpoint_that_does_not_load_says_why(tmp_path):
-    with pytest.raises(EngineProcessError, match="could not load") as caught:
+def test_what_the_loader_raises_in_the_child_is_raised_as_itself(tmp_path):
+    """The same error as in-process (the CLI's messages map it), the child's traceback in a note."""
+    with pytest.raises(FileNotFoundError, match="checkpoint directory not found") as caught:
         EngineProcess(EngineSpec(str(tmp_path / "missing"), TOKENIZER, device="cpu"))
-    assert "missing" in str(caught.value)
+    assert "raised in the engine process while loading" in caught.value.__notes__[0]
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            EngineProcess(EngineSpec(MODEL, TOKENIZER, device="cuda:0"))
 
 
 def test_the_child_ends_when_its_owner_goes():
