@@ -324,8 +324,13 @@ def _end(proc: subprocess.Popen, wait_s: float = 5.0) -> int | None:
         return proc.wait()
 
 
-if __name__ == "__main__":  # the child: argv[1] is its end of the socket pair
+if __name__ == "__main__":  # the child: argv[1] is its end of the socket pair, argv[2] the memory file
+    import signal
     from multiprocessing.connection import Connection
+
+    # Ctrl-C reaches the whole process group: the owner decides when this process ends (it
+    # finishes its queued batches first), by closing the socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     _conn = Connection(int(sys.argv[1]))
     _serve(_conn, _conn.recv(), _SharedBatch(int(sys.argv[2])) if len(sys.argv) > 2 else None)
