@@ -38,7 +38,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -190,6 +190,7 @@ class EngineProcess:
         self.start_timeout_s = start_timeout_s
         self.last_compute_s = 0.0
         self.restarts = 0
+        self.on_restart: Callable[[int | None], None] | None = None  # (the dead child's exit code), after a restart
         self._memory: tuple[int, int] | None = None
         self._lock = threading.RLock()
         self._proc = self._conn = None
@@ -259,6 +260,8 @@ class EngineProcess:
                     log.warning("the engine process exited with code %s during a %s call; starting a new one "
                                 "and sending the call again", code, op)
                     self._start()
+                    if self.on_restart is not None:
+                        self.on_restart(code)
             if kind == "raise":
                 value.add_note(f"raised in the engine process:\n{extra}")
                 raise value

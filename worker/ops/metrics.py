@@ -86,6 +86,10 @@ class WorkerMetrics:
             ["topic", "partition"], registry=r,
         )
         self.model_info = Info("kronos_rt_model", "Model currently serving forecasts.", registry=r)
+        self.engine_restarts = Counter(
+            "kronos_rt_engine_restarts", "Engine processes (--inference process) that exited and were started "
+            "again; the batch in flight was sent again.", registry=r,
+        )
         self.gpu_memory = Gauge(
             "kronos_rt_gpu_memory_bytes", "CUDA memory held by the worker (0 on CPU).", ["kind"], registry=r,
         )

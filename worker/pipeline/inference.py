@@ -75,7 +75,15 @@ class Inference:
         self.metrics = metrics
         self._observers: list[BatchObserver] = []
         self.keep_paths = False  # sample paths on each forecast (live scoring's CRPS)
+        self._count_restarts(engine)
         self.publish_model()
+
+    def _count_restarts(self, engine) -> None:
+        """An engine in its own process (--inference process) that died and was started again
+        is counted (kronos_rt_engine_restarts_total); its own log line says the exit code."""
+        counter = getattr(self.metrics, "engine_restarts", None)
+        if counter is not None and hasattr(engine, "on_restart"):
+            engine.on_restart = lambda code: counter.inc()
 
     def add_observer(self, fn: BatchObserver) -> None:
         """Call fn(items, seconds) after each engine batch (on the inference thread)."""
@@ -106,6 +114,7 @@ class Inference:
         inference thread (MicroBatcher.run_in_thread): it then lands between two batches."""
         old, old_engine = self.model_ref, self.engine
         self.engine = loaded.engine
+        self._count_restarts(loaded.engine)
         self.model_ref = ModelRef(loaded.location, loaded.name, loaded.version,
                                   random_weights=getattr(loaded, "random_weights", False))
         self.metrics.model_swaps.labels(result="ok").inc()

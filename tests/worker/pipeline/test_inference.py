@@ -123,3 +123,23 @@ def test_memory_gauges_come_from_the_engine_without_a_call_to_its_process(engine
     inf.engine = SimpleNamespace(memory_in_use=lambda: (123, 456), device="cuda:0", dtype="float16")
     inf.report_memory()
     assert gauges() == {"allocated": 123, "reserved": 456}
+
+
+def test_an_engine_process_that_dies_is_counted_and_the_batch_answered(tape):
+    """--inference process: a killed engine process is started again, the batch in flight sent
+    again, and kronos_rt_engine_restarts_total says so."""
+    import os
+    import signal
+
+    from kronos_rt.engine_process import EngineProcess, EngineSpec
+
+    metrics = WorkerMetrics()
+    with EngineProcess(EngineSpec(str(PARITY / "model"), str(PARITY / "tokenizer"), device="cpu",
+                                  max_context=128, threads=1)) as child:
+        inf = Inference(child, ModelRef("m", "m", "1"), SETTINGS, metrics)
+        items = [_item(tape, 100 + i, 40) for i in range(3)]
+        first = inf.compute(items)
+        os.kill(child.pid, signal.SIGKILL)
+        again = inf.compute(items)
+    assert [np.array_equal(a[0].mean, b[0].mean) for a, b in zip(first, again)] == [True] * 3
+    assert metrics.engine_restarts._value.get() == 1
