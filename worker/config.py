@@ -196,7 +196,7 @@ class Settings:
         if self.inference not in ("thread", "process"):
             raise ConfigError(f"--inference must be thread or process, got {self.inference!r}")
         if self.engine_threads < 0:
-            raise ConfigError(f"--engine-threads must be >= 0 (0: torch's default), got {self.engine_threads}")
+            raise ConfigError(f"--engine-threads must be >= 0 (0: one per core but one), got {self.engine_threads}")
         parse_interval(self.interval)
         parse_interval(self.max_future_skew)
         parse_duration_or_off(self.max_past_age)

@@ -37,12 +37,11 @@ def build_engine(settings: Settings, model: str | None = None, tokenizer: str | 
                           max_context=settings.max_context, revision=model_ref.revision,
                           tokenizer_revision=tok_ref.revision, threads=config.engine_threads(settings.engine_threads))
         return EngineProcess(spec), model_ref
-    from kronos_rt import load_engine
-
     import torch
 
-    torch.set_num_threads(config.engine_threads(settings.engine_threads))  # process-wide: this process's torch is the engine's
+    from kronos_rt import load_engine
 
+    torch.set_num_threads(config.engine_threads(settings.engine_threads))  # process-wide: its torch is the engine's
     engine = load_engine(model_ref.location, tok_ref.location, device=device, dtype=settings.dtype,
                          max_context=settings.max_context, revision=model_ref.revision,
                          tokenizer_revision=tok_ref.revision)
