@@ -12,6 +12,8 @@
 (b) Engine throughput, Kronos-small shape, fp16: batch 64 / 256 / 1024, lookback 500,
     pred_len 12 (lookback + pred_len = the 512 context, so every step is cached):
     forecasts/s, peak GPU memory, engine/floor; full recompute (naive) at batch 64 for the ratio.
+(c) The same engine in a child process (`--inference process`): identical forecasts, the
+    child's compute and the call's time per batch (the difference is the hand-over).
 
 Prints Markdown tables and writes them to $OUT/gpu_check.md when OUT is set.
 
@@ -227,6 +229,47 @@ def throughput(device, half, bars, times, cfg) -> tuple[str, list[dict]]:
     return format_table(header, rows), results
 
 
+def engine_process_check(device, half, bars, times, cfg) -> tuple[str, list[dict]]:
+    """(c) `--inference process`: the Kronos-small-shaped engine in a child process of its own
+    (kronos_rt/engine_process.py) against the same engine in this process, on raw windows of
+    the tape: identical forecasts, and what a call costs beyond the child's own compute."""
+    import tempfile
+
+    from kronos_rt.engine_process import EngineProcess, EngineSpec
+
+    model, tokenizer, C = shapes.random_pair("small", seed=0)
+    L, P, reps = cfg["lookback"], cfg["pred_len"], cfg["repeats"]
+    rows, results = [], []
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:
+        model.save_pretrained(Path(folder) / "model")
+        tokenizer.save_pretrained(Path(folder) / "tokenizer")
+        local = Engine(model, tokenizer, device=device, dtype=half, max_context=C)
+        spec = EngineSpec(str(Path(folder) / "model"), str(Path(folder) / "tokenizer"), device=str(device),
+                          dtype=str(half).replace("torch.", ""), max_context=C, threads=torch.get_num_threads())
+        with EngineProcess(spec) as child:
+            for B in cfg["batches"]:
+                starts = (np.arange(B) * 7) % (len(bars) - L - P)
+                windows = ([bars[i:i + L] for i in starts], [times[i:i + L] for i in starts],
+                           [times[i + L:i + L + P] for i in starts])
+                want = local.forecast(*windows, P, GREEDY)  # also the warm-ups
+                got = child.forecast(*windows, P, GREEDY)
+                same = all(np.array_equal(a.mean, b.mean) for a, b in zip(want, got, strict=True))
+                t_local = _median_time(lambda: local.forecast(*windows, P, GREEDY), reps, device)
+                calls, computes = [], []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    child.forecast(*windows, P, GREEDY)
+                    calls.append(time.perf_counter() - t0)
+                    computes.append(child.last_compute_s)
+                t_call, t_child = statistics.median(calls), statistics.median(computes)
+                results.append(dict(batch=B, local_s=t_local, call_s=t_call, child_s=t_child, identical=same))
+                rows.append([str(B), f"{L}+{P}", f"{t_local * 1e3:.1f}", f"{t_child * 1e3:.1f}", f"{t_call * 1e3:.1f}",
+                             f"{(t_call - t_child) * 1e3:.1f}", "yes" if same else "no"])
+    header = ["batch", "lookback+pred", "in-process ms", "child's compute ms", "call ms", "hand-over ms",
+              "forecasts identical"]
+    return format_table(header, rows), results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (exercises the code paths)")
@@ -259,6 +302,11 @@ def main(argv=None) -> int:
     table, _ = throughput(device, half, bars, times, cfg)
     parts += ["## (b) Engine throughput, Kronos-small shape, half, median of "
               f"{cfg['repeats']} after a warm-up; naive run once", table]
+    print("\n\n" + "\n\n".join(parts[-2:]), flush=True)
+
+    table, _ = engine_process_check(device, half, bars, times, cfg)
+    parts += ["## (c) The engine in a process of its own (--inference process) against in-process, half, "
+              f"raw windows, median of {cfg['repeats']}", table]
     print("\n\n" + "\n\n".join(parts[-2:]), flush=True)
 
     parts.append(f"Total time {time.perf_counter() - started:.0f} s.")

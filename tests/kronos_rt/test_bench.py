@@ -82,9 +82,11 @@ def test_gpu_check_smoke(tmp_path):
     report = (tmp_path / "gpu_check.md").read_text()
     assert f"CPU ({bench.processor('cpu')})" in report
     tables = markdown_tables(report)
-    assert len(tables) == 4  # parity, tokenizer ids, random-weight agreement, throughput
+    assert len(tables) == 5  # parity, tokenizer ids, random-weight agreement, throughput, engine process
     parity = tables[0]
     assert [r[0] for r in parity[1:]] == ["case0", "case1", "case2", "case3", "case4", "batch"]
     assert all(r[parity[0].index("fp32 ok")] == "yes" for r in parity[1:])
     assert tables[1][1][1:] == ["fp32", "1.000", "1.000"]  # the fp32 tokenizer reproduces the fixture's ids
     assert len(tables[3]) == 1 + 2  # two smoke batch sizes
+    process = tables[4]  # the engine in its own process: the in-process engine's forecasts
+    assert len(process) == 1 + 2 and all(r[process[0].index("forecasts identical")] == "yes" for r in process[1:])
