@@ -22,6 +22,7 @@ a burst's last forecast arrives within 1.2 x the engine time of that burst's bat
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import contextlib
 import logging
@@ -31,6 +32,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +68,7 @@ class BenchResult:
     engine_ms: dict[int, float]      # batch size -> median engine-only compute over the bursts, ms
     engine_after_ms: list[float]     # per measured burst: the engine alone on its batch sizes, timed right after it
     worker_inference_ms: list[float]  # per measured burst: the worker's own inference time, summed
-    stages_ms: dict[str, list[float]]  # per forecast: the worker's latency_ms fields (receive, queue, ...)
+    stages_ms: dict[str, Sequence[float]]  # per forecast: the worker's latency_ms fields (receive, queue, ...)
     loop_cpu_ms: list[float] = field(default_factory=list)  # per measured burst: CPU of the event-loop thread
     rss_mib: list[float] = field(default_factory=list)  # after each measured burst: this process's RSS
     scores: int | None = None        # --scoring: score.v1 events the worker published (None: scoring off)
@@ -132,22 +134,26 @@ class BenchResult:
                              f"{statistics.median(self.loop_cpu_ms):.1f} ms "
                              f"({statistics.median(self.loop_cpu_ms) / self.symbols:.3f} ms)"))
         if self.rss_mib:
-            rows.insert(-2, ("worker process RSS after each burst: first, last, max",
-                             f"{self.rss_mib[0]:.0f}, {self.rss_mib[-1]:.0f}, {max(self.rss_mib):.0f} MiB"))
+            rows.insert(-2, ("worker process RSS after each burst: first, half-way, last, max",
+                             _rss_row(self.rss_mib)))
         if self.engine_process_ms:
             rows.insert(rows.index(next(r for r in rows if r[0].startswith("burst: the worker's own"))) + 1,
                         ("burst: of which the engine's own compute in its process (median)",
                          f"{statistics.median(self.engine_process_ms):.1f} ms"))
         if self.engine_rss_mib:
-            rows.insert(-2, ("engine process RSS after each burst: first, last, max",
-                             f"{self.engine_rss_mib[0]:.0f}, {self.engine_rss_mib[-1]:.0f}, "
-                             f"{max(self.engine_rss_mib):.0f} MiB"))
+            rows.insert(-2, ("engine process RSS after each burst: first, half-way, last, max",
+                             _rss_row(self.engine_rss_mib)))
         if self.scores is not None:
             rows.insert(3, ("scores published (scoring on)", f"{self.scores}"))
         if self.shadow_forecasts is not None:
             rows.insert(3, ("shadow forecasts (shadow on; each burst sent once it is idle)",
                             f"{self.shadow_forecasts}"))
         return format_columns(rows)
+
+
+def _rss_row(mib: list[float]) -> str:
+    """First, half-way, last and largest RSS: whether it grows, and whether it levels off."""
+    return f"{mib[0]:.0f}, {mib[len(mib) // 2]:.0f}, {mib[-1]:.0f}, {max(mib):.0f} MiB"
 
 
 def _engine_and_ref(args, folder: Path):
@@ -328,13 +334,16 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
         # process: the worker's loop does not pay for sending them.
         subscriber = Subscriber(brokers, fc_topic, args.timeout_s, bars_topic=bars_topic)
         await subscriber.start()
-        latencies, burst_ms, burst_batches, burst_inference, loop_cpu, rss = [], [], [], [], [], []
+        # per forecast, as 8-byte doubles: 100 000 forecasts in Python floats would be ~16 MiB of
+        # the RSS reported as the worker's
+        latencies = array.array("d")
+        burst_ms, burst_batches, burst_inference, loop_cpu, rss = [], [], [], [], []
         engine_after, engine_runs = [], {}  # per burst; batch size -> its runs
         child_ms, child_rss = [], []  # per burst, --inference process
         # per burst: (bars sent -> first batch begins, last batch ends -> last forecast, engine idle between), ms
         phases = []
         windows = _engine_windows(synthetic, history, args, worker)
-        stages: dict[str, list[float]] = {}
+        stages: dict[str, array.array] = {}
         try:
             for burst in range(sent_bursts):
                 # Live bars come minutes apart: the shadows run in between, so a burst is sent
@@ -360,7 +369,7 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
                     for now_ms, key, latency in received:
                         latencies.append(now_ms - sent_ms[key])
                         for k, v in latency.items():
-                            stages.setdefault(k, []).append(float(v))
+                            stages.setdefault(k, array.array("d")).append(float(v))
                     loop_cpu.append(cpu_ms)
                     rss.append(_rss_mib())
                     burst_ms.append(max(ms for ms, _, _ in received) - min(sent_ms.values()))
