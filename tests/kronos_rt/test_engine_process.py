@@ -57,7 +57,7 @@ def test_it_answers_as_the_engine_does(in_process, child):
 
     assert child.device == torch.device("cpu") and child.dtype == torch.float32
     assert child.max_context == in_process.max_context
-    before = torch.get_num_threads()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the child's thread count: the same kernels, the same bits
     try:
         cases = [
@@ -75,12 +75,12 @@ def test_it_answers_as_the_engine_does(in_process, child):
             assert same(want, got)
             assert child.last_compute_s > 0  # the child's own time, without the hand-over
         if child._shared is not None:  # Linux: the windows went through the memory file, which grows
-            before = child._shared.size
+            size = child._shared.size
             bars, xt, yt = windows(700, 40, 1, seed=2)  # 1.3 MiB of windows
             assert same(in_process.forecast(bars, xt, yt, 1, GREEDY), child.forecast(bars, xt, yt, 1, GREEDY))
-            assert child._shared.size > before
+            assert child._shared.size > size
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(threads)
     assert child.memory_in_use() is None  # a CPU engine has no device memory to report
 
 
