@@ -5,14 +5,13 @@ holding the GIL. A caller whose own threads do Python work at the same time (a s
 handling thousands of messages while a batch computes) shares one GIL with it, and each
 slows the other: on a GPU, where the kernels are short, the dispatch is most of the call.
 In a child process the engine has an interpreter of its own; the caller's thread waits on a
-pipe, which releases the GIL.
+socket, which releases the GIL.
 
 `EngineProcess(EngineSpec(...))` starts a child (`python -m kronos_rt.engine_process`, a
 fresh interpreter: CUDA cannot be initialised in a forked child, and multiprocessing's
 "spawn" would re-run the caller's main script) that loads the checkpoints with
-`load_engine`, then answers
-`forecast` and `release_workspaces` calls one at a time, as an Engine does;
-`memory_in_use` is the figure its last forecast brought back. The forecasts are
+`load_engine`, then answers `forecast` and `release_workspaces` calls one at a time, as an
+Engine does; `memory_in_use` is the figure its last forecast brought back. The forecasts are
 the child's Engine's, bit for bit. `last_compute_s` is the child's own time for the last
 forecast: the engine alone, without the hand-over.
 
@@ -94,6 +93,13 @@ class _SharedBatch:
         for (start, shape, dtype), a in zip(layout, arrays):
             np.ndarray(shape, dtype, buffer=self.map, offset=start)[...] = a
         return self.size, layout
+
+    def close(self) -> None:
+        """Unmap and close the file: its memory is freed once the child's side is gone too."""
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+        os.close(self.fd)
 
     def views(self, size: int, layout) -> list[np.ndarray]:
         """The arrays in place (the child side); valid until the next call."""
@@ -196,7 +202,12 @@ class EngineProcess:
         self._proc = self._conn = None
         # Linux: a memory file for the batches (elsewhere they are pickled through the socket)
         self._shared = _SharedBatch(os.memfd_create("kronos-rt-batch")) if hasattr(os, "memfd_create") else None
-        self._start()
+        try:
+            self._start()
+        except BaseException:
+            if self._shared is not None:
+                self._shared.close()
+            raise
 
     # what callers read from an Engine
     device: Any
@@ -310,6 +321,9 @@ class EngineProcess:
                 pass
             self._reap()
             self._proc = self._conn = None
+            if self._shared is not None:  # a hot swap ends one engine per version: its batch memory with it
+                self._shared.close()
+                self._shared = None
 
     def __enter__(self) -> "EngineProcess":
         return self

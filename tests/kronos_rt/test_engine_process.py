@@ -104,7 +104,11 @@ def test_a_killed_process_is_replaced_and_the_call_answered(in_process):
         again = ep.forecast(bars, xt, yt, 1, GREEDY)  # sent to a new child, once
         assert ep.restarts == 1 and ep.pid != old
         assert same(first, again)
+        shared = ep._shared
         ep.close()
+        if shared is not None:  # the batch memory goes with the engine (a hot swap ends one per version)
+            with pytest.raises(OSError):
+                os.fstat(shared.fd)
         with pytest.raises(EngineProcessError, match="closed"):
             ep.forecast(bars, xt, yt, 1, GREEDY)
         ep.close()  # idempotent
