@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from worker.config import ModelRef, Settings, is_registry_spec
 from worker.errors import ConfigError
-from worker.pipeline.inference import Inference, build_engine
+from worker.pipeline.inference import Inference, build_engine, close_engine
 from worker.ops.metrics import metric_names_of
 from worker.pipeline.publish import latency_ms
 
@@ -87,16 +87,22 @@ def load_shadows(settings: Settings, engine, primary: ModelRef, metrics) -> list
                                     dtype=str(engine.dtype).replace("torch.", ""))
     seen = {(primary.name, primary.version)}
     out = []
-    for spec in specs:
-        # A registry version brings its own tokenizer unless --tokenizer names one.
-        tok = spec if settings.tokenizer in ("", "auto") and is_registry_spec(spec) else None
-        eng, ref = build_engine(on_device, spec, tok)
-        if (ref.name, ref.version) in seen:
-            raise ConfigError(f"--shadow {spec}: {ref.name}@{ref.version} is already served "
-                              "(the primary or another shadow); its forecasts and scores would collide")
-        seen.add((ref.name, ref.version))
-        log.info("shadow model %s@%s loaded on %s", ref.name, ref.version, eng.device)
-        out.append(ShadowModel(ref, _ShadowInference(eng, ref, settings, metrics)))
+    try:
+        for spec in specs:
+            # A registry version brings its own tokenizer unless --tokenizer names one.
+            tok = spec if settings.tokenizer in ("", "auto") and is_registry_spec(spec) else None
+            eng, ref = build_engine(on_device, spec, tok)
+            if (ref.name, ref.version) in seen:
+                close_engine(eng)
+                raise ConfigError(f"--shadow {spec}: {ref.name}@{ref.version} is already served "
+                                  "(the primary or another shadow); its forecasts and scores would collide")
+            seen.add((ref.name, ref.version))
+            log.info("shadow model %s@%s loaded on %s", ref.name, ref.version, eng.device)
+            out.append(ShadowModel(ref, _ShadowInference(eng, ref, settings, metrics)))
+    except BaseException:
+        for m in out:  # --inference process: the ones already started end with the failed start-up
+            close_engine(m.inference.engine)
+        raise
     return out
 
 
