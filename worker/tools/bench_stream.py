@@ -362,17 +362,17 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
                 # apart from the inference thread's; the bars are sent and the forecasts read in
                 # the subscriber's process.
                 cpu0 = time.thread_time()
-                sent, received = await subscriber.burst()
-                sent_ms = {key.decode(): sent for key, _ in records}
+                sent, received = await subscriber.burst()  # sent: when the feed began sending every bar
                 cpu_ms = (time.thread_time() - cpu0) * 1000
                 if not warmup:
-                    for now_ms, key, latency in received:
-                        latencies.append(now_ms - sent_ms[key])
+                    last = max(ms for ms, _, _ in received)
+                    for now_ms, _, latency in received:
+                        latencies.append(now_ms - sent)
                         for k, v in latency.items():
                             stages.setdefault(k, array.array("d")).append(float(v))
                     loop_cpu.append(cpu_ms)
                     rss.append(_rss_mib())
-                    burst_ms.append(max(ms for ms, _, _ in received) - min(sent_ms.values()))
+                    burst_ms.append(last - sent)
                     burst_batches.append(sizes[first_batch:])
                     burst_inference.append(sum(inference_s[first_batch:]) * 1000)
                     if isinstance(engine, EngineProcess):
@@ -381,7 +381,6 @@ async def run_bench(args, topology: str = "single") -> BenchResult:
                     # Where the burst's time beyond its batches went: before the first batch
                     # began, between batches (the engine idle), after the last one ended.
                     began = ended[first_batch] - inference_s[first_batch] * 1000
-                    last = max(ms for ms, _, _ in received)
                     phases.append((began - sent, last - ended[-1],
                                    ended[-1] - began - sum(inference_s[first_batch:]) * 1000))
                     # The engine alone, now, on this burst's batch sizes, on the worker's own
