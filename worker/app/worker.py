@@ -201,7 +201,7 @@ class Worker:
         """End the processes (--inference process) of the engines this worker loaded: its own
         model (the one it serves now, after any hot swap) and its shadows."""
         serving = self.inference.engine if self.inference is not None else self.engine
-        for engine in {id(e): e for e in (serving, self.engine)}.values():
+        for engine in (serving, self.engine):  # the same one twice when nothing was swapped: close is idempotent
             if engine is not None and engine is not self._given_engine:
                 close_engine(engine)
         for m in self._shadow_models:
